@@ -1,0 +1,296 @@
+"""The `sqlgate` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sqlgate import __version__
+from sqlgate.errors import SqlgateError
+
+app = typer.Typer(
+    name="sqlgate",
+    help="Safe, audited MCP access to SQL data (DuckDB) over stdio and streamable HTTP.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+run_app = typer.Typer(help="Run one tool, resource or prompt locally and print its result.", no_args_is_help=True)
+app.add_typer(run_app, name="run")
+out = Console()
+err = Console(stderr=True)
+
+ProjectOpt = Annotated[Path, typer.Option("--project", "-p", envvar="SQLGATE_PROJECT",
+                                          help="Project directory (holds sqlgate.yml).")]
+ProfileOpt = Annotated[str | None, typer.Option("--profile", help="Profile of the user config to use.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"sqlgate {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Show the version and exit.")] = False) -> None:
+    pass
+
+
+def _fail(exc: Exception) -> None:
+    err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _load(project: Path, profile: str | None):
+    from sqlgate.config.loader import load_project
+
+    return load_project(project, profile)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Where to create the project.")] = Path("."),
+    name: Annotated[str | None, typer.Option(help="Project name (default: the directory name).")] = None,
+    force: Annotated[bool, typer.Option(help="Write into a non-empty directory.")] = False,
+) -> None:
+    """Create a working example project (sample shop data, tools, resources, prompts)."""
+    from sqlgate.project_init import create_project
+
+    try:
+        info = create_project(directory, name=name, force=force)
+    except SqlgateError as exc:
+        _fail(exc)
+    out.print(f"[green]Created project[/] [bold]{info['name']}[/] in {info['root']}")
+    out.print(f"Database: {info['database']}")
+    out.print("\nTry it:\n"
+              f"  sqlgate list -p {directory}\n"
+              f"  sqlgate run -p {directory} tool top_customers --param limit=3\n"
+              f"  sqlgate test -p {directory}\n"
+              f"  sqlgate serve -p {directory} --transport http\n")
+    out.print("Claude Desktop (claude_desktop_config.json):")
+    out.print_json(json.dumps(info["claude_desktop"]))
+
+
+@app.command()
+def serve(
+    project: ProjectOpt = Path("."),
+    profile: ProfileOpt = None,
+    transport: Annotated[str, typer.Option(help="stdio or http (streamable HTTP).",
+                                           envvar="SQLGATE_TRANSPORT")] = "stdio",
+    host: Annotated[str | None, typer.Option(help="Bind address (http).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (http); 0 picks a free one.")] = None,
+    log_level: Annotated[str, typer.Option(envvar="SQLGATE_LOG_LEVEL")] = "info",
+) -> None:
+    """Serve the project's tools, resources and prompts over MCP."""
+    from sqlgate.serve import serve as run_server
+    from sqlgate.server import build_app
+
+    if transport not in ("stdio", "http"):
+        _fail(SqlgateError(f"unknown transport {transport!r}: use stdio or http"))
+    _setup_logging(log_level)
+    try:
+        loaded = _load(project, profile)
+        application = build_app(loaded)
+    except SqlgateError as exc:
+        _fail(exc)
+    t = loaded.settings.transport
+    run_server(application, transport, host or t.host, t.port if port is None else port, log_level.lower())
+
+
+@app.command("list")
+def list_(project: ProjectOpt = Path("."), profile: ProfileOpt = None,
+          as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """List the project's endpoints and enabled built-in tools."""
+    from sqlgate.endpoints.loader import load_endpoints
+
+    try:
+        loaded = _load(project, profile)
+        endpoints = load_endpoints(loaded.root)
+    except SqlgateError as exc:
+        _fail(exc)
+    cfg = loaded.settings.sql_tools
+    builtins = [n for n in ("list_schemas", "list_tables", "describe_table", "search_objects", "query")
+                if cfg.enabled and getattr(cfg, n)]
+    rows = [{"kind": "tool", "name": n, "source": "built-in", "description": ""} for n in builtins]
+    rows += [{"kind": ep.kind, "name": ep.name if ep.kind != "resource" else ep.definition.uri,
+              "source": ep.file, "description": ep.definition.description} for ep in endpoints]
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table(title=f"{loaded.settings.name} (profile {loaded.settings.profile})")
+    for col in ("kind", "name", "source", "description"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["kind"], r["name"], r["source"], (r["description"] or "").strip().split("\n")[0][:70])
+    out.print(table)
+
+
+@app.command()
+def validate(project: ProjectOpt = Path("."), profile: ProfileOpt = None) -> None:
+    """Check sqlgate.yml, the user config and every endpoint file; exit 2 on the first problem."""
+    from sqlgate.endpoints.loader import load_endpoints
+
+    try:
+        loaded = _load(project, profile)
+        endpoints = load_endpoints(loaded.root)
+    except SqlgateError as exc:
+        _fail(exc)
+    for ep in endpoints:
+        for w in ep.warnings:
+            err.print(f"[yellow]warning:[/] {w}")
+    if not loaded.settings.engine.read_only:
+        err.print("[yellow]warning:[/] engine.read_only is false: the built-in query tool then relies on the "
+                  "statement checker alone to refuse writes")
+    out.print(f"[green]ok[/] {loaded.settings.name}: {len(endpoints)} endpoint(s) valid "
+              f"(profile {loaded.settings.profile})")
+
+
+def _parse_params(params: list[str]) -> dict[str, Any]:
+    parsed: dict[str, Any] = {}
+    for item in params:
+        if "=" not in item:
+            raise SqlgateError(f"--param needs key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key] = value
+    return parsed
+
+
+def _coerce_to_declared(ep, args: dict[str, Any], raw: list[str]) -> dict[str, Any]:
+    """`--param name=007` for a string parameter stays the string "007"."""
+    raw_values = dict(item.split("=", 1) for item in raw)
+    types = {p.name: p.type for p in ep.definition.parameters}
+    return {k: raw_values[k] if types.get(k) == "string" and not isinstance(v, str) else v
+            for k, v in args.items()}
+
+
+def _run(kind: str, name: str, project: Path, profile: str | None, params: list[str],
+         user_context: str | None) -> None:
+    import anyio
+
+    from sqlgate.context import CallContext, UserContext, pinned_call
+    from sqlgate.endpoints import executor
+    from sqlgate.endpoints.loader import load_endpoints
+    from sqlgate.engine import Limits, open_engine
+
+    try:
+        loaded = _load(project, profile)
+        endpoints = load_endpoints(loaded.root)
+        matches = [ep for ep in endpoints if ep.kind == kind and
+                   (ep.name == name or (kind == "resource" and ep.definition.uri == name))]
+        if not matches:
+            names = ", ".join(ep.name for ep in endpoints if ep.kind == kind) or "none"
+            raise SqlgateError(f"no {kind} named {name!r} (available: {names})")
+        ep = matches[0]
+        args = _coerce_to_declared(ep, _parse_params(params), params)
+        user = UserContext.from_mapping(json.loads(user_context)) if user_context else UserContext()
+    except (SqlgateError, ValueError) as exc:
+        _fail(exc)
+    call = CallContext(user=user)
+    if kind == "prompt":
+        try:
+            messages = executor.render_prompt(ep, args)
+        except SqlgateError as exc:
+            _fail(exc)
+        out.print_json(json.dumps([{"role": r, "text": t} for r, t in messages]))
+        return
+    lim = loaded.settings.limits
+    try:
+        engine = open_engine(loaded)
+    except SqlgateError as exc:
+        _fail(exc)
+
+    async def go() -> dict[str, Any]:
+        try:
+            with pinned_call(call):
+                return await executor.execute(ep, args, engine, Limits(lim.max_rows, lim.max_bytes,
+                                                                       lim.timeout_seconds), call)
+        finally:
+            await engine.close()
+
+    try:
+        result = anyio.run(go)
+    except SqlgateError as exc:
+        _fail(exc)
+    out.print_json(json.dumps(result, default=str))
+
+
+ParamOpt = Annotated[list[str] | None, typer.Option("--param", help="Argument as key=value (repeatable).")]
+UserOpt = Annotated[str | None, typer.Option("--user-context",
+                                             help='Caller as JSON, e.g. \'{"username": "alice"}\'.')]
+
+
+@run_app.command("tool")
+def run_tool(name: str, project: ProjectOpt = Path("."), profile: ProfileOpt = None,
+             param: ParamOpt = None, user_context: UserOpt = None) -> None:
+    """Run a tool."""
+    _run("tool", name, project, profile, param or [], user_context)
+
+
+@run_app.command("resource")
+def run_resource(name: str, project: ProjectOpt = Path("."), profile: ProfileOpt = None,
+                 param: ParamOpt = None, user_context: UserOpt = None) -> None:
+    """Read a resource (by name or URI template)."""
+    _run("resource", name, project, profile, param or [], user_context)
+
+
+@run_app.command("prompt")
+def run_prompt(name: str, project: ProjectOpt = Path("."), profile: ProfileOpt = None,
+               param: ParamOpt = None) -> None:
+    """Render a prompt."""
+    _run("prompt", name, project, profile, param or [], None)
+
+
+@app.command()
+def test(
+    name: Annotated[str | None, typer.Argument(help="Only this endpoint's tests.")] = None,
+    project: ProjectOpt = Path("."),
+    profile: ProfileOpt = None,
+) -> None:
+    """Run the `tests:` blocks of the project's endpoints."""
+    import anyio
+
+    from sqlgate.testing import run_tests
+
+    try:
+        loaded = _load(project, profile)
+        outcomes = anyio.run(run_tests, loaded, name)
+    except SqlgateError as exc:
+        _fail(exc)
+    failed = 0
+    for o in outcomes:
+        mark = "[green]PASS[/]" if o.passed else "[red]FAIL[/]"
+        out.print(f"{mark} {o.kind} {o.endpoint} :: {o.test} [dim]({o.duration_ms:.1f} ms)[/]")
+        if not o.passed:
+            failed += 1
+            out.print(f"     {o.message}", highlight=False, markup=False)
+    out.print(f"\n{len(outcomes) - failed} passed, {failed} failed")
+    if failed:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    # quiet FastMCP's own banner/update checks; sqlgate prints what matters
+    os.environ.setdefault("FASTMCP_SHOW_SERVER_BANNER", "false")
+    os.environ.setdefault("FASTMCP_CHECK_FOR_UPDATES", "off")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""FastMCP components backed by sqlgate endpoints and built-in tools.
+
+Arguments are validated here against the declared JSON schema (jsonschema), so the inputSchema
+clients see is exactly the one enforced. Every failure becomes an MCP error result with a clear
+message — never an internal error.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastmcp.exceptions import PromptError, ResourceError, ToolError
+from fastmcp.prompts.base import Message, Prompt, PromptArgument, PromptResult
+from fastmcp.resources.base import Resource
+from fastmcp.resources.template import ResourceTemplate
+from fastmcp.tools.base import Tool, ToolResult
+from mcp.types import TextContent, ToolAnnotations
+from jsonschema import Draft202012Validator
+from pydantic import PrivateAttr
+
+from sqlgate.errors import InvalidArguments, SqlgateError
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def check_arguments(validator: Draft202012Validator, arguments: dict[str, Any], what: str) -> None:
+    problems = []
+    for err in sorted(validator.iter_errors(arguments), key=lambda e: list(e.path)):
+        where = ".".join(str(p) for p in err.path)
+        problems.append(f"{where}: {err.message}" if where else err.message)
+    if problems:
+        raise InvalidArguments(f"invalid arguments for {what}: " + "; ".join(problems))
+
+
+class SqlgateTool(Tool):
+    """A tool whose body is an async handler returning a JSON object."""
+
+    _handler: Handler = PrivateAttr()
+    _validator: Draft202012Validator | None = PrivateAttr(default=None)
+
+    @classmethod
+    def create(cls, *, name: str, description: str, parameters: dict[str, Any], handler: Handler,
+               output_schema: dict[str, Any] | None = None, title: str | None = None,
+               annotations: dict[str, Any] | None = None, tags: set[str] | None = None,
+               meta: dict[str, Any] | None = None, validate: bool = True) -> SqlgateTool:
+        """`validate=False` when the handler validates itself (YAML endpoints apply defaults first)."""
+        tool = cls(
+            name=name, title=title, description=description, parameters=parameters,
+            output_schema=output_schema,
+            annotations=ToolAnnotations(**annotations) if annotations else None,
+            tags=tags or set(), meta=meta,
+        )
+        tool._handler = handler
+        tool._validator = Draft202012Validator(parameters) if validate else None
+        return tool
+
+    async def run(self, arguments: dict[str, Any]) -> ToolResult:
+        try:
+            if self._validator is not None:
+                check_arguments(self._validator, arguments, f"tool {self.name!r}")
+            out = await self._handler(arguments)
+        except SqlgateError as exc:
+            raise ToolError(str(exc)) from None
+        return ToolResult(content=[TextContent(type="text", text=dumps(out))], structured_content=out)
+
+
+class SqlgateResource(Resource):
+    _handler: Handler = PrivateAttr()
+
+    async def read(self) -> str:
+        try:
+            return _resource_text(await self._handler({}), self.mime_type)
+        except SqlgateError as exc:
+            raise ResourceError(str(exc)) from None
+
+
+class SqlgateResourceTemplate(ResourceTemplate):
+    _handler: Handler = PrivateAttr()
+
+    async def read(self, arguments: dict[str, Any]) -> str:
+        try:
+            return _resource_text(await self._handler(arguments), self.mime_type)
+        except SqlgateError as exc:
+            raise ResourceError(str(exc)) from None
+
+    async def create_resource(self, uri: str, params: dict[str, Any]) -> Resource:
+        template = self
+
+        class _Bound(Resource):
+            async def read(self) -> str:
+                return await template.read(params)
+
+        return _Bound(uri=uri, name=self.name, description=self.description, mime_type=self.mime_type)
+
+    async def _read(self, uri: str, params: dict[str, Any]):
+        return self.convert_result(await self.read(params))
+
+
+def _resource_text(envelope: dict[str, Any], mime_type: str) -> str:
+    result = envelope.get("result")
+    if isinstance(result, str) and not envelope.get("truncated") and "json" not in mime_type:
+        return result
+    return dumps(envelope)
+
+
+class SqlgatePrompt(Prompt):
+    _renderer: Callable[[dict[str, Any]], list[tuple[str, str]]] = PrivateAttr()
+
+    async def render(self, arguments: dict[str, Any] | None = None) -> PromptResult:
+        try:
+            messages = self._renderer(arguments or {})
+        except SqlgateError as exc:
+            raise PromptError(str(exc)) from None
+        return PromptResult([Message(text, role=role) for role, text in messages], description=self.description)
+
+
+def prompt_arguments(parameters: list[Any]) -> list[PromptArgument]:
+    return [PromptArgument(name=p.name, description=p.description, required=p.is_required) for p in parameters]

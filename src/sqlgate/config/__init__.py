@@ -1,0 +1,1 @@
+"""Configuration: project file (sqlgate.yml), user config (profiles), env overrides."""

@@ -1,0 +1,105 @@
+"""Pydantic models of the effective settings: project file + user profile + SQLGATE_* env.
+
+Every section forbids unknown keys so a misspelt setting is an error, not a silent default.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EngineConfig(Strict):
+    type: Literal["duckdb"] = "duckdb"
+    # DuckDB file, relative to the project directory; ":memory:" for an in-memory database
+    path: str = "data/sqlgate.duckdb"
+    read_only: bool = True
+    # SQL file run once to build the database when the file does not exist yet
+    seed: str | None = None
+    # files/directories SQL may read (e.g. CSV/Parquet); everything else stays off limits
+    allowed_paths: list[str] = Field(default_factory=list)
+    # concurrent queries (one DuckDB connection each); calls beyond this wait their turn
+    pool_size: int = Field(default=4, ge=1, le=64)
+    threads: int | None = Field(default=None, ge=1)
+    memory_limit: str | None = None
+
+
+class LimitsConfig(Strict):
+    """Per-call limits. Only configuration sets them; tool arguments cannot raise them."""
+
+    max_rows: int = Field(default=1000, ge=1)
+    max_bytes: int = Field(default=1_000_000, ge=1024)
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+
+class EndpointLimits(Strict):
+    """Per-endpoint limits from YAML (trusted project code), each optional."""
+
+    max_rows: int | None = Field(default=None, ge=1)
+    max_bytes: int | None = Field(default=None, ge=1024)
+    timeout_seconds: float | None = Field(default=None, gt=0)
+
+
+class SqlToolsConfig(Strict):
+    enabled: bool = True
+    list_schemas: bool = True
+    list_tables: bool = True
+    describe_table: bool = True
+    search_objects: bool = True
+    query: bool = True
+
+
+class TransportConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    path: str = "/mcp"
+    # external URL when behind a reverse proxy, e.g. https://sql.example.com
+    base_url: str | None = None
+    scheme: Literal["http", "https"] = "http"
+    trust_proxy: bool = False
+    # DNS-rebinding protection: None = on for loopback binds (the safe default)
+    host_origin_protection: bool | None = None
+    allowed_hosts: list[str] = Field(default_factory=list)
+    allowed_origins: list[str] = Field(default_factory=list)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must start with '/'")
+        return v.rstrip("/") or "/"
+
+
+class AuthConfig(Strict):
+    provider: Literal["none"] = "none"
+
+
+class AuditConfig(Strict):
+    enabled: bool = True
+    # JSON-lines file (relative to the project); None = only the server log
+    path: str | None = None
+    log_arguments: bool = True
+
+
+class Settings(Strict):
+    """The effective configuration of one project under one profile."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str | None = None
+    profile: str = "default"
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    sql_tools: SqlToolsConfig = Field(default_factory=SqlToolsConfig)
+    transport: TransportConfig = Field(default_factory=TransportConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+
+
+# sections a profile in the user config may override; name/description/profile are the project's
+PROFILE_SECTIONS = ("engine", "limits", "sql_tools", "transport", "auth", "audit")
+PROJECT_KEYS = ("name", "description", "profile", "engine", "limits", "sql_tools", "transport", "audit")

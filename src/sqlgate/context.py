@@ -1,0 +1,109 @@
+"""Who is calling, derived per request — never stored on the MCP session.
+
+The engine receives a CallContext explicitly; tools obtain it from `current_call()`, which reads
+the current HTTP request (headers, and the verified access token once auth is on) or a value
+pinned for the duration of a CLI `run`/`test`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+
+@dataclass(frozen=True)
+class UserContext:
+    username: str = ""
+    user_id: str = ""
+    email: str = ""
+    provider: str = ""
+    display_name: str = ""
+    # the upstream IdP token: reachable from SQL via get_user_external_token(), never logged
+    external_token: str = field(default="", repr=False)
+    scopes: frozenset[str] = frozenset()
+    claims: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+
+    @property
+    def is_anonymous(self) -> bool:
+        return not self.username and not self.user_id
+
+    def log_fields(self) -> dict[str, str]:
+        """What audit logs may show about the caller (no token, no raw claims)."""
+        return {
+            "username": self.username,
+            "user_id": self.user_id,
+            "provider": self.provider,
+            "display_name": self.display_name,
+            "email": self.email,
+        }
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> UserContext:
+        known = {"username", "user_id", "email", "provider", "display_name", "external_token"}
+        unknown = set(data) - known - {"scopes", "claims"}
+        if unknown:
+            raise ValueError(
+                f"unknown user context key(s): {', '.join(sorted(unknown))} "
+                f"(allowed: {', '.join(sorted(known | {'scopes', 'claims'}))})"
+            )
+        scopes = data.get("scopes") or []
+        if isinstance(scopes, str):
+            scopes = scopes.split()
+        return cls(
+            **{k: str(data[k]) for k in known if data.get(k) is not None},
+            scopes=frozenset(scopes),
+            claims=MappingProxyType(dict(data.get("claims") or {})),
+        )
+
+
+ANONYMOUS = UserContext()
+
+
+@dataclass(frozen=True)
+class CallContext:
+    user: UserContext = ANONYMOUS
+    # request headers, lower-cased names; the Authorization header is never kept here
+    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def header(self, name: str) -> str:
+        return self.headers.get(name.lower(), "")
+
+
+_pinned: ContextVar[CallContext | None] = ContextVar("sqlgate_call", default=None)
+_DROP_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+
+
+@contextmanager
+def pinned_call(ctx: CallContext) -> Iterator[None]:
+    """Run a block (CLI run/test, tests) as a given caller."""
+    token = _pinned.set(ctx)
+    try:
+        yield
+    finally:
+        _pinned.reset(token)
+
+
+def current_call() -> CallContext:
+    pinned = _pinned.get()
+    if pinned is not None:
+        return pinned
+    from sqlgate.auth.identity import current_user  # local: auth is optional at import time
+
+    headers = _request_headers()
+    return CallContext(user=current_user(), headers=headers)
+
+
+def _request_headers() -> Mapping[str, str]:
+    try:
+        from fastmcp.server.dependencies import get_http_request
+
+        request = get_http_request()
+    except RuntimeError:
+        return MappingProxyType({})  # stdio: there is no HTTP request
+    return MappingProxyType(
+        {k.lower(): v for k, v in request.headers.items() if k.lower() not in _DROP_HEADERS}
+    )

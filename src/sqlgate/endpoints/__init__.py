@@ -1,0 +1,1 @@
+"""YAML-defined tools, resources and prompts: loaded and validated once, at start-up."""

@@ -1,0 +1,142 @@
+"""Run an endpoint: validate arguments, execute SQL or Python under limits, shape the result."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import re
+from typing import Any
+
+import anyio
+
+from sqlgate import runtime
+from sqlgate.components import check_arguments
+from sqlgate.context import CallContext
+from sqlgate.endpoints.loader import Endpoint
+from sqlgate.endpoints.models import PromptDef
+from sqlgate.engine.base import Engine, Limits, QueryResult
+from sqlgate.errors import InvalidArguments, QueryFailed, QueryTimeout
+
+
+def prepare_arguments(ep: Endpoint, arguments: dict[str, Any] | None) -> dict[str, Any]:
+    """Apply declared defaults and validate against the declared schema."""
+    args = dict(ep.defaults)
+    args.update(arguments or {})
+    check_arguments(ep.validator, args, f"{ep.kind} {ep.name!r}")
+    # optional parameters without a default are still bound (as NULL) so SQL can test `$x IS NULL`
+    for p in ep.definition.parameters:
+        args.setdefault(p.name, None)
+    return args
+
+
+def endpoint_limits(ep: Endpoint, base: Limits) -> Limits:
+    own = getattr(ep.definition, "limits", None)
+    if own is None:
+        return base
+    return base.tightened(own.max_rows, own.max_bytes, own.timeout_seconds)
+
+
+async def execute(ep: Endpoint, arguments: dict[str, Any] | None, engine: Engine, base_limits: Limits,
+                  call: CallContext) -> dict[str, Any]:
+    """Run a tool/resource endpoint; returns the envelope {"result", "truncated"[, "hint"]}."""
+    args = prepare_arguments(ep, arguments)
+    limits = endpoint_limits(ep, base_limits)
+    if ep.sql is not None:
+        params = {name: args[name] for name in ep.sql_params}
+        qr = await engine.execute(ep.sql, params, call, limits)
+        return shape(ep, qr)
+    return {"result": await _call_python(ep, args, engine, call, limits), "truncated": False}
+
+
+async def _call_python(ep: Endpoint, args: dict[str, Any], engine: Engine, call: CallContext,
+                       limits: Limits) -> Any:
+    assert ep.function is not None
+    token = runtime.bind(engine, call, limits)
+    try:
+        if ep.is_async:
+            try:
+                return await asyncio.wait_for(ep.function(**args), limits.timeout_seconds)
+            except TimeoutError:
+                raise QueryTimeout(f"{ep.kind} {ep.name!r} ran longer than the "
+                                   f"{limits.timeout_seconds:g} s timeout") from None
+        ctx = contextvars.copy_context()
+        with anyio.fail_after(limits.timeout_seconds + 5):
+            return await anyio.to_thread.run_sync(lambda: ctx.run(ep.function, **args))
+    except (QueryFailed, QueryTimeout, InvalidArguments):
+        raise
+    except TimeoutError:
+        raise QueryTimeout(f"{ep.kind} {ep.name!r} ran longer than its timeout") from None
+    except Exception as exc:  # noqa: BLE001 - the function's own error becomes a tool error
+        raise QueryFailed(f"{type(exc).__name__}: {exc}") from None
+    finally:
+        runtime.unbind(token)
+
+
+def shape(ep: Endpoint, qr: QueryResult) -> dict[str, Any]:
+    declared = getattr(ep.definition, "return_", None) or {}
+    kind = declared.get("type", "array")
+    if kind == "array":
+        result: Any = qr.records()
+    elif kind == "object":
+        if len(qr.rows) > 1:
+            raise QueryFailed(f"{ep.kind} {ep.name!r} declares a single object but the query returned "
+                              f"{'more than ' if qr.truncated else ''}{len(qr.rows)} rows")
+        result = qr.records()[0] if qr.rows else None
+    else:
+        if len(qr.rows) > 1 or len(qr.columns) != 1:
+            raise QueryFailed(f"{ep.kind} {ep.name!r} declares a single {kind} value but the query returned "
+                              f"{len(qr.rows)} row(s) x {len(qr.columns)} column(s)")
+        result = qr.rows[0][0] if qr.rows else None
+    out: dict[str, Any] = {"result": result, "truncated": qr.truncated}
+    if qr.truncated:
+        out["hint"] = qr.hint()
+    return out
+
+
+def output_schema(ep: Endpoint) -> dict[str, Any]:
+    declared = getattr(ep.definition, "return_", None)
+    return {
+        "type": "object",
+        "properties": {
+            "result": declared if declared else {},
+            "truncated": {"type": "boolean", "description": "true when limits cut the result short"},
+            "hint": {"type": "string"},
+        },
+        "required": ["result", "truncated"],
+    }
+
+
+_PLACEHOLDER = re.compile(r"\{\{\s*([^}\s]+)\s*\}\}")
+
+
+def render_prompt(ep: Endpoint, arguments: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """[(role, text)] with {{ param }} replaced (plain substitution: prompts run no code)."""
+    assert isinstance(ep.definition, PromptDef)
+    coerced = coerce_string_args(ep, arguments or {})
+    args = prepare_arguments(ep, coerced)
+    out = []
+    for m in ep.definition.messages:
+        text = _PLACEHOLDER.sub(lambda mt: "" if args.get(mt.group(1)) is None else str(args[mt.group(1)]),
+                                m.prompt)
+        out.append((m.role, text))
+    return out
+
+
+def coerce_string_args(ep: Endpoint, arguments: dict[str, Any]) -> dict[str, Any]:
+    """Prompt arguments and URI-template values arrive as strings: convert to the declared scalar types."""
+    types = {p.name: p.type for p in ep.definition.parameters}
+    out = dict(arguments)
+    for k, v in arguments.items():
+        if not isinstance(v, str):
+            continue
+        t = types.get(k)
+        try:
+            if t == "integer":
+                out[k] = int(v)
+            elif t == "number":
+                out[k] = float(v)
+            elif t == "boolean" and v.lower() in ("true", "false"):
+                out[k] = v.lower() == "true"
+        except ValueError:
+            pass  # left as a string: validation names the problem
+    return out

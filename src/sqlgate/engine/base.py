@@ -1,0 +1,88 @@
+"""The engine contract shared by DuckDB and PostgreSQL."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlgate.context import CallContext
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_rows: int
+    max_bytes: int
+    timeout_seconds: float
+
+    def tightened(self, max_rows=None, max_bytes=None, timeout_seconds=None) -> Limits:
+        return Limits(
+            max_rows=max_rows or self.max_rows,
+            max_bytes=max_bytes or self.max_bytes,
+            timeout_seconds=timeout_seconds or self.timeout_seconds,
+        )
+
+
+@dataclass
+class QueryResult:
+    columns: list[str]
+    types: list[str]
+    rows: list[list[Any]]  # JSON-ready values
+    truncated: bool = False
+    # why the result was cut ("max_rows" / "max_bytes"), for the hint shown to the model
+    truncated_by: str | None = None
+    limits: Limits | None = field(default=None, repr=False)
+
+    def records(self) -> list[dict[str, Any]]:
+        cols = self.columns
+        return [dict(zip(cols, row, strict=True)) for row in self.rows]
+
+    def hint(self) -> str | None:
+        if not self.truncated or self.limits is None:
+            return None
+        if self.truncated_by == "max_bytes":
+            cap = f"the {self.limits.max_bytes}-byte result limit"
+        else:
+            cap = f"the {self.limits.max_rows}-row result limit"
+        return (
+            f"Result truncated at {len(self.rows)} rows by {cap}; the answer is partial. "
+            "Aggregate, filter or add LIMIT/OFFSET to see the rest."
+        )
+
+
+class Engine(abc.ABC):
+    """A database the server talks to. Implementations are safe for concurrent calls."""
+
+    dialect: str
+
+    @abc.abstractmethod
+    async def execute(
+        self, sql: str, params: dict[str, Any] | None, call: CallContext, limits: Limits
+    ) -> QueryResult: ...
+
+    @abc.abstractmethod
+    def execute_blocking(
+        self, sql: str, params: dict[str, Any] | None, call: CallContext, limits: Limits
+    ) -> QueryResult:
+        """For synchronous Python endpoints running in a worker thread."""
+
+    # --- catalog, for the built-in schema tools
+    @abc.abstractmethod
+    async def list_schemas(self, limits: Limits) -> QueryResult: ...
+
+    @abc.abstractmethod
+    async def list_tables(self, schema: str | None, limits: Limits) -> QueryResult: ...
+
+    @abc.abstractmethod
+    async def describe_table(self, table: str, schema: str | None, limits: Limits) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    async def catalog_entries(self) -> list[dict[str, Any]]:
+        """Every table, view and column with its comment, for keyword search."""
+
+    @abc.abstractmethod
+    def check_read_only(self, sql: str) -> None:
+        """Raise QueryRefused unless `sql` is exactly one read-only statement."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...

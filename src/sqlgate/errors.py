@@ -1,0 +1,43 @@
+"""Error types that carry a precise location, so every refusal names file, line/key and reason."""
+
+from __future__ import annotations
+
+
+class SqlgateError(Exception):
+    """Base class for errors shown to users (CLI prints them without a traceback)."""
+
+
+class ConfigError(SqlgateError):
+    """A configuration or endpoint file is invalid.
+
+    `where` is e.g. "tools/orders.yml:12 (tool.parameters[0].type)"; `problems` lists every
+    problem found in one file so users fix them all in one go.
+    """
+
+    def __init__(self, message: str, where: str | None = None, problems: list[str] | None = None):
+        self.message = message
+        self.where = where
+        self.problems = problems or []
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        head = f"{self.where}: {self.message}" if self.where else self.message
+        if not self.problems:
+            return head
+        return head + "\n" + "\n".join(f"  - {p}" for p in self.problems)
+
+
+class QueryRefused(SqlgateError):
+    """The statement checker refused a statement (never reaches the engine)."""
+
+
+class QueryFailed(SqlgateError):
+    """The engine raised an error executing a statement."""
+
+
+class QueryTimeout(SqlgateError):
+    """The statement ran longer than the configured timeout and was interrupted."""
+
+
+class InvalidArguments(SqlgateError):
+    """Arguments do not match an endpoint's declared parameters."""

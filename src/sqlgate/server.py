@@ -1,0 +1,134 @@
+"""Build the MCP server of a project: endpoints + built-in tools + audit, on FastMCP."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastmcp import FastMCP
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from sqlgate import __version__
+from sqlgate.audit.log import AuditMiddleware, AuditSink
+from sqlgate.components import (
+    SqlgatePrompt,
+    SqlgateResource,
+    SqlgateResourceTemplate,
+    SqlgateTool,
+    prompt_arguments,
+)
+from sqlgate.config.loader import LoadedProject
+from sqlgate.context import current_call
+from sqlgate.endpoints import executor
+from sqlgate.endpoints.loader import Endpoint, load_endpoints
+from sqlgate.endpoints.models import ResourceDef, ToolDef
+from sqlgate.engine import Engine, Limits, open_engine
+from sqlgate.sqltools.builtin import builtin_tools
+
+log = logging.getLogger("sqlgate.server")
+
+
+@dataclass
+class App:
+    project: LoadedProject
+    engine: Engine
+    endpoints: list[Endpoint]
+    mcp: FastMCP
+    builtin_names: list[str] = field(default_factory=list)
+
+    @property
+    def limits(self) -> Limits:
+        lim = self.project.settings.limits
+        return Limits(lim.max_rows, lim.max_bytes, lim.timeout_seconds)
+
+
+def _tool(ep: Endpoint, app: App) -> SqlgateTool:
+    defn = ep.definition
+    assert isinstance(defn, ToolDef)
+
+    async def handler(args: dict[str, Any]) -> dict[str, Any]:
+        return await executor.execute(ep, args, app.engine, app.limits, current_call())
+
+    annotations = defn.annotations.model_dump(exclude_none=True) if defn.annotations else None
+    return SqlgateTool.create(
+        name=ep.name, title=defn.title, description=defn.description, parameters=ep.input_schema,
+        output_schema=executor.output_schema(ep), handler=handler, annotations=annotations,
+        tags=set(defn.tags), validate=False,
+    )
+
+
+def _resource(ep: Endpoint, app: App) -> SqlgateResource | SqlgateResourceTemplate:
+    defn = ep.definition
+    assert isinstance(defn, ResourceDef)
+
+    async def handler(args: dict[str, Any]) -> dict[str, Any]:
+        args = executor.coerce_string_args(ep, args)
+        return await executor.execute(ep, args, app.engine, app.limits, current_call())
+
+    common = dict(name=ep.name, title=defn.title, description=defn.description, mime_type=defn.mime_type,
+                  tags=set(defn.tags))
+    if defn.parameters:
+        component: Any = SqlgateResourceTemplate(uri_template=defn.uri, parameters=ep.input_schema, **common)
+    else:
+        component = SqlgateResource(uri=defn.uri, **common)
+    component._handler = handler
+    return component
+
+
+def _prompt(ep: Endpoint) -> SqlgatePrompt:
+    prompt = SqlgatePrompt(name=ep.name, title=ep.definition.title, description=ep.definition.description,
+                           arguments=prompt_arguments(ep.definition.parameters), tags=set(ep.definition.tags))
+    prompt._renderer = lambda args: executor.render_prompt(ep, args)
+    return prompt
+
+
+def build_app(project: LoadedProject, engine: Engine | None = None,
+              endpoints: list[Endpoint] | None = None) -> App:
+    settings = project.settings
+    endpoints = load_endpoints(project.root) if endpoints is None else endpoints
+    engine = engine or open_engine(project)
+
+    @asynccontextmanager
+    async def lifespan(_server: FastMCP):
+        try:
+            yield {}
+        finally:
+            await engine.close()
+
+    mcp = FastMCP(
+        name=settings.name,
+        instructions=settings.description or f"SQL data of project {settings.name}, served by sqlgate.",
+        version=__version__,
+        lifespan=lifespan,
+        mask_error_details=True,  # unexpected exceptions never leak internals to clients
+        on_duplicate="error",
+    )
+    app = App(project=project, engine=engine, endpoints=endpoints, mcp=mcp)
+
+    if settings.audit.enabled:
+        audit_path = project.path(settings.audit.path) if settings.audit.path else None
+        mcp.add_middleware(AuditMiddleware(AuditSink(audit_path, settings.audit.log_arguments)))
+
+    for tool in builtin_tools(engine, settings.sql_tools, lambda: app.limits, current_call):
+        mcp.add_tool(tool)
+        app.builtin_names.append(tool.name)
+    for ep in endpoints:
+        if ep.kind == "tool":
+            mcp.add_tool(_tool(ep, app))
+        elif ep.kind == "resource":
+            component = _resource(ep, app)
+            if isinstance(component, SqlgateResourceTemplate):
+                mcp.add_template(component)
+            else:
+                mcp.add_resource(component)
+        else:
+            mcp.add_prompt(_prompt(ep))
+
+    @mcp.custom_route("/healthz", methods=["GET"], include_in_schema=False)
+    async def healthz(_request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "name": settings.name, "version": __version__})
+
+    return app

@@ -1,0 +1,1 @@
+"""Built-in schema exploration and read-only query tools."""

@@ -1,0 +1,92 @@
+"""Shared fixtures: example projects in temp dirs and real server subprocesses."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "src" / "sqlgate" / "templates" / "shop"
+SQLGATE = [sys.executable, "-m", "sqlgate"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def isolated_env(tmp: Path, **extra: str) -> dict[str, str]:
+    """Environment for a server subprocess: no user config from the developer's home."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SQLGATE_")}
+    env["SQLGATE_CONFIG"] = str(tmp / "no-user-config.yml")
+    env["HOME"] = str(tmp)
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def shop_project(tmp_path_factory) -> Path:
+    """A copy of the example project with its database built once per test session."""
+    root = tmp_path_factory.mktemp("shop")
+    shutil.copytree(EXAMPLE, root, dirs_exist_ok=True, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    subprocess.run([*SQLGATE, "validate", "-p", str(root)], check=True, capture_output=True,
+                   env=isolated_env(root))
+    return root
+
+
+class ServerProcess:
+    def __init__(self, proc: subprocess.Popen, url: str, base: str, log: Path):
+        self.proc, self.url, self.base, self.log = proc, url, base, log
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_server(project: Path, tmp: Path, env: dict[str, str] | None = None,
+                 args: list[str] | None = None, timeout: float = 30) -> ServerProcess:
+    port = free_port()
+    log = tmp / f"server-{port}.log"
+    proc = subprocess.Popen(
+        [*SQLGATE, "serve", "-p", str(project), "--transport", "http", "--host", "127.0.0.1",
+         "--port", str(port), *(args or [])],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env or isolated_env(tmp),
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return ServerProcess(proc, f"{base}/mcp", base, log)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"server did not become healthy:\n{log.read_text()}")
+
+
+def stop_server(server: ServerProcess) -> None:
+    server.proc.terminate()
+    try:
+        server.proc.wait(10)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def shop_server(shop_project, tmp_path_factory) -> Iterator[ServerProcess]:
+    tmp = tmp_path_factory.mktemp("server")
+    server = start_server(shop_project, tmp)
+    yield server
+    stop_server(server)
