@@ -16,8 +16,8 @@ from fastmcp.prompts.base import Message, Prompt, PromptArgument, PromptResult
 from fastmcp.resources.base import Resource
 from fastmcp.resources.template import ResourceTemplate
 from fastmcp.tools.base import Tool, ToolResult
-from mcp.types import TextContent, ToolAnnotations
 from jsonschema import Draft202012Validator
+from mcp.types import TextContent, ToolAnnotations
 from pydantic import PrivateAttr
 
 from sqlgate.errors import InvalidArguments, SqlgateError

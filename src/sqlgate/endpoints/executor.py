@@ -66,7 +66,7 @@ async def _call_python(ep: Endpoint, args: dict[str, Any], engine: Engine, call:
         raise
     except TimeoutError:
         raise QueryTimeout(f"{ep.kind} {ep.name!r} ran longer than its timeout") from None
-    except Exception as exc:  # noqa: BLE001 - the function's own error becomes a tool error
+    except Exception as exc:
         raise QueryFailed(f"{type(exc).__name__}: {exc}") from None
     finally:
         runtime.unbind(token)

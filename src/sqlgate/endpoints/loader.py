@@ -173,7 +173,7 @@ def _import_function(root: Path, file: Path, fn_name: str, rel: str) -> Callable
         sys.modules[mod_name] = module
         try:
             spec.loader.exec_module(module)
-        except Exception as exc:  # noqa: BLE001 - any import error is a config error of that file
+        except Exception as exc:
             sys.modules.pop(mod_name, None)
             raise ConfigError(f"importing {file.relative_to(root)} failed: {type(exc).__name__}: {exc}",
                               where=rel) from None

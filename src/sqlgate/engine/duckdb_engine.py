@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -288,10 +289,8 @@ class DuckDBEngine(Engine):
         self._pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             for conn in self._conns:
-                try:
+                with contextlib.suppress(duckdb.Error):
                     conn.con.close()
-                except duckdb.Error:
-                    pass
             self._conns.clear()
         self._db.close()
 

@@ -9,6 +9,7 @@ the engine underneath is opened read-only with file access off, and that is the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 
@@ -75,10 +76,8 @@ def _function_names(node: exp.Func) -> set[str]:
     if isinstance(node, exp.Anonymous):
         names.add(str(node.name).lower())
     else:
-        try:
+        with contextlib.suppress(AttributeError, ValueError):
             names.add(node.sql_name().lower())
-        except (AttributeError, ValueError):
-            pass
     return names
 
 

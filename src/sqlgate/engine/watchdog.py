@@ -6,6 +6,7 @@ synchronous Python endpoints running in worker threads.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import threading
@@ -58,7 +59,5 @@ class Watchdog:
                     continue
                 heapq.heappop(self._heap)
                 self._live[ticket] = True
-                try:
+                with contextlib.suppress(Exception):
                     fire()
-                except Exception:  # noqa: BLE001 - an interrupt failing must not kill the watchdog
-                    pass

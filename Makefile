@@ -1,0 +1,35 @@
+# Two commands on a fresh machine:
+#   make serve   install sqlgate and serve the bundled example project (DuckDB, no external service)
+#   make test    install the test dependencies and run the whole test suite (what CI runs)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: serve test lint bench install install-test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+
+install-test: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+
+serve: install
+	$(BIN)/sqlgate serve --project examples/shop --transport http --host $(HOST) --port $(PORT)
+
+lint: install-test
+	$(BIN)/ruff check .
+
+test: install-test lint
+	$(BIN)/python -m pytest
+
+bench: install-test
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info
