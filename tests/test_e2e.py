@@ -170,3 +170,39 @@ def test_server_refuses_bad_transport(shop_project, tmp_path):
     cmd = [sys.executable, "-m", "sqlgate", "serve", "-p", str(shop_project), "--transport", "carrier-pigeon"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=isolated_env(tmp_path), timeout=30)
     assert proc.returncode == 2 and "unknown transport 'carrier-pigeon'" in proc.stderr
+
+
+async def test_sighup_reloads_endpoints_and_keeps_them_on_error(shop_project, tmp_path):
+    import shutil
+    import signal
+    import time
+
+    from tests.conftest import start_server, stop_server
+
+    project = tmp_path / "reload"
+    shutil.copytree(shop_project, project)
+    server = start_server(project, tmp_path)
+    try:
+        (project / "tools" / "added.yml").write_text(
+            "tool:\n  name: added\n  description: Added while running.\n  source:\n    code: SELECT 7 AS seven\n")
+        server.proc.send_signal(signal.SIGHUP)
+        for _ in range(50):
+            if "reloaded" in server.logs():
+                break
+            time.sleep(0.1)
+        async with http_session(server.url) as session:
+            res = await session.call_tool("added", {})
+            assert res.structured_content["result"] == [{"seven": 7}]
+        # a broken file: the reload is refused and the previous tools keep working
+        (project / "tools" / "broken.yml").write_text("tool:\n  name: broken\n")
+        server.proc.send_signal(signal.SIGHUP)
+        for _ in range(50):
+            if "reload refused" in server.logs():
+                break
+            time.sleep(0.1)
+        assert "tools/broken.yml" in server.logs()
+        async with http_session(server.url) as session:
+            names = {t.name for t in (await session.list_tools()).tools}
+            assert "added" in names and "broken" not in names
+    finally:
+        stop_server(server)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
+import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,9 +26,10 @@ from sqlgate.components import (
 from sqlgate.config.loader import LoadedProject
 from sqlgate.context import current_call
 from sqlgate.endpoints import executor
-from sqlgate.endpoints.loader import Endpoint, load_endpoints
+from sqlgate.endpoints.loader import Endpoint, load_endpoints, reset_module_cache
 from sqlgate.endpoints.models import ResourceDef, ToolDef
 from sqlgate.engine import Engine, Limits, open_engine
+from sqlgate.errors import SqlgateError
 from sqlgate.sqltools.builtin import builtin_tools
 
 log = logging.getLogger("sqlgate.server")
@@ -43,6 +47,49 @@ class App:
     def limits(self) -> Limits:
         lim = self.project.settings.limits
         return Limits(lim.max_rows, lim.max_bytes, lim.timeout_seconds)
+
+    def register(self, endpoints: list[Endpoint]) -> None:
+        for ep in endpoints:
+            if ep.kind == "tool":
+                self.mcp.add_tool(_tool(ep, self))
+            elif ep.kind == "resource":
+                component = _resource(ep, self)
+                if isinstance(component, SqlgateResourceTemplate):
+                    self.mcp.add_template(component)
+                else:
+                    self.mcp.add_resource(component)
+            else:
+                self.mcp.add_prompt(_prompt(ep))
+        self.endpoints = endpoints
+
+    def reload(self) -> int:
+        """Re-read every endpoint file (explicit reload, e.g. SIGHUP).
+
+        All files are validated first; on any error the running set stays untouched and the
+        ConfigError propagates, so a typo never takes tools away from connected clients.
+        """
+        reset_module_cache()
+        fresh = load_endpoints(self.project.root, self.engine.dialect)
+        provider = self.mcp.local_provider
+        for ep in self.endpoints:
+            if ep.kind == "tool":
+                provider.remove_tool(ep.name)
+            elif ep.kind == "prompt":
+                provider.remove_prompt(ep.name)
+            elif ep.definition.parameters:
+                provider.remove_template(ep.definition.uri)
+            else:
+                provider.remove_resource(ep.definition.uri)
+        self.register(fresh)
+        return len(fresh)
+
+    def reload_logged(self) -> None:
+        try:
+            count = self.reload()
+        except SqlgateError as exc:
+            log.error("reload refused, keeping the previous endpoints: %s", exc)
+        else:
+            log.info("reloaded %d endpoint(s)", count)
 
 
 def _tool(ep: Endpoint, app: App) -> SqlgateTool:
@@ -88,14 +135,20 @@ def _prompt(ep: Endpoint) -> SqlgatePrompt:
 def build_app(project: LoadedProject, engine: Engine | None = None,
               endpoints: list[Endpoint] | None = None) -> App:
     settings = project.settings
-    endpoints = load_endpoints(project.root) if endpoints is None else endpoints
     engine = engine or open_engine(project)
+    endpoints = load_endpoints(project.root, engine.dialect) if endpoints is None else endpoints
 
     @asynccontextmanager
     async def lifespan(_server: FastMCP):
+        loop = asyncio.get_running_loop()
+        reload_signal = getattr(signal, "SIGHUP", None)
+        if reload_signal is not None and threading.current_thread() is threading.main_thread():
+            loop.add_signal_handler(reload_signal, app.reload_logged)
         try:
             yield {}
         finally:
+            if reload_signal is not None and threading.current_thread() is threading.main_thread():
+                loop.remove_signal_handler(reload_signal)
             await engine.close()
 
     mcp = FastMCP(
@@ -106,7 +159,7 @@ def build_app(project: LoadedProject, engine: Engine | None = None,
         mask_error_details=True,  # unexpected exceptions never leak internals to clients
         on_duplicate="error",
     )
-    app = App(project=project, engine=engine, endpoints=endpoints, mcp=mcp)
+    app = App(project=project, engine=engine, endpoints=[], mcp=mcp)
 
     if settings.audit.enabled:
         audit_path = project.path(settings.audit.path) if settings.audit.path else None
@@ -115,17 +168,7 @@ def build_app(project: LoadedProject, engine: Engine | None = None,
     for tool in builtin_tools(engine, settings.sql_tools, lambda: app.limits, current_call):
         mcp.add_tool(tool)
         app.builtin_names.append(tool.name)
-    for ep in endpoints:
-        if ep.kind == "tool":
-            mcp.add_tool(_tool(ep, app))
-        elif ep.kind == "resource":
-            component = _resource(ep, app)
-            if isinstance(component, SqlgateResourceTemplate):
-                mcp.add_template(component)
-            else:
-                mcp.add_resource(component)
-        else:
-            mcp.add_prompt(_prompt(ep))
+    app.register(endpoints)
 
     @mcp.custom_route("/healthz", methods=["GET"], include_in_schema=False)
     async def healthz(_request: Request) -> JSONResponse:
