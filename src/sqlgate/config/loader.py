@@ -87,6 +87,8 @@ def _apply_env(data: LineDict, env: Mapping[str, str]) -> None:
         node = data
         for part in path[:-1]:
             child = node.get(part)
+            if child is not None and not isinstance(child, dict):
+                raise ConfigError(f"`{part}` must be a mapping (needed to apply {var})", where=_at(node, part))
             if not isinstance(child, LineDict):
                 child = LineDict(child or {})
                 child.source = f"environment variable {var}"

@@ -15,6 +15,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 from pydantic import ValidationError
+from sqlglot.errors import TokenError
 
 from sqlgate.config.yamlio import load_yaml_file, pydantic_problems
 from sqlgate.endpoints.models import EndpointFile, PromptDef, ResourceDef, ToolDef
@@ -119,10 +120,16 @@ def _load_one(root: Path, path: Path, dialect: str) -> Endpoint | None:
             ep.sql = src.code
         else:
             file = _resolve(root, path, src.file, rel, ".sql")
-            ep.sql = file.read_text(encoding="utf-8")
+            try:
+                ep.sql = file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"cannot read SQL file {src.file}: {exc}", where=rel) from None
         if not ep.sql.strip():
             raise ConfigError("SQL source is empty", where=rel)
-        ep.sql_params = sql_parameters(ep.sql, dialect)
+        try:
+            ep.sql_params = sql_parameters(ep.sql, dialect)
+        except TokenError as exc:
+            raise ConfigError(f"cannot read the SQL: {exc}", where=f"{rel} ({kind}.source)") from None
         undeclared = [p for p in ep.sql_params if p not in declared]
         if undeclared:
             raise ConfigError(

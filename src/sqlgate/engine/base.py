@@ -16,10 +16,11 @@ class Limits:
     timeout_seconds: float
 
     def tightened(self, max_rows=None, max_bytes=None, timeout_seconds=None) -> Limits:
+        """Endpoint limits may only lower the configured ones, never raise them."""
         return Limits(
-            max_rows=max_rows or self.max_rows,
-            max_bytes=max_bytes or self.max_bytes,
-            timeout_seconds=timeout_seconds or self.timeout_seconds,
+            max_rows=min(max_rows, self.max_rows) if max_rows else self.max_rows,
+            max_bytes=min(max_bytes, self.max_bytes) if max_bytes else self.max_bytes,
+            timeout_seconds=min(timeout_seconds, self.timeout_seconds) if timeout_seconds else self.timeout_seconds,
         )
 
 

@@ -317,7 +317,7 @@ def _shape(description: list[tuple], raw: list[tuple], limits: Limits) -> QueryR
     dumps = json.dumps
     for record in raw[: limits.max_rows]:
         row = [to_json(v) for v in record]
-        budget -= len(dumps(row, ensure_ascii=False)) + 1
+        budget -= len(dumps(row, ensure_ascii=False).encode("utf-8")) + 1
         if budget < 0:
             truncated_by = "max_bytes"
             break

@@ -67,6 +67,10 @@ _FORBIDDEN_FUNCTIONS = frozenset(
 )
 _FORBIDDEN_PREFIXES = ("read_", "pg_read", "pg_ls", "lo_")
 _FORBIDDEN_SUFFIXES = ("_scan", "_attach", "_execute")
+# statements sqlglot cannot parse but whose refusal should still say what they are
+_ADMIN_KEYWORDS = frozenset({"EXPORT", "IMPORT", "CREATE", "VACUUM", "CHECKPOINT", "FORCE", "LOAD", "CALL",
+                             "RESET", "ALTER", "DROP", "INSERT", "UPDATE", "DELETE", "COPY", "ATTACH",
+                             "DETACH", "INSTALL", "SET", "PRAGMA", "GRANT", "REVOKE", "COMMENT"})
 _FILE_LIKE = re.compile(r"[/\\:*?]|\.[A-Za-z0-9]{1,8}$")
 _EXPLAIN = re.compile(r"^\s*explain(\s+analy[sz]e)?\b", re.IGNORECASE)
 
@@ -114,6 +118,9 @@ def check_read_only(sql: str, dialect: str) -> None:
     try:
         statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
     except (ParseError, TokenError) as exc:
+        keyword = sql.strip().split(None, 1)[0].upper() if sql.strip() else ""
+        if keyword in _ADMIN_KEYWORDS:
+            raise QueryRefused(f"{keyword} statement is not allowed: only read-only queries are accepted") from None
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise QueryRefused(f"could not parse the query, so it is refused: {first}") from None
     if not statements:
@@ -131,6 +138,8 @@ def check_read_only(sql: str, dialect: str) -> None:
         return
     if not isinstance(stmt, _READ_ROOTS):
         kind = _FORBIDDEN_NODES.get(type(stmt))
+        if isinstance(stmt, exp.Command):
+            kind = str(stmt.this).upper()
         if kind is None:
             words = sql.strip().split(None, 1)
             kind = f"{words[0].upper()} statement" if words else "this statement"
