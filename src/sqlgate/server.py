@@ -69,7 +69,7 @@ class App:
         ConfigError propagates, so a typo never takes tools away from connected clients.
         """
         reset_module_cache()
-        fresh = load_endpoints(self.project.root, self.engine.dialect)
+        fresh = load_endpoints(self.project.root)
         provider = self.mcp.local_provider
         for ep in self.endpoints:
             if ep.kind == "tool":
@@ -136,7 +136,7 @@ def build_app(project: LoadedProject, engine: Engine | None = None,
               endpoints: list[Endpoint] | None = None) -> App:
     settings = project.settings
     engine = engine or open_engine(project)
-    endpoints = load_endpoints(project.root, engine.dialect) if endpoints is None else endpoints
+    endpoints = load_endpoints(project.root) if endpoints is None else endpoints
 
     @asynccontextmanager
     async def lifespan(_server: FastMCP):

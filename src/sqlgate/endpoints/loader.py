@@ -15,7 +15,6 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 from pydantic import ValidationError
-from sqlglot.errors import TokenError
 
 from sqlgate.config.yamlio import load_yaml_file, pydantic_problems
 from sqlgate.endpoints.models import EndpointFile, PromptDef, ResourceDef, ToolDef
@@ -55,7 +54,7 @@ def input_schema(definition: ToolDef | ResourceDef | PromptDef) -> dict[str, Any
     return schema
 
 
-def load_endpoints(root: Path, dialect: str = "duckdb") -> list[Endpoint]:
+def load_endpoints(root: Path) -> list[Endpoint]:
     endpoints: list[Endpoint] = []
     errors: list[ConfigError] = []
     for kind, folder in KIND_DIRS.items():
@@ -64,7 +63,7 @@ def load_endpoints(root: Path, dialect: str = "duckdb") -> list[Endpoint]:
             continue
         for path in sorted([*base.rglob("*.yml"), *base.rglob("*.yaml")]):
             try:
-                ep = _load_one(root, path, dialect)
+                ep = _load_one(root, path)
             except ConfigError as exc:
                 errors.append(exc)
                 continue
@@ -89,7 +88,7 @@ def load_endpoints(root: Path, dialect: str = "duckdb") -> list[Endpoint]:
     return endpoints
 
 
-def _load_one(root: Path, path: Path, dialect: str) -> Endpoint | None:
+def _load_one(root: Path, path: Path) -> Endpoint | None:
     rel = str(path.relative_to(root))
     data = load_yaml_file(path, rel)
     if data is None:
@@ -127,9 +126,9 @@ def _load_one(root: Path, path: Path, dialect: str) -> Endpoint | None:
         if not ep.sql.strip():
             raise ConfigError("SQL source is empty", where=rel)
         try:
-            ep.sql_params = sql_parameters(ep.sql, dialect)
-        except TokenError as exc:
-            raise ConfigError(f"cannot read the SQL: {exc}", where=f"{rel} ({kind}.source)") from None
+            ep.sql_params = sql_parameters(ep.sql)
+        except ConfigError as exc:
+            raise ConfigError(f"cannot read the SQL: {exc.message}", where=f"{rel} ({kind}.source)") from None
         undeclared = [p for p in ep.sql_params if p not in declared]
         if undeclared:
             raise ConfigError(

@@ -1,18 +1,74 @@
-"""Find the `$name` parameters a SQL text uses (tokenizer-based: robust to dialect syntax)."""
+"""Find the `$name` parameters a SQL text uses.
+
+A small scanner instead of a SQL parser: it only has to skip what can contain a `$` that is not
+a parameter (string literals, quoted identifiers, comments, dollar-quoted strings), and it keeps
+sqlglot out of start-up (sqlglot is loaded when the query tool first checks a statement).
+"""
 
 from __future__ import annotations
 
-import itertools
+import re
 
-import sqlglot
-from sqlglot.tokens import TokenType
+from sqlgate.errors import ConfigError
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_DOLLAR_TAG = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$")
 
 
-def sql_parameters(sql: str, dialect: str = "duckdb") -> list[str]:
-    tokens = sqlglot.tokenize(sql, read=dialect)
+def sql_parameters(sql: str) -> list[str]:
     names: list[str] = []
-    for tok, nxt in itertools.pairwise(tokens):
-        is_named = tok.token_type == TokenType.PARAMETER and tok.text == "$" and nxt.start == tok.end + 1
-        if is_named and nxt.text not in names and not nxt.text.isdigit():
-            names.append(nxt.text)
+    i, n = 0, len(sql)
+    while i < n:
+        c = sql[i]
+        if c in "'\"":
+            i = _skip_quoted(sql, i, c)
+        elif sql.startswith("--", i):
+            j = sql.find("\n", i)
+            i = n if j < 0 else j + 1
+        elif sql.startswith("/*", i):
+            i = _skip_block_comment(sql, i)
+        elif c == "$":
+            tag = _DOLLAR_TAG.match(sql, i)
+            if tag is not None:  # $$...$$ or $tag$...$tag$ string
+                end = sql.find(tag.group(0), tag.end())
+                if end < 0:
+                    raise ConfigError(f"unterminated dollar-quoted string starting at offset {i}")
+                i = end + len(tag.group(0))
+                continue
+            name = _NAME.match(sql, i + 1)
+            if name is not None:
+                if name.group(0) not in names:
+                    names.append(name.group(0))
+                i = name.end()
+            else:
+                i += 1
+        else:
+            i += 1
     return names
+
+
+def _skip_quoted(sql: str, start: int, quote: str) -> int:
+    i = start + 1
+    while True:
+        j = sql.find(quote, i)
+        if j < 0:
+            kind = "string" if quote == "'" else "quoted identifier"
+            raise ConfigError(f"unterminated {kind} starting at offset {start}")
+        if sql.startswith(quote * 2, j):  # doubled quote is an escaped quote
+            i = j + 2
+            continue
+        return j + 1
+
+
+def _skip_block_comment(sql: str, start: int) -> int:
+    depth, i = 0, start
+    while i < len(sql):
+        if sql.startswith("/*", i):
+            depth, i = depth + 1, i + 2
+        elif sql.startswith("*/", i):
+            depth, i = depth - 1, i + 2
+            if depth == 0:
+                return i
+        else:
+            i += 1
+    raise ConfigError(f"unterminated /* comment starting at offset {start}")

@@ -24,7 +24,6 @@ import duckdb
 
 from sqlgate.context import CallContext
 from sqlgate.engine.base import Engine, Limits, QueryResult
-from sqlgate.engine.readonly import check_read_only
 from sqlgate.engine.values import to_json
 from sqlgate.engine.watchdog import Watchdog
 from sqlgate.errors import ConfigError, QueryFailed, QueryTimeout
@@ -54,10 +53,19 @@ _HARDENING = {
 }
 
 
-def _context_key(call: CallContext) -> tuple:
+def _context_key(call: CallContext, sql: str) -> tuple:
+    """What the connection-local context must hold for this statement.
+
+    Request headers differ on nearly every request (session ids, lengths), so they are only put
+    into the context when the statement can read them; otherwise the context stays stable across
+    calls of the same user and is not re-set each time. The headers entry is then empty, so no
+    previous caller's headers remain visible either.
+    """
     u = call.user
-    return (u.username, u.user_id, u.email, u.provider, u.display_name, u.external_token,
-            tuple(sorted(call.headers.items())))
+    lowered = sql.lower()
+    wants_headers = "get_request_header" in lowered or "getvariable" in lowered
+    headers = tuple(sorted(call.headers.items())) if wants_headers else ()
+    return (u.username, u.user_id, u.email, u.provider, u.display_name, u.external_token, headers)
 
 
 def _clean_error(exc: Exception) -> str:
@@ -152,8 +160,8 @@ class DuckDBEngine(Engine):
             self._local.conn = conn
         return conn
 
-    def _apply_context(self, conn: _Conn, call: CallContext) -> None:
-        key = _context_key(call)
+    def _apply_context(self, conn: _Conn, call: CallContext, sql: str) -> None:
+        key = _context_key(call, sql)
         if key == conn.context_key:
             return
         u = call.user
@@ -170,7 +178,7 @@ class DuckDBEngine(Engine):
         conn = self._conn()
         if slot is not None:
             slot["conn"] = conn.con
-        self._apply_context(conn, call)
+        self._apply_context(conn, call, sql)
         ticket = self._watchdog.arm(limits.timeout_seconds, conn.con.interrupt)
         try:
             cur = conn.con.execute(sql, params) if params else conn.con.execute(sql)
@@ -213,6 +221,9 @@ class DuckDBEngine(Engine):
         return self._pool.submit(self._run, sql, params, call, limits).result()
 
     def check_read_only(self, sql: str) -> None:
+        # imported on first use: sqlglot is only needed once untrusted SQL arrives
+        from sqlgate.engine.readonly import check_read_only
+
         check_read_only(sql, self.dialect)
 
     # ------------------------------------------------------------------ catalog
