@@ -7,7 +7,7 @@ from typing import Any
 
 import anyio
 
-from sqlgate.server import App
+from sqlgate.server import App, settle_heap
 
 
 def is_loopback(host: str) -> bool:
@@ -47,6 +47,7 @@ def uvicorn_options(app: App, log_level: str) -> dict[str, Any]:
 
 
 def serve(app: App, transport: str, host: str, port: int, log_level: str = "info") -> None:
+    settle_heap()
     if transport == "stdio":
         anyio.run(lambda: app.mcp.run_stdio_async(show_banner=False, log_level=log_level.upper()))
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import threading
@@ -89,7 +90,20 @@ class App:
         except SqlgateError as exc:
             log.error("reload refused, keeping the previous endpoints: %s", exc)
         else:
+            settle_heap()
             log.info("reloaded %d endpoint(s)", count)
+
+
+def settle_heap() -> None:
+    """Move long-lived objects out of the garbage collector's reach.
+
+    Full collections over the ~130k objects FastMCP, pydantic and the endpoints leave behind
+    take 70-95 ms; frozen, they no longer decide the p99 latency under load. Unfreezing first
+    lets a reload's replaced endpoints be collected.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def _tool(ep: Endpoint, app: App) -> SqlgateTool:

@@ -39,13 +39,13 @@ class AuditSink:
     def emit(self, event: dict[str, Any]) -> None:
         if not self._log_arguments:
             event.pop("arguments", None)
-        line = json.dumps(event, ensure_ascii=False, default=str)
         u = event.get("user") or {}
         who = u.get("username") or "anonymous"
         log.info("%s %s by %s (id=%s provider=%s name=%s email=%s) -> %s in %.1f ms",
                  event["kind"], event["name"], who, u.get("user_id") or "-", u.get("provider") or "-",
                  u.get("display_name") or "-", u.get("email") or "-", event["status"], event["duration_ms"])
         if self._path is not None:
+            line = json.dumps(event, ensure_ascii=False, default=str)
             with self._lock, self._path.open("a", encoding="utf-8") as fh:
                 fh.write(line + "\n")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from typing import Any, Literal
 
@@ -21,12 +23,21 @@ class Strict(BaseModel):
 
 
 def _check_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    problem = _schema_problem(json.dumps(schema, sort_keys=True, default=str))
+    if problem:
+        raise ValueError(problem)
+    return schema
+
+
+@functools.lru_cache(maxsize=4096)
+def _schema_problem(schema_json: str) -> str | None:
+    """Meta-schema check, cached: many endpoints declare identical parameters."""
     try:
-        Draft202012Validator.check_schema(schema)
+        Draft202012Validator.check_schema(json.loads(schema_json))
     except SchemaError as exc:
         path = "/".join(str(p) for p in exc.path)
-        raise ValueError(f"invalid JSON schema{' at ' + path if path else ''}: {exc.message}") from None
-    return schema
+        return f"invalid JSON schema{' at ' + path if path else ''}: {exc.message}"
+    return None
 
 
 class Parameter(BaseModel):

@@ -30,8 +30,10 @@ class Watchdog:
                 self._thread.start()
             ticket = next(self._ids)
             self._live[ticket] = False
-            heapq.heappush(self._heap, (time.monotonic() + seconds, ticket, on_expiry))
-            self._cv.notify()
+            entry = (time.monotonic() + seconds, ticket, on_expiry)
+            heapq.heappush(self._heap, entry)
+            if self._heap[0] is entry:  # only a new earliest deadline needs the thread to wake up
+                self._cv.notify()
             return ticket
 
     def disarm(self, ticket: int) -> bool:
