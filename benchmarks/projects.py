@@ -1,0 +1,62 @@
+"""Generated sqlgate projects for the benchmarks."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+SEED_SQL = "CREATE TABLE numbers AS SELECT range AS n FROM range(100);\n"
+
+PROJECT_YML = """\
+name: bench
+engine: {path: data/bench.duckdb, seed: sql/seed.sql, read_only: true}
+"""
+
+PING_YML = """\
+tool:
+  name: ping
+  description: trivial query
+  source:
+    code: SELECT 42 AS answer
+"""
+
+# one integer parameter used by the SQL, so startup pays for parameter schema + SQL parsing
+GENERATED_TOOL = """\
+tool:
+  name: t{i:04d}
+  description: generated endpoint {i}
+  parameters:
+    - name: x
+      type: integer
+      description: any integer
+  source:
+    code: SELECT $x + {i} AS y
+"""
+
+
+def _base(root: Path) -> Path:
+    (root / "tools").mkdir(parents=True)
+    (root / "sql").mkdir()
+    (root / "sqlgate.yml").write_text(PROJECT_YML)
+    (root / "sql" / "seed.sql").write_text(SEED_SQL)
+    return root
+
+
+def ping_project(root: Path) -> Path:
+    """The throughput project: a single `ping` tool."""
+    _base(root)
+    (root / "tools" / "ping.yml").write_text(PING_YML)
+    return root
+
+
+def many_tools_project(root: Path, count: int) -> Path:
+    _base(root)
+    for i in range(count):
+        (root / "tools" / f"t{i:04d}.yml").write_text(GENERATED_TOOL.format(i=i))
+    return root
+
+
+def copy_example(src: Path, dest: Path) -> Path:
+    """Copy an example project without its built database, so the server seeds a fresh one."""
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("data", "*.duckdb", "*.duckdb.wal", "__pycache__"))
+    return dest
