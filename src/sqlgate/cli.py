@@ -104,12 +104,12 @@ def serve(
         _fail(SqlgateError(f"unknown transport {transport!r}: use stdio or http"))
     _setup_logging(log_level)
     try:
-        loaded = _load(project, profile)
+        loaded = _load(project, profile).with_transport(host=host, port=port)
         application = build_app(loaded)
     except SqlgateError as exc:
         _fail(exc)
     t = loaded.settings.transport
-    run_server(application, transport, host or t.host, t.port if port is None else port, log_level.lower())
+    run_server(application, transport, t.host, t.port, log_level.lower())
 
 
 @app.command("list")

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse
 
 from sqlgate import __version__
 from sqlgate.audit.log import AuditMiddleware, AuditSink
+from sqlgate.auth.factory import build_auth
 from sqlgate.components import (
     SqlgatePrompt,
     SqlgateResource,
@@ -94,6 +95,19 @@ class App:
             log.info("reloaded %d endpoint(s)", count)
 
 
+async def _clean_oauth_state(auth, settings) -> None:
+    """Delete expired OAuth rows periodically (reads already ignore them)."""
+    interval = settings.auth.persistence.cleanup_interval_seconds
+    while True:
+        try:
+            removed = await asyncio.to_thread(auth.state.cleanup)
+            if removed:
+                log.info("removed %d expired OAuth record(s)", removed)
+        except Exception as exc:
+            log.warning("OAuth state cleanup failed: %s", exc)
+        await asyncio.sleep(interval)
+
+
 def settle_heap() -> None:
     """Move long-lived objects out of the garbage collector's reach.
 
@@ -149,6 +163,7 @@ def _prompt(ep: Endpoint) -> SqlgatePrompt:
 def build_app(project: LoadedProject, engine: Engine | None = None,
               endpoints: list[Endpoint] | None = None) -> App:
     settings = project.settings
+    auth = build_auth(settings.auth, settings.transport)
     engine = engine or open_engine(project)
     endpoints = load_endpoints(project.root) if endpoints is None else endpoints
 
@@ -158,9 +173,12 @@ def build_app(project: LoadedProject, engine: Engine | None = None,
         reload_signal = getattr(signal, "SIGHUP", None)
         if reload_signal is not None and threading.current_thread() is threading.main_thread():
             loop.add_signal_handler(reload_signal, app.reload_logged)
+        cleanup = asyncio.create_task(_clean_oauth_state(auth, settings)) if auth is not None else None
         try:
             yield {}
         finally:
+            if cleanup is not None:
+                cleanup.cancel()
             if reload_signal is not None and threading.current_thread() is threading.main_thread():
                 loop.remove_signal_handler(reload_signal)
             await engine.close()
@@ -172,6 +190,7 @@ def build_app(project: LoadedProject, engine: Engine | None = None,
         lifespan=lifespan,
         mask_error_details=True,  # unexpected exceptions never leak internals to clients
         on_duplicate="error",
+        auth=auth,
     )
     app = App(project=project, engine=engine, endpoints=[], mcp=mcp)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,14 @@ class LoadedProject:
     settings: Settings
     root: Path
     user_config_path: Path | None
+
+    def with_transport(self, host: str | None = None, port: int | None = None) -> LoadedProject:
+        """Command-line host/port win over configuration (they shape the public base URL too)."""
+        changes = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+        if not changes:
+            return self
+        transport = self.settings.transport.model_copy(update=changes)
+        return replace(self, settings=self.settings.model_copy(update={"transport": transport}))
 
     def path(self, relative: str) -> Path:
         """Resolve a project-relative path from the configuration."""

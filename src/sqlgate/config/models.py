@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from sqlgate.auth.config import AuthConfig
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -73,10 +75,6 @@ class TransportConfig(Strict):
         if not v.startswith("/"):
             raise ValueError("must start with '/'")
         return v.rstrip("/") or "/"
-
-
-class AuthConfig(Strict):
-    provider: Literal["none"] = "none"
 
 
 class AuditConfig(Strict):

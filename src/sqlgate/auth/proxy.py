@@ -1,0 +1,171 @@
+"""sqlgate's authorization server: FastMCP's OAuthProxy with the corrections sqlgate needs.
+
+What it changes and why:
+- Scopes: MCP clients get *this server's* scopes (e.g. `sqlgate:access`); the upstream provider
+  is asked for *its* scopes (e.g. GitHub `user:email`). FastMCP mixes the two, so tokens carried
+  upstream scopes and `required_scopes` could never be met.
+- Identity: every request's access token is mapped to the upstream user info (cached for
+  `cache_ttl`), with the upstream token available as the caller's external token.
+- Revocation (RFC 7009) is always on and ends the whole grant locally — access and refresh
+  token alike — even for providers without a revocation endpoint (GitHub).
+- Pre-registered clients come from configuration (public or confidential), never from storage.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import logging
+from typing import Any
+
+from fastmcp.server.auth.auth import AccessToken
+from fastmcp.server.auth.oauth_proxy import OAuthProxy
+from mcp.server.auth.provider import RefreshToken
+from mcp.server.auth.settings import RevocationOptions
+from mcp.shared.auth import OAuthClientInformationFull
+from pydantic import AnyUrl
+
+from sqlgate.auth.config import AuthConfig, ClientConfig
+from sqlgate.auth.store import OAuthState
+from sqlgate.auth.upstream import Endpoints, UserInfoVerifier
+
+log = logging.getLogger("sqlgate.auth")
+
+# MCP scopes of the grant being exchanged, so the issued token carries them (see class doc)
+_granted_scopes: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("sqlgate_scopes", default=None)
+
+LOOPBACK_REDIRECTS = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+
+
+def _signing_key(secret: str) -> bytes:
+    # separate from the storage key: a leaked signing key does not decrypt stored tokens
+    return hashlib.sha256(b"sqlgate-token-signing\x00" + secret.encode()).digest()
+
+
+class SqlgateOAuthProxy(OAuthProxy):
+    def __init__(self, *, auth: AuthConfig, endpoints: Endpoints, verifier: UserInfoVerifier,
+                 state: OAuthState, base_url: str):
+        cfg = auth.provider_config()
+        super().__init__(
+            upstream_authorization_endpoint=endpoints.authorize,
+            upstream_token_endpoint=endpoints.token,
+            upstream_client_id=cfg.client_id or "",
+            upstream_client_secret=cfg.client_secret,
+            upstream_revocation_endpoint=endpoints.revoke,
+            token_verifier=verifier,
+            base_url=base_url,
+            redirect_path=endpoints.callback_path,
+            issuer_url=base_url,
+            allowed_client_redirect_uris=[*LOOPBACK_REDIRECTS, *auth.allowed_redirect_uris,
+                                          *(u for c in auth.clients for u in c.redirect_uris)],
+            valid_scopes=list(auth.scopes),
+            forward_pkce=cfg.forward_pkce,
+            forward_resource=False,  # the resource is this server, not the upstream provider's API
+            token_endpoint_auth_method=endpoints.token_auth_method,
+            extra_authorize_params=endpoints.extra_authorize,
+            extra_token_params=dict(cfg.extra_token_params),
+            client_storage=state.kv,
+            jwt_signing_key=_signing_key(state.secret),
+            require_authorization_consent=auth.consent,
+            fastmcp_access_token_expiry_seconds=auth.access_token_ttl,
+            fallback_access_token_expiry_seconds=auth.access_token_ttl,
+            fallback_refresh_token_expiry_seconds=auth.refresh_token_ttl,
+            enable_cimd=False,
+        )
+        self.required_scopes = list(auth.authorization.required_scopes)
+        self.revocation_options = RevocationOptions(enabled=True)
+        self._upstream_scopes = endpoints.scope.split()
+        self._provider_name = auth.provider
+        self._config_clients = {c.client_id: c for c in auth.clients}
+        self._mcp_scopes = list(auth.scopes)
+        self.state = state
+
+    # ---------------------------------------------------------------- scopes
+    def _build_upstream_authorize_url(self, txn_id: str, transaction: dict[str, Any]) -> str:
+        return super()._build_upstream_authorize_url(txn_id, {**transaction, "scopes": self._upstream_scopes})
+
+    def _prepare_scopes_for_upstream_refresh(self, scopes: list[str]) -> list[str]:
+        return []  # omitted: the upstream grant keeps its original scope (RFC 6749 §6)
+
+    def _translate_scopes_from_idp(self, scopes: list[str]) -> list[str]:
+        granted = _granted_scopes.get()
+        return list(granted) if granted is not None else []
+
+    async def exchange_authorization_code(self, client, authorization_code):
+        token = _granted_scopes.set(self._allowed(authorization_code.scopes))
+        try:
+            return await super().exchange_authorization_code(client, authorization_code)
+        finally:
+            _granted_scopes.reset(token)
+
+    async def exchange_refresh_token(self, client, refresh_token: RefreshToken, scopes: list[str]):
+        # a refresh may narrow the grant, never widen it
+        wanted = [s for s in (scopes or refresh_token.scopes) if s in refresh_token.scopes]
+        token = _granted_scopes.set(self._allowed(wanted))
+        try:
+            return await super().exchange_refresh_token(client, refresh_token, scopes)
+        finally:
+            _granted_scopes.reset(token)
+
+    def _allowed(self, requested: list[str]) -> list[str]:
+        return [s for s in requested if s in self._mcp_scopes] or []
+
+    # ---------------------------------------------------------------- identity per request
+    async def load_access_token(self, token: str) -> AccessToken | None:  # type: ignore[override]
+        validated = await super().load_access_token(token)
+        if validated is None:
+            return None
+        try:
+            payload = self.jwt_issuer.verify_token(token)
+        except Exception:
+            return None
+        scopes = str(payload.get("scope") or "").split()
+        claims = dict(validated.claims or {})
+        claims.setdefault("sqlgate_provider", self._provider_name)
+        # the upstream token is the caller's external token (SQL: get_user_external_token());
+        # it stays inside the server: identity.py reads it, audit logs never see claims
+        claims["sqlgate_upstream_token"] = validated.token
+        return AccessToken(
+            token=token,
+            client_id=str(payload.get("client_id") or ""),
+            scopes=scopes,
+            expires_at=int(payload["exp"]) if payload.get("exp") else None,
+            subject=claims.get("sub"),
+            claims=claims,
+        )
+
+    # ---------------------------------------------------------------- clients
+    async def get_client(self, client_id: str) -> OAuthClientInformationFull | None:
+        configured = self._config_clients.get(client_id)
+        if configured is not None:
+            return self._client_from_config(configured)
+        return await super().get_client(client_id)
+
+    def _client_from_config(self, c: ClientConfig) -> OAuthClientInformationFull:
+        return OAuthClientInformationFull(
+            client_id=c.client_id,
+            client_secret=c.client_secret,
+            client_name=c.name,
+            redirect_uris=[AnyUrl(u) for u in c.redirect_uris],
+            grant_types=list(c.grant_types),
+            response_types=["code"],
+            scope=" ".join(c.scopes if c.scopes is not None else self._mcp_scopes),
+            token_endpoint_auth_method="client_secret_post" if c.client_secret else "none",
+        )
+
+    # ---------------------------------------------------------------- revocation
+    async def revoke_token(self, token: AccessToken | RefreshToken) -> None:
+        """End the whole grant: its upstream token set and every token mapped to it."""
+        try:
+            use = "refresh" if isinstance(token, RefreshToken) else "access"
+            payload = self.jwt_issuer.verify_token(token.token, expected_token_use=use)
+        except Exception:
+            payload = None
+        await super().revoke_token(token)  # upstream revocation where the provider has one
+        if payload is None:
+            return
+        mapping = await self._jti_mapping_store.get(key=payload["jti"])
+        await self._jti_mapping_store.delete(key=payload["jti"])
+        if mapping is not None:
+            await self._upstream_token_store.delete(key=mapping.upstream_token_id)
+        log.info("revoked a %s token of client %s", use, payload.get("client_id"))

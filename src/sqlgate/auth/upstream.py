@@ -1,0 +1,179 @@
+"""Upstream identity providers: their endpoints and how to learn who a token belongs to.
+
+Each provider maps its user-info answer onto one shape (user_id, username, email, name), which
+becomes the caller's identity in SQL (`get_username()` …) and in audit logs. Answers are cached
+for `cache_ttl` seconds per token, so a busy client does not turn every call into a call to the
+provider, and bad tokens are never cached.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx2
+from fastmcp.server.auth import TokenVerifier
+from fastmcp.server.auth.auth import AccessToken
+from fastmcp.utilities.token_cache import TokenCache
+
+from sqlgate.auth.config import PROVIDER_TITLES, AuthConfig, ProviderConfig
+from sqlgate.errors import ConfigError
+
+log = logging.getLogger("sqlgate.auth.upstream")
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    authorize: str
+    token: str
+    userinfo: str
+    revoke: str | None = None
+    emails: str | None = None  # GitHub: /user/emails when /user hides the address
+    scope: str = ""
+    callback_path: str = "/auth/callback"
+    token_auth_method: str = "client_secret_basic"
+    extra_authorize: dict[str, str] = field(default_factory=dict)
+
+
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "github": dict(authorize="https://github.com/login/oauth/authorize",
+                   token="https://github.com/login/oauth/access_token", api="https://api.github.com",
+                   scope="user:email", token_auth_method="client_secret_post"),
+    "atlassian": dict(authorize="https://auth.atlassian.com/authorize", token="https://auth.atlassian.com/oauth/token",
+                      userinfo="https://api.atlassian.com/me", scope="read:me offline_access",
+                      token_auth_method="client_secret_post",
+                      extra_authorize={"audience": "api.atlassian.com", "prompt": "consent"}),
+    "salesforce": dict(authorize="https://login.salesforce.com/services/oauth2/authorize",
+                       token="https://login.salesforce.com/services/oauth2/token",
+                       userinfo="https://login.salesforce.com/services/oauth2/userinfo",
+                       revoke="https://login.salesforce.com/services/oauth2/revoke",
+                       scope="api refresh_token openid profile email"),
+    "google": dict(authorize="https://accounts.google.com/o/oauth2/v2/auth", token="https://oauth2.googleapis.com/token",
+                   userinfo="https://openidconnect.googleapis.com/v1/userinfo",
+                   revoke="https://oauth2.googleapis.com/revoke", scope="openid profile email",
+                   extra_authorize={"access_type": "offline", "prompt": "consent"}),
+    "keycloak": dict(scope="openid profile email"),
+    "oidc": dict(scope="openid profile email"),
+}
+
+
+def resolve_endpoints(provider: str, cfg: ProviderConfig) -> Endpoints:
+    d = _DEFAULTS[provider]
+    title = PROVIDER_TITLES[provider]
+    if provider == "keycloak":
+        base = f"{cfg.server_url.rstrip('/')}/realms/{cfg.realm}/protocol/openid-connect"  # type: ignore[union-attr]
+        d = {**d, "authorize": f"{base}/auth", "token": f"{base}/token", "userinfo": f"{base}/userinfo",
+             "revoke": f"{base}/revoke"}
+    elif provider == "oidc" and not (cfg.auth_url and cfg.token_url and cfg.userinfo_url):
+        d = {**d, **_discover(cfg, title)}
+    elif provider == "github":
+        api = (cfg.api_base_url or d["api"]).rstrip("/")
+        d = {**d, "userinfo": f"{api}/user", "emails": f"{api}/user/emails"}
+    return Endpoints(
+        authorize=cfg.auth_url or d["authorize"],
+        token=cfg.token_url or d["token"],
+        userinfo=cfg.userinfo_url or d["userinfo"],
+        revoke=cfg.revoke_url or d.get("revoke"),
+        emails=d.get("emails"),
+        scope=cfg.scope if cfg.scope is not None else d["scope"],
+        callback_path=cfg.callback_path or f"/{provider}/callback",
+        token_auth_method=cfg.token_endpoint_auth_method or d.get("token_auth_method", "client_secret_basic"),
+        extra_authorize={**d.get("extra_authorize", {}), **cfg.extra_authorize_params},
+    )
+
+
+def _discover(cfg: ProviderConfig, title: str) -> dict[str, str]:
+    url = cfg.discovery_url or f"{(cfg.issuer or '').rstrip('/')}/.well-known/openid-configuration"
+    try:
+        doc = httpx2.get(url, timeout=cfg.timeout_seconds).raise_for_status().json()
+    except (httpx2.HTTPError, ValueError) as exc:
+        raise ConfigError(f"{title} discovery failed: cannot read {url}: {exc}", where="auth.oidc") from None
+    missing = [k for k in ("authorization_endpoint", "token_endpoint", "userinfo_endpoint") if k not in doc]
+    if missing:
+        raise ConfigError(f"{title} discovery document {url} lacks {', '.join(missing)}", where="auth.oidc")
+    if cfg.issuer and doc.get("issuer", "").rstrip("/") != cfg.issuer.rstrip("/"):
+        raise ConfigError(f"{title} discovery document issuer {doc.get('issuer')!r} does not match the "
+                          f"configured issuer {cfg.issuer!r}", where="auth.oidc")
+    return {"authorize": doc["authorization_endpoint"], "token": doc["token_endpoint"],
+            "userinfo": doc["userinfo_endpoint"], "revoke": doc.get("revocation_endpoint")}
+
+
+def normalize(provider: str, info: dict[str, Any]) -> dict[str, str]:
+    """Provider user info -> user_id / username / email / name."""
+    if provider == "github":
+        return {"user_id": str(info.get("id", "")), "username": info.get("login") or "",
+                "email": info.get("email") or "", "name": info.get("name") or info.get("login") or ""}
+    if provider == "atlassian":
+        return {"user_id": info.get("account_id", ""), "username": info.get("nickname") or info.get("email") or "",
+                "email": info.get("email") or "", "name": info.get("name") or ""}
+    if provider == "salesforce":
+        return {"user_id": info.get("user_id") or info.get("sub") or "",
+                "username": info.get("preferred_username") or info.get("email") or "",
+                "email": info.get("email") or "", "name": info.get("name") or ""}
+    if provider == "google":
+        return {"user_id": info.get("sub", ""), "username": info.get("email") or info.get("sub") or "",
+                "email": info.get("email") or "", "name": info.get("name") or ""}
+    return {"user_id": info.get("sub", ""), "username": info.get("preferred_username") or info.get("sub") or "",
+            "email": info.get("email") or "", "name": info.get("name") or ""}
+
+
+class UserInfoVerifier(TokenVerifier):
+    """Checks an upstream access token by asking the provider who it belongs to."""
+
+    def __init__(self, provider: str, endpoints: Endpoints, cache_ttl: int, timeout: float):
+        super().__init__()
+        self.provider = provider
+        self.endpoints = endpoints
+        self._cache = TokenCache(ttl_seconds=cache_ttl)
+        self._timeout = timeout
+        self._http: httpx2.AsyncClient | None = None
+
+    def _client(self) -> httpx2.AsyncClient:
+        if self._http is None:
+            self._http = httpx2.AsyncClient(timeout=self._timeout, headers={"Accept": "application/json"})
+        return self._http
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        hit, cached = self._cache.get(token)
+        if hit:
+            return cached
+        try:
+            info = await self._user_info(token)
+        except httpx2.HTTPError as exc:
+            log.warning("%s user info request failed: %s", self.provider, exc)
+            return None
+        if info is None:
+            return None
+        identity = normalize(self.provider, info)
+        if not identity["user_id"]:
+            log.warning("%s user info has no user id; refusing the token", self.provider)
+            return None
+        claims = {"sub": identity["user_id"], "preferred_username": identity["username"],
+                  "email": identity["email"], "name": identity["name"], "sqlgate_provider": self.provider,
+                  "upstream_userinfo": info}
+        result = AccessToken(token=token, client_id=self.provider, scopes=[], expires_at=None, claims=claims)
+        self._cache.set(token, result)
+        return result
+
+    async def _user_info(self, token: str) -> dict[str, Any] | None:
+        headers = {"Authorization": f"Bearer {token}"}
+        resp = await self._client().get(self.endpoints.userinfo, headers=headers)
+        if resp.status_code in (401, 403):
+            return None
+        resp.raise_for_status()
+        info = resp.json()
+        if self.provider == "github" and not info.get("email") and self.endpoints.emails:
+            # a private address is only visible through /user/emails (needs the user:email scope)
+            emails = await self._client().get(self.endpoints.emails, headers=headers)
+            if emails.status_code == 200:
+                primary = [e for e in emails.json() if e.get("primary") and e.get("verified")]
+                if primary:
+                    info = {**info, "email": primary[0]["email"]}
+        return info
+
+
+def build_verifier(auth: AuthConfig) -> tuple[UserInfoVerifier, Endpoints]:
+    cfg = auth.provider_config()
+    endpoints = resolve_endpoints(auth.provider, cfg)
+    return UserInfoVerifier(auth.provider, endpoints, auth.cache_ttl, cfg.timeout_seconds), endpoints
