@@ -53,8 +53,8 @@ class ServerProcess:
 
 
 def start_server(project: Path, tmp: Path, env: dict[str, str] | None = None,
-                 args: list[str] | None = None, timeout: float = 30) -> ServerProcess:
-    port = free_port()
+                 args: list[str] | None = None, timeout: float = 30, port: int | None = None) -> ServerProcess:
+    port = port or free_port()
     log = tmp / f"server-{port}.log"
     proc = subprocess.Popen(
         [*SQLGATE, "serve", "-p", str(project), "--transport", "http", "--host", "127.0.0.1",

@@ -20,6 +20,7 @@ from typing import Any
 
 from fastmcp.server.auth.auth import AccessToken
 from fastmcp.server.auth.oauth_proxy import OAuthProxy
+from fastmcp.server.auth.oauth_proxy.models import ProxyDCRClient
 from mcp.server.auth.provider import RefreshToken
 from mcp.server.auth.settings import RevocationOptions
 from mcp.shared.auth import OAuthClientInformationFull
@@ -139,7 +140,13 @@ class SqlgateOAuthProxy(OAuthProxy):
         configured = self._config_clients.get(client_id)
         if configured is not None:
             return self._client_from_config(configured)
-        return await super().get_client(client_id)
+        client = await super().get_client(client_id)
+        if isinstance(client, ProxyDCRClient) and not client.allow_unregistered_redirect_uris:
+            # The redirect policy was enforced when the client registered; at /authorize the
+            # redirect must be one it registered (a loopback port may vary, RFC 8252 §7.3).
+            # FastMCP would accept any URI matching the policy patterns instead.
+            client.allowed_redirect_uri_patterns = None
+        return client
 
     def _client_from_config(self, c: ClientConfig) -> OAuthClientInformationFull:
         return OAuthClientInformationFull(

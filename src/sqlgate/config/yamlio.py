@@ -145,6 +145,8 @@ def pydantic_problems(exc: Any, data: Any, source: str, message: str = "invalid 
             msg = "unknown key (check its spelling)"
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
+        elif err["type"] in ("literal_error", "enum") and isinstance(err.get("input"), str | int | float):
+            msg = f"{msg}, got {err['input']!r}"
         problems.append(f"{where}{key}: {msg}" if key else f"{where}{msg}")
     if first and len(problems) == 1:
         # one problem: put it on the headline, the way compilers do

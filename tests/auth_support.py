@@ -1,0 +1,86 @@
+"""Helpers for OAuth tests: a project whose user config turns auth on, and the official client."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import yaml
+from mcp.client.auth import OAuthClientProvider
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata
+
+from tests.browser import Browser, query_of
+from tests.conftest import EXAMPLE, free_port, isolated_env, start_server
+
+
+def auth_project(tmp: Path, auth: dict[str, Any], port: int | None = None,
+                 transport: dict[str, Any] | None = None) -> tuple[Path, dict[str, str], int]:
+    """A copy of the example project plus a user config with `auth`; returns (dir, env, port)."""
+    project = tmp / "project"
+    if not project.exists():
+        shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    port = port or free_port()
+    auth = {"persistence": {"path": str(tmp / "oauth.db")}, **auth}
+    profile = {"auth": auth, "transport": {"port": port, **(transport or {})}}
+    config = tmp / "config.yml"
+    config.write_text(yaml.safe_dump({"projects": {"shop": {"profiles": {"default": profile}}}}))
+    return project, isolated_env(tmp, SQLGATE_CONFIG=str(config)), port
+
+
+def start_auth_server(tmp: Path, auth: dict[str, Any], port: int | None = None, **kw):
+    project, env, port = auth_project(tmp, auth, port, **kw)
+    return start_server(project, tmp, env=env, port=port)
+
+
+class MemoryTokenStorage:
+    def __init__(self) -> None:
+        self.tokens = None
+        self.client = None
+
+    async def get_tokens(self):
+        return self.tokens
+
+    async def set_tokens(self, tokens) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self):
+        return self.client
+
+    async def set_client_info(self, client) -> None:
+        self.client = client
+
+
+def oauth_client(url: str, browser: Browser, storage: MemoryTokenStorage | None = None,
+                 scope: str | None = "sqlgate:access", redirect: str = "http://127.0.0.1:45999/callback"):
+    """The official mcp OAuthClientProvider, driven headlessly by `browser`."""
+    result: dict[str, str] = {}
+
+    async def redirect_handler(authorize_url: str) -> None:
+        final = await anyio.to_thread.run_sync(browser.run, authorize_url, redirect)
+        result.clear()
+        result.update(query_of(final))
+
+    async def callback_handler() -> AuthorizationCodeResult:
+        if "code" not in result:
+            raise AssertionError(f"no code in the redirect: {result}")
+        return AuthorizationCodeResult(code=result["code"], state=result.get("state"), iss=result.get("iss"))
+
+    metadata = OAuthClientMetadata(client_name="sqlgate test client", redirect_uris=[redirect],
+                                   grant_types=["authorization_code", "refresh_token"], response_types=["code"],
+                                   scope=scope, token_endpoint_auth_method="none")
+    return OAuthClientProvider(url, metadata, storage or MemoryTokenStorage(), redirect_handler, callback_handler)
+
+
+async def call_tool(url: str, auth, name: str, args: dict[str, Any] | None = None):
+    async with (
+        httpx2.AsyncClient(auth=auth, timeout=30) as http,
+        streamable_http_client(url, http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        return await session.call_tool(name, args or {})
