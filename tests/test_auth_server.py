@@ -186,3 +186,31 @@ def test_keycloak_needs_realm_and_server(tmp_path):
     proc = _validate(tmp_path, {"provider": "keycloak", "keycloak": {"client_id": "a", "client_secret": "b"}})
     assert proc.returncode == 2
     assert "Keycloak OAuth configuration is incomplete: realm, server_url missing" in proc.stderr
+
+
+def test_reverse_proxy_base_url_shapes_every_external_url(tmp_path):
+    srv = start_auth_server(tmp_path, GITHUB, transport={"base_url": "https://sql.example.com",
+                                                         "scheme": "https", "trust_proxy": True})
+    try:
+        prm = httpx.get(f"{srv.base}/.well-known/oauth-protected-resource/mcp").json()
+        assert prm["resource"] == "https://sql.example.com/mcp"
+        assert prm["authorization_servers"][0].rstrip("/") == "https://sql.example.com"
+        meta = httpx.get(f"{srv.base}/.well-known/oauth-authorization-server").json()
+        assert meta["authorization_endpoint"] == "https://sql.example.com/authorize"
+        r = httpx.post(srv.url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                       headers={"Accept": "application/json, text/event-stream",
+                                "X-Forwarded-Proto": "https", "X-Forwarded-Host": "sql.example.com"})
+        assert r.status_code == 401
+        assert "https://sql.example.com/.well-known/oauth-protected-resource/mcp" in r.headers["www-authenticate"]
+        # the upstream callback the IdP is sent to is the public one
+        redirect = "http://127.0.0.1:5173/callback"
+        client_id = register(srv, [redirect]).json()["client_id"]
+        browser = httpx.Client(follow_redirects=False)
+        r = browser.get(f"{srv.base}/authorize", params={
+            "response_type": "code", "client_id": client_id, "redirect_uri": redirect, "state": "s",
+            "scope": "sqlgate:access", "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+            "code_challenge_method": "S256"})
+        consent = r.headers["location"]
+        assert consent.startswith("https://sql.example.com/consent?txn_id=")
+    finally:
+        stop_server(srv)
