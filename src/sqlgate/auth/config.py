@@ -100,7 +100,7 @@ class AuthConfig(Strict):
     # e.g. https://claude.ai/api/mcp/auth_callback); loopback http on any port is always allowed
     allowed_redirect_uris: list[str] = Field(default_factory=list)
     consent: bool = True
-    access_token_ttl: int = Field(default=3600, ge=60)
+    access_token_ttl: int = Field(default=3600, ge=5)
     refresh_token_ttl: int = Field(default=30 * 86400, ge=300)
 
     @field_validator("allowed_redirect_uris")

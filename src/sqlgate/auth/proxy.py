@@ -21,6 +21,7 @@ from typing import Any
 from fastmcp.server.auth.auth import AccessToken
 from fastmcp.server.auth.oauth_proxy import OAuthProxy
 from fastmcp.server.auth.oauth_proxy.models import ProxyDCRClient
+from mcp.server.auth.handlers import revoke as _sdk_revoke
 from mcp.server.auth.provider import RefreshToken
 from mcp.server.auth.settings import RevocationOptions
 from mcp.shared.auth import OAuthClientInformationFull
@@ -31,6 +32,12 @@ from sqlgate.auth.store import OAuthState
 from sqlgate.auth.upstream import Endpoints, UserInfoVerifier
 
 log = logging.getLogger("sqlgate.auth")
+
+# RFC 7009 §2.1: a public client revokes with its client_id alone. The mcp SDK's request model
+# declares client_secret as required-but-nullable, which refuses exactly those clients (every
+# DCR client of the proxy is public); give the field its intended default.
+_sdk_revoke.RevocationRequest.model_fields["client_secret"].default = None
+_sdk_revoke.RevocationRequest.model_rebuild(force=True)
 
 # MCP scopes of the grant being exchanged, so the issued token carries them (see class doc)
 _granted_scopes: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("sqlgate_scopes", default=None)
