@@ -18,6 +18,7 @@ install: $(BIN)/python
 
 install-test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	cd tests/idp && npm ci --no-audit --no-fund --loglevel=error
 
 serve: install
 	$(BIN)/sqlgate serve --project examples/shop --transport http --host $(HOST) --port $(PORT)

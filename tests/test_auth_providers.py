@@ -1,0 +1,114 @@
+"""The OAuth flow against faithful local fakes of GitHub, Atlassian, Salesforce and Google.
+
+Same path as with the real OIDC provider: official mcp client, DCR, PKCE, consent page, the
+provider's login form, token exchange in the provider's own reply format, user info from its
+own endpoints — then SQL sees the user, and revocation ends access.
+"""
+
+from __future__ import annotations
+
+import anyio
+import httpx
+import pytest
+
+from tests.auth_support import MemoryTokenStorage, call_tool, oauth_client, start_auth_server
+from tests.browser import Browser
+from tests.conftest import free_port, stop_server
+from tests.fakes.providers import FakeAtlassian, FakeGitHub, FakeGoogle, FakeSalesforce
+
+
+def urls(kind: str, base: str) -> dict[str, str]:
+    if kind == "github":
+        return {"auth_url": f"{base}/login/oauth/authorize", "token_url": f"{base}/login/oauth/access_token",
+                "api_base_url": base}
+    if kind == "atlassian":
+        return {"auth_url": f"{base}/authorize", "token_url": f"{base}/oauth/token", "userinfo_url": f"{base}/me"}
+    if kind == "salesforce":
+        return {"auth_url": f"{base}/services/oauth2/authorize", "token_url": f"{base}/services/oauth2/token",
+                "userinfo_url": f"{base}/services/oauth2/userinfo", "revoke_url": f"{base}/services/oauth2/revoke"}
+    return {"auth_url": f"{base}/o/oauth2/v2/auth", "token_url": f"{base}/token",
+            "userinfo_url": f"{base}/v1/userinfo", "revoke_url": f"{base}/revoke"}
+
+
+FAKES = {"github": FakeGitHub, "atlassian": FakeAtlassian, "salesforce": FakeSalesforce, "google": FakeGoogle}
+EXPECTED = {  # (username, email, user id prefix) for alice as each provider reports her
+    "github": ("alice", "alice@example.test", "1001"),
+    "atlassian": ("alice", "alice@example.test", "5b10ac8d"),
+    "salesforce": ("alice@example.test", "alice@example.test", "0051001"),
+    "google": ("alice@example.test", "alice@example.test", "10769"),
+}
+
+
+@pytest.fixture(params=list(FAKES))
+def stack(request, tmp_path):
+    kind = request.param
+    port = free_port()
+    fake = FAKES[kind](f"{kind}-client", f"{kind}-secret", [f"http://127.0.0.1:{port}/{kind}/callback"])
+    with fake:
+        auth = {"provider": kind, kind: {"client_id": f"{kind}-client", "client_secret": f"{kind}-secret",
+                                         **urls(kind, fake.base_url)}}
+        server = start_auth_server(tmp_path, auth, port=port)
+        try:
+            yield kind, fake, server
+        finally:
+            stop_server(server)
+
+
+def flow(server, user: str = "alice"):
+    storage = MemoryTokenStorage()
+    browser = Browser(user, f"{user}-password")
+    res = anyio.run(call_tool, server.url, oauth_client(server.url, browser, storage), "query",
+                    {"sql": "SELECT get_username() AS u, get_user_email() AS e, get_user_provider() AS p, "
+                            "get_user_id() AS i, get_user_external_token() AS t"})
+    browser.close()
+    assert not res.is_error, res.content
+    return storage, res.structured_content["rows"][0]
+
+
+def test_provider_flow_identity_and_revocation(stack):
+    kind, fake, server = stack
+    storage, (username, email, provider, user_id, external) = flow(server)
+    assert (username, email, provider) == (*EXPECTED[kind][:2], kind)
+    assert user_id.startswith(EXPECTED[kind][2])
+    assert external in fake.tokens, "get_user_external_token() is the provider's own token"
+    assert storage.tokens.scope == "sqlgate:access"
+    assert external not in server.logs()
+    # revoke our token: access ends, whatever the provider supports
+    r = httpx.post(f"{server.base}/revoke", data={"token": storage.tokens.access_token,
+                                                   "client_id": storage.client.client_id})
+    assert r.status_code == 200
+    r = httpx.post(server.url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                   headers={"Authorization": f"Bearer {storage.tokens.access_token}",
+                            "Accept": "application/json, text/event-stream"})
+    assert r.status_code == 401
+
+
+def test_github_private_email_comes_from_user_emails(tmp_path):
+    port = free_port()
+    with FakeGitHub("gh", "gh-secret", [f"http://127.0.0.1:{port}/github/callback"]) as fake:
+        server = start_auth_server(tmp_path, {"provider": "github", "github": {
+            "client_id": "gh", "client_secret": "gh-secret", **urls("github", fake.base_url)}}, port=port)
+        try:
+            _, (username, email, *_rest) = flow(server, "bob")
+        finally:
+            stop_server(server)
+    assert (username, email) == ("bob", "bob@example.test")
+    assert ("GET", "/user/emails") in fake.requests
+
+
+def test_user_info_is_cached_for_cache_ttl(tmp_path):
+    port = free_port()
+    with FakeGoogle("g", "g-secret", [f"http://127.0.0.1:{port}/google/callback"]) as fake:
+        server = start_auth_server(tmp_path, {"provider": "google", "cache_ttl": 300, "google": {
+            "client_id": "g", "client_secret": "g-secret", **urls("google", fake.base_url)}}, port=port)
+        try:
+            storage, _ = flow(server)
+            before = fake.requests.count(("GET", "/v1/userinfo"))
+            for _ in range(5):
+                r = httpx.post(server.url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                               headers={"Authorization": f"Bearer {storage.tokens.access_token}",
+                                        "Accept": "application/json, text/event-stream"})
+                assert r.status_code != 401
+            assert fake.requests.count(("GET", "/v1/userinfo")) == before
+        finally:
+            stop_server(server)
