@@ -227,3 +227,69 @@ def _kill_restart_and_reuse(stack: dict) -> None:
     r = bearer_call(restarted.url, tokens.access_token)
     assert r.status_code == 200, r.text
     assert result_of(r)["result"]["structuredContent"]["result"]["username"] == "bob"
+
+
+def _manual_code_flow(base: str, client_id: str, redirect: str, scope: str, user: str = "alice",
+                      client_secret: str | None = None) -> httpx.Response:
+    """Authorize by hand (PKCE) and exchange the code; returns the token response."""
+    import base64
+    import hashlib
+    import secrets
+
+    from tests.browser import query_of
+
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    browser = Browser(user, f"{user}-password")
+    url = httpx.URL(f"{base}/authorize", params={
+        "response_type": "code", "client_id": client_id, "redirect_uri": redirect, "state": "st", "scope": scope,
+        "code_challenge": challenge, "code_challenge_method": "S256"})
+    code = query_of(browser.run(str(url), redirect))["code"]
+    browser.close()
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect, "client_id": client_id,
+            "code_verifier": verifier}
+    if client_secret is not None:
+        form["client_secret"] = client_secret
+    return httpx.post(f"{base}/token", data=form)
+
+
+def test_required_scopes_give_403_insufficient_scope(tmp_path):
+    stack = make_stack("oidc", tmp_path, scopes=["sqlgate:access", "sqlgate:admin"],
+                       authorization={"required_scopes": ["sqlgate:admin"]})
+    try:
+        base, redirect = stack["server"].base, "http://127.0.0.1:45997/callback"
+        client_id = httpx.post(f"{base}/register", json={
+            "redirect_uris": [redirect], "scope": "sqlgate:access sqlgate:admin",
+            "token_endpoint_auth_method": "none"}).json()["client_id"]
+        narrow = _manual_code_flow(base, client_id, redirect, "sqlgate:access").json()
+        assert narrow["scope"] == "sqlgate:access"
+        r = bearer_call(stack["server"].url, narrow["access_token"])
+        assert r.status_code == 403
+        www = r.headers["www-authenticate"]
+        assert 'error="insufficient_scope"' in www and "sqlgate:admin" in www and "resource_metadata=" in www
+        wide = _manual_code_flow(base, client_id, redirect, "sqlgate:access sqlgate:admin").json()
+        assert set(wide["scope"].split()) == {"sqlgate:access", "sqlgate:admin"}
+        ok = bearer_call(stack["server"].url, wide["access_token"])
+        assert result_of(ok)["result"]["structuredContent"]["result"]["username"] == "alice"
+    finally:
+        drop_stack(stack)
+
+
+def test_pre_registered_confidential_client(tmp_path):
+    redirect = "https://reports.example.test/oauth/callback"
+    stack = make_stack("oidc", tmp_path, clients=[{
+        "client_id": "reports-app", "client_secret": "reports-secret", "name": "Reports App",
+        "redirect_uris": [redirect]}])
+    try:
+        base = stack["server"].base
+        wrong = _manual_code_flow(base, "reports-app", redirect, "sqlgate:access", client_secret="nope")
+        assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_client"
+        good = _manual_code_flow(base, "reports-app", redirect, "sqlgate:access", client_secret="reports-secret")
+        assert good.status_code == 200, good.text
+        r = bearer_call(stack["server"].url, good.json()["access_token"])
+        assert result_of(r)["result"]["structuredContent"]["result"]["username"] == "alice"
+        # configuration is its source: nothing about it is persisted
+        raw = b"".join(p.read_bytes() for p in tmp_path.glob("oauth.db*") if p.is_file())
+        assert b"reports-app" not in raw
+    finally:
+        drop_stack(stack)

@@ -102,7 +102,7 @@ class FakeSalesforce(FakeProvider):
                 return Reply(400, {"error": "invalid_grant", "error_description": "expired access/refresh token"})
             out.pop("refresh_token", None)  # Salesforce keeps the refresh token: it is not rotated
             return Reply(200, self._shape(out))
-        rec, error = self.redeem(form)
+        rec, _error = self.redeem(form)
         if rec is None:
             return Reply(400, {"error": "invalid_grant", "error_description": "authentication failure"})
         return Reply(200, self._shape(self.issue(rec["user"], rec["scope"], refresh=True)))
@@ -139,8 +139,9 @@ class FakeGoogle(FakeProvider):
             return Reply(401, {"error": "invalid_client", "error_description": "Unauthorized"})
         if form.get("grant_type") == "refresh_token":
             out = self.rotate(form)
-            return Reply(200, out) if out else Reply(400, {"error": "invalid_grant", "error_description": "Bad Request"})
-        rec, error = self.redeem(form)
+            bad = Reply(400, {"error": "invalid_grant", "error_description": "Bad Request"})
+            return Reply(200, out) if out else bad
+        rec, _error = self.redeem(form)
         if rec is None:
             return Reply(400, {"error": "invalid_grant", "error_description": "Malformed auth code."})
         return Reply(200, self.issue(rec["user"], rec["scope"], refresh=True, ttl=3599))
