@@ -293,3 +293,21 @@ def test_pre_registered_confidential_client(tmp_path):
         assert b"reports-app" not in raw
     finally:
         drop_stack(stack)
+
+
+def test_token_for_another_audience_is_refused(tmp_path):
+    """Two sqlgate servers sharing one key and state: a token minted for A is no good at B (RFC 8707)."""
+    stack = make_stack("oidc", tmp_path)
+    other = None
+    try:
+        token = login(stack, "alice").tokens.access_token
+        assert bearer_call(stack["server"].url, token).status_code == 200
+        other_tmp = tmp_path / "other"
+        other_tmp.mkdir()
+        other = start_auth_server(other_tmp, stack["auth"])  # same key and state db, another port = resource
+        r = bearer_call(other.url, token)
+        assert r.status_code == 401 and 'error="invalid_token"' in r.headers["www-authenticate"]
+    finally:
+        if other is not None:
+            stop_server(other)
+        drop_stack(stack)
