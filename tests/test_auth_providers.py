@@ -73,6 +73,15 @@ def test_provider_flow_identity_and_revocation(stack):
     assert external in fake.tokens, "get_user_external_token() is the provider's own token"
     assert storage.tokens.scope == "sqlgate:access"
     assert external not in server.logs()
+    if kind != "github":  # GitHub OAuth-app tokens do not expire and come without a refresh token
+        old = storage.tokens.refresh_token
+        form = {"grant_type": "refresh_token", "client_id": storage.client.client_id}
+        fresh = httpx.post(f"{server.base}/token", data={**form, "refresh_token": old})
+        assert fresh.status_code == 200, fresh.text
+        assert fresh.json()["refresh_token"] != old, "refresh tokens rotate, also when the provider's do not"
+        spent = httpx.post(f"{server.base}/token", data={**form, "refresh_token": old})
+        assert spent.status_code in (400, 401) and spent.json()["error"] == "invalid_grant"
+        storage.tokens.access_token = fresh.json()["access_token"]
     # revoke our token: access ends, whatever the provider supports
     r = httpx.post(f"{server.base}/revoke", data={"token": storage.tokens.access_token,
                                                    "client_id": storage.client.client_id})
