@@ -10,7 +10,7 @@ from types import MappingProxyType
 
 from sqlgate.context import ANONYMOUS, UserContext
 
-_PRIVATE_CLAIMS = ("sqlgate_upstream_token", "upstream_userinfo")
+_PRIVATE_CLAIMS = ("sqlgate_upstream_token",)  # raw user info stays available as claims
 
 
 def user_from_token(token) -> UserContext:
