@@ -173,7 +173,8 @@ def build_app(project: LoadedProject, engine: Engine | None = None,
         reload_signal = getattr(signal, "SIGHUP", None)
         if reload_signal is not None and threading.current_thread() is threading.main_thread():
             loop.add_signal_handler(reload_signal, app.reload_logged)
-        cleanup = asyncio.create_task(_clean_oauth_state(auth, settings)) if auth is not None else None
+        has_state = getattr(auth, "state", None) is not None
+        cleanup = asyncio.create_task(_clean_oauth_state(auth, settings)) if has_state else None
         try:
             yield {}
         finally:

@@ -76,6 +76,72 @@ class PersistenceConfig(Strict):
     cleanup_interval_seconds: int = Field(default=600, ge=10)
 
 
+class JWTConfig(Strict):
+    """Verify JWT access tokens issued by an external authorization server."""
+
+    jwks_uri: str | None = None
+    public_key: str | None = None  # PEM
+    secret: str | None = None  # shared secret for HS256/384/512
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256"], min_length=1)
+    issuer: str | None = None
+    # accepted `aud` values; default: this server's resource URL (RFC 8707)
+    audience: list[str] | None = None
+    audience_required: bool = True
+    leeway_seconds: int = Field(default=30, ge=0, le=600)
+
+    @field_validator("audience", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
+
+    @field_validator("algorithms", mode="before")
+    @classmethod
+    def _algs(cls, v: Any) -> Any:
+        return [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _key(self) -> JWTConfig:
+        from sqlgate.auth.jwt_verifier import ASYMMETRIC, HMAC
+
+        given = [k for k in ("jwks_uri", "public_key", "secret") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("JWT configuration needs exactly one of jwks_uri, public_key or secret"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        family = HMAC if self.secret else ASYMMETRIC
+        wrong = [a for a in self.algorithms if a not in family]
+        if wrong:
+            kind = "a shared secret" if self.secret else "a public key / JWKS"
+            raise ValueError(f"algorithm(s) {', '.join(wrong)} cannot be used with {kind} "
+                             f"(allowed: {', '.join(family)})")
+        return self
+
+
+class IntrospectionConfig(Strict):
+    """Verify opaque tokens with an RFC 7662 introspection endpoint."""
+
+    url: str
+    client_id: str
+    client_secret: str
+    auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
+    timeout_seconds: float = Field(default=10.0, gt=0)
+    # seconds an introspection answer is reused (never past the token's own expiry)
+    cache_ttl: int = Field(default=60, ge=0)
+    audience: list[str] | None = None
+
+
+class RemoteConfig(Strict):
+    """Protected-resource metadata pointing clients at the authorization server(s) to use."""
+
+    authorization_servers: list[str] = Field(default_factory=list)
+    resource_name: str | None = None
+    resource_documentation: str | None = None
+
+    @field_validator("authorization_servers", mode="before")
+    @classmethod
+    def _list(cls, v: Any) -> Any:
+        return [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
+
+
 class AuthorizationConfig(Strict):
     # scopes every token must carry; empty = authentication only
     required_scopes: list[str] = Field(default_factory=list)
@@ -89,6 +155,15 @@ class AuthConfig(Strict):
     keycloak: ProviderConfig | None = None
     google: ProviderConfig | None = None
     oidc: ProviderConfig | None = None
+    # resource-server verification (alone, or next to the proxy for machine clients)
+    jwt: JWTConfig | None = None
+    introspection: IntrospectionConfig | None = None
+    remote: RemoteConfig | None = None
+    # which claim names the caller (database user, get_username())
+    username_claim: str = "preferred_username"
+    # OAuth-proxy extras from the first seed's settings
+    issuer_url: str | None = None
+    service_documentation_url: str | None = None
     clients: list[ClientConfig] = Field(default_factory=list)
     persistence: PersistenceConfig = Field(default_factory=PersistenceConfig)
     # seconds the user info fetched from the provider is reused before asking it again
@@ -103,18 +178,33 @@ class AuthConfig(Strict):
     access_token_ttl: int = Field(default=3600, ge=5)
     refresh_token_ttl: int = Field(default=30 * 86400, ge=300)
 
+    @field_validator("allowed_redirect_uris", "scopes", mode="before")
+    @classmethod
+    def _comma_list(cls, v: Any) -> Any:
+        return [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
+
     @field_validator("allowed_redirect_uris")
     @classmethod
     def _https_only(cls, patterns: list[str]) -> list[str]:
+        loopback = ("http://127.0.0.1", "http://localhost", "http://[::1]")
         for p in patterns:
-            if not p.startswith("https://"):
-                raise ValueError(f"{p!r}: only https:// patterns may be allow-listed "
-                                 "(loopback http on any port is always allowed)")
+            if not (p.startswith("https://") or p.startswith(loopback)):
+                raise ValueError(f"{p!r}: only https:// (or loopback http) patterns may be allow-listed")
         return patterns
+
+    @property
+    def enabled(self) -> bool:
+        return self.provider != "none" or self.jwt is not None or self.introspection is not None
 
     @model_validator(mode="after")
     def _complete(self) -> AuthConfig:
         if self.provider == "none":
+            if self.remote and not (self.jwt or self.introspection):
+                raise ValueError("auth.remote needs a way to verify tokens: configure auth.jwt or "
+                                 "auth.introspection")
+            if self.introspection and not self.jwt and not (self.remote and self.remote.authorization_servers):
+                raise ValueError("introspection mode needs auth.remote.authorization_servers so clients "
+                                 "know where to get tokens")
             return self
         title = PROVIDER_TITLES[self.provider]
         block: ProviderConfig | None = getattr(self, self.provider)
@@ -151,4 +241,7 @@ class AuthConfig(Strict):
                 client["client_secret"] = "***"
         if data.get("persistence", {}).get("encryption_key"):
             data["persistence"]["encryption_key"] = "***"
+        for section, key in (("jwt", "secret"), ("introspection", "client_secret")):
+            if data.get(section, {}).get(key):
+                data[section][key] = "***"
         return data

@@ -15,7 +15,8 @@ _PRIVATE_CLAIMS = ("sqlgate_upstream_token",)  # raw user info stays available a
 
 def user_from_token(token) -> UserContext:
     claims = dict(token.claims or {})
-    username = str(claims.get("preferred_username") or claims.get("login") or claims.get("sub") or "")
+    username = str(claims.get("sqlgate_username") or claims.get("preferred_username") or claims.get("login")
+                   or claims.get("sub") or "")
     external = str(claims.get("sqlgate_upstream_token") or "")
     public = {k: v for k, v in claims.items() if k not in _PRIVATE_CLAIMS}
     return UserContext(

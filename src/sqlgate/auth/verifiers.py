@@ -1,0 +1,62 @@
+"""Token verifiers for resource-server mode (JWT, RFC 7662 introspection), with identity mapping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastmcp.server.auth import TokenVerifier
+from fastmcp.server.auth.auth import AccessToken
+from fastmcp.server.auth.providers.introspection import IntrospectionTokenVerifier
+
+from sqlgate.auth.config import AuthConfig
+from sqlgate.auth.jwt_verifier import SqlgateJWTVerifier
+
+
+def claim_at(claims: dict[str, Any], path: str) -> Any:
+    """A claim by dotted path, e.g. `realm_access.roles`."""
+    node: Any = claims
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+class IdentityMapping(TokenVerifier):
+    """Wraps a verifier: names the caller by the configured username claim and labels the source."""
+
+    def __init__(self, inner: TokenVerifier, username_claim: str, provider: str):
+        super().__init__()
+        self.inner = inner
+        self.username_claim = username_claim
+        self.provider = provider
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        result = await self.inner.verify_token(token)
+        if result is None:
+            return None
+        claims = dict(result.claims or {})
+        name = claim_at(claims, self.username_claim)
+        fallback = claims.get("sub") or claims.get("client_id") or result.client_id  # machine tokens: the client
+        claims["sqlgate_username"] = str(name if isinstance(name, str | int) and name != "" else fallback or "")
+        claims.setdefault("sqlgate_provider", self.provider)
+        return result.model_copy(update={"claims": claims})
+
+
+def build_verifiers(auth: AuthConfig, resource_url: str) -> list[TokenVerifier]:
+    verifiers: list[TokenVerifier] = []
+    if auth.jwt is not None:
+        j = auth.jwt
+        audience = j.audience or ([resource_url] if j.audience_required else None)
+        verifiers.append(IdentityMapping(SqlgateJWTVerifier(
+            algorithms=list(j.algorithms), issuer=j.issuer, audience=audience, jwks_uri=j.jwks_uri,
+            public_key=j.public_key, secret=j.secret, leeway_seconds=j.leeway_seconds,
+        ), auth.username_claim, "jwt"))
+    if auth.introspection is not None:
+        i = auth.introspection
+        verifiers.append(IdentityMapping(IntrospectionTokenVerifier(
+            introspection_url=i.url, client_id=i.client_id, client_secret=i.client_secret,
+            client_auth_method=i.auth_method, timeout_seconds=int(i.timeout_seconds),
+            audience=i.audience, cache_ttl_seconds=i.cache_ttl or None,
+        ), auth.username_claim, "introspection"))
+    return verifiers
