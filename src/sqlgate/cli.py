@@ -26,6 +26,8 @@ app = typer.Typer(
 )
 run_app = typer.Typer(help="Run one tool, resource or prompt locally and print its result.", no_args_is_help=True)
 app.add_typer(run_app, name="run")
+config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
 out = Console()
 err = Console(stderr=True)
 
@@ -284,6 +286,26 @@ def test(
     out.print(f"\n{len(outcomes) - failed} passed, {failed} failed")
     if failed:
         raise typer.Exit(1)
+
+
+@config_app.command("show")
+def config_show(project: ProjectOpt = Path("."), profile: ProfileOpt = None,
+                auth_only: Annotated[bool, typer.Option("--auth", help="Only the auth settings.")] = False) -> None:
+    """Print the effective settings (project file + profile + environment), secrets masked."""
+    try:
+        loaded = _load(project, profile)
+    except SqlgateError as exc:
+        _fail(exc)
+    settings = loaded.settings
+    data: dict[str, Any] = settings.model_dump(mode="json", exclude_none=True)
+    data["auth"] = settings.auth.masked()
+    if auth_only:
+        from sqlgate.auth.factory import public_base_url
+
+        mode = ("proxy" if settings.auth.provider != "none"
+                else "resource server" if settings.auth.enabled else "none")
+        data = {"mode": mode, "base_url": public_base_url(settings.transport), "auth": data["auth"]}
+    out.print_json(json.dumps(data))
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from sqlgate.config.env_auth import auth_from_env
 from sqlgate.config.interpolate import interpolate
 from sqlgate.config.models import PROFILE_SECTIONS, PROJECT_KEYS, Settings
 from sqlgate.config.yamlio import LineDict, load_yaml_file, pydantic_problems
@@ -107,6 +108,30 @@ def _apply_env(data: LineDict, env: Mapping[str, str]) -> None:
         node.key_lines[path[-1]] = (f"environment variable {var}", 0)
 
 
+def _apply_env_auth(data: LineDict, env: Mapping[str, str]) -> None:
+    found = auth_from_env(env)
+    if found is None:
+        return
+    auth, transport = found
+    source = ("environment variables SQLGATE_AUTH_*", 0)
+    data["auth"] = _tagged(auth, source[0])
+    data.key_lines["auth"] = source
+    if transport:
+        merged = deep_merge(_mapping(data.get("transport"), "", ""), _tagged(transport, source[0]))
+        data["transport"] = merged
+        data.key_lines["transport"] = source
+
+
+def _tagged(value: Any, source: str) -> Any:
+    """A plain dict as LineDicts whose every key points at `source` (for error messages)."""
+    if not isinstance(value, dict):
+        return value
+    out = LineDict({k: _tagged(v, source) for k, v in value.items()})
+    out.source = source
+    out.key_lines = {k: (source, 0) for k in value}
+    return out
+
+
 def load_project(
     project_dir: str | Path,
     profile: str | None = None,
@@ -144,6 +169,7 @@ def load_project(
     merged = deep_merge(raw, profile_raw)
     merged["profile"] = chosen
     _apply_env(merged, env)
+    _apply_env_auth(merged, env)
     try:
         settings = Settings.model_validate(merged)
     except ValidationError as exc:
