@@ -111,7 +111,8 @@ def test_proxy_mode_from_env(project, tmp_path):
     ({"SQLGATE_AUTH_MODE": "jwt", "SQLGATE_AUTH_SECRET": "s", "SQLGATE_AUTH_ISUER": "x"},
      "unknown environment variable(s) SQLGATE_AUTH_ISUER"),
     ({"SQLGATE_AUTH_JWKS_URI": "http://x"}, "SQLGATE_AUTH_MODE is not"),
-    ({"SQLGATE_AUTH_MODE": "proxy", "SQLGATE_AUTH_UPSTREAM_CLIENT_ID": "a"}, "needs SQLGATE_AUTH_UPSTREAM_CLIENT_SECRET"),
+    ({"SQLGATE_AUTH_MODE": "proxy", "SQLGATE_AUTH_UPSTREAM_CLIENT_ID": "a"},
+     "needs SQLGATE_AUTH_UPSTREAM_CLIENT_SECRET"),
     ({"SQLGATE_AUTH_MODE": "proxy", "SQLGATE_AUTH_UPSTREAM_CLIENT_ID": "a", "SQLGATE_AUTH_UPSTREAM_CLIENT_SECRET": "b",
       "SQLGATE_AUTH_EXTRA_TOKEN_PARAMS": "{nope"}, "SQLGATE_AUTH_EXTRA_TOKEN_PARAMS is not valid JSON"),
 ])
