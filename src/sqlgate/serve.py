@@ -54,5 +54,19 @@ def serve(app: App, transport: str, host: str, port: int, log_level: str = "info
     t = app.project.settings.transport
     anyio.run(lambda: app.mcp.run_http_async(
         show_banner=False, transport="http", host=host, port=port, path=t.path, log_level=log_level,
-        uvicorn_config=uvicorn_options(app, log_level), **http_options(app, host),
+        uvicorn_config=uvicorn_options(app, log_level), middleware=http_middleware(app), **http_options(app, host),
     ))
+
+
+def http_middleware(app: App) -> list[Any]:
+    """The per-tool scope guard sits behind authentication, in front of the MCP endpoint."""
+    if app.scopes is None:
+        return []
+    from starlette.middleware import Middleware
+
+    from sqlgate.auth.factory import public_base_url
+    from sqlgate.auth.scopes import ScopeGuard
+
+    t = app.project.settings.transport
+    prm = f"{public_base_url(t)}/.well-known/oauth-protected-resource{t.path}"
+    return [Middleware(ScopeGuard, registry=app.scopes, mcp_path=t.path, resource_metadata_url=prm)]

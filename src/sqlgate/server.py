@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse
 from sqlgate import __version__
 from sqlgate.audit.log import AuditMiddleware, AuditSink
 from sqlgate.auth.factory import build_auth
+from sqlgate.auth.scopes import ScopeFilter, ScopeRegistry
 from sqlgate.components import (
     SqlgatePrompt,
     SqlgateResource,
@@ -44,6 +45,7 @@ class App:
     endpoints: list[Endpoint]
     mcp: FastMCP
     builtin_names: list[str] = field(default_factory=list)
+    scopes: ScopeRegistry | None = None
 
     @property
     def limits(self) -> Limits:
@@ -52,6 +54,9 @@ class App:
 
     def register(self, endpoints: list[Endpoint]) -> None:
         for ep in endpoints:
+            if self.scopes is not None:
+                key = ep.definition.uri if ep.kind == "resource" else ep.name
+                self.scopes.set(ep.kind, key, list(ep.definition.scopes))
             if ep.kind == "tool":
                 self.mcp.add_tool(_tool(ep, self))
             elif ep.kind == "resource":
@@ -74,6 +79,8 @@ class App:
         fresh = load_endpoints(self.project.root)
         provider = self.mcp.local_provider
         for ep in self.endpoints:
+            if self.scopes is not None:
+                self.scopes.set(ep.kind, ep.definition.uri if ep.kind == "resource" else ep.name, [])
             if ep.kind == "tool":
                 provider.remove_tool(ep.name)
             elif ep.kind == "prompt":
@@ -194,6 +201,9 @@ def build_app(project: LoadedProject, engine: Engine | None = None,
         auth=auth,
     )
     app = App(project=project, engine=engine, endpoints=[], mcp=mcp)
+    if settings.auth.enabled:
+        app.scopes = ScopeRegistry(list(settings.auth.authorization.claim_mappings))
+        mcp.add_middleware(ScopeFilter(app.scopes))
 
     if settings.audit.enabled:
         audit_path = project.path(settings.audit.path) if settings.audit.path else None
@@ -202,6 +212,8 @@ def build_app(project: LoadedProject, engine: Engine | None = None,
     for tool in builtin_tools(engine, settings.sql_tools, lambda: app.limits, current_call):
         mcp.add_tool(tool)
         app.builtin_names.append(tool.name)
+        if app.scopes is not None:
+            app.scopes.set("tool", tool.name, settings.sql_tools.scopes.get(tool.name, []))
     app.register(endpoints)
 
     @mcp.custom_route("/healthz", methods=["GET"], include_in_schema=False)

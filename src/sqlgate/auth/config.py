@@ -142,9 +142,18 @@ class RemoteConfig(Strict):
         return [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
 
 
+class ClaimMapping(Strict):
+    """Grant capabilities (used like scopes) to callers whose claim has a value, e.g. a Keycloak role."""
+
+    claim: str = Field(min_length=1)  # dotted path, e.g. realm_access.roles
+    value: str | int | bool
+    scopes: list[str] = Field(min_length=1)
+
+
 class AuthorizationConfig(Strict):
     # scopes every token must carry; empty = authentication only
     required_scopes: list[str] = Field(default_factory=list)
+    claim_mappings: list[ClaimMapping] = Field(default_factory=list)
 
 
 class AuthConfig(Strict):

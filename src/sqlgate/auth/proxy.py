@@ -156,6 +156,14 @@ class SqlgateOAuthProxy(OAuthProxy):
             client.allowed_redirect_uri_patterns = None
         return client
 
+    async def register_client(self, client_info: OAuthClientInformationFull) -> None:
+        # Anyone may register a public client with any of this server's scopes, so a narrower
+        # registration protects nothing — it would only make step-up (403 insufficient_scope →
+        # re-authorise with more scopes) fail with invalid_scope. What a token carries is
+        # decided per authorisation and consented to by the user.
+        client_info.scope = " ".join(self._mcp_scopes)
+        await super().register_client(client_info)
+
     def _client_from_config(self, c: ClientConfig) -> OAuthClientInformationFull:
         return OAuthClientInformationFull(
             client_id=c.client_id,

@@ -149,9 +149,9 @@ class UserInfoVerifier(TokenVerifier):
         if not identity["user_id"]:
             log.warning("%s user info has no user id; refusing the token", self.provider)
             return None
-        claims = {"sub": identity["user_id"], "preferred_username": identity["username"],
-                  "email": identity["email"], "name": identity["name"], "sqlgate_provider": self.provider,
-                  "upstream_userinfo": info}
+        # the provider's own fields stay visible as claims (e.g. `groups` for claim_mappings)
+        claims = {**info, "sub": identity["user_id"], "preferred_username": identity["username"],
+                  "email": identity["email"], "name": identity["name"], "sqlgate_provider": self.provider}
         result = AccessToken(token=token, client_id=self.provider, scopes=[], expires_at=None, claims=claims)
         self._cache.set(token, result)
         return result

@@ -47,6 +47,9 @@ class EndpointLimits(Strict):
     timeout_seconds: float | None = Field(default=None, gt=0)
 
 
+BUILTIN_TOOLS = ("list_schemas", "list_tables", "describe_table", "search_objects", "query")
+
+
 class SqlToolsConfig(Strict):
     enabled: bool = True
     list_schemas: bool = True
@@ -54,6 +57,16 @@ class SqlToolsConfig(Strict):
     describe_table: bool = True
     search_objects: bool = True
     query: bool = True
+    # scopes a caller needs per built-in tool, e.g. {query: [sql:query]}
+    scopes: dict[str, list[str]] = Field(default_factory=dict)
+
+    @field_validator("scopes")
+    @classmethod
+    def _known_tools(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        unknown = sorted(set(v) - set(BUILTIN_TOOLS))
+        if unknown:
+            raise ValueError(f"unknown built-in tool(s) {', '.join(unknown)} (known: {', '.join(BUILTIN_TOOLS)})")
+        return v
 
 
 class TransportConfig(Strict):

@@ -128,6 +128,8 @@ class _Executable(Strict):
     limits: EndpointLimits | None = None
     enabled: bool = True
     tags: list[str] = Field(default_factory=list)
+    # scopes (or claim-mapped capabilities) a caller needs; missing → HTTP 403 insufficient_scope
+    scopes: list[str] = Field(default_factory=list)
     tests: list[TestCase] = Field(default_factory=list)
 
     @field_validator("parameters")
@@ -210,6 +212,7 @@ class PromptDef(Strict):
     messages: list[PromptMessage] = Field(min_length=1)
     enabled: bool = True
     tags: list[str] = Field(default_factory=list)
+    scopes: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _placeholders(self) -> PromptDef:

@@ -1,0 +1,177 @@
+"""Per-tool scopes: HTTP 403 `insufficient_scope` before the call, tools hidden from listings.
+
+The check happens at the HTTP layer (an ASGI guard in front of the MCP endpoint), because only a
+real 403 with `WWW-Authenticate: Bearer error="insufficient_scope", scope=…` makes MCP clients
+re-authorise with the larger scope (step-up); a tool error would just be shown to the model.
+Capabilities granted through `claim_mappings` (e.g. a Keycloak role) count like scopes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from fastmcp.server.middleware import Middleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from sqlgate.auth.config import ClaimMapping
+from sqlgate.auth.verifiers import claim_at
+
+# MCP method -> (param holding the component's key, registry kind)
+_METHODS = {"tools/call": ("name", "tool"), "resources/read": ("uri", "resource"), "prompts/get": ("name", "prompt")}
+MAX_GUARDED_BODY = 4 * 1024 * 1024
+
+
+def granted(scopes: Iterable[str], claims: dict[str, Any], mappings: list[ClaimMapping]) -> set[str]:
+    out = set(scopes)
+    for m in mappings:
+        value = claim_at(claims, m.claim)
+        values = value if isinstance(value, list) else [value]
+        if m.value in values:
+            out.update(m.scopes)
+    return out
+
+
+class ScopeRegistry:
+    """What each endpoint requires; updated on reload."""
+
+    def __init__(self, mappings: list[ClaimMapping]):
+        self.mappings = mappings
+        self.required: dict[tuple[str, str], list[str]] = {}
+
+    def set(self, kind: str, key: str, scopes: list[str]) -> None:
+        if scopes:
+            self.required[(kind, key)] = list(scopes)
+        else:
+            self.required.pop((kind, key), None)
+
+    def missing(self, kind: str, key: str, have: set[str]) -> list[str]:
+        needed = self.required.get((kind, key))
+        if needed is None and kind == "resource":
+            # a concrete URI read through a template: shop://customers/7 ~ shop://customers/{id}
+            needed = next((s for (k, template), s in self.required.items()
+                           if k == "resource" and "{" in template and _template_re(template).fullmatch(key)), None)
+        return [s for s in needed or [] if s not in have]
+
+    def caller_scopes(self, token: Any) -> set[str]:
+        if token is None:
+            return set()
+        return granted(token.scopes or [], dict(token.claims or {}) if hasattr(token, "claims") else {},
+                       self.mappings)
+
+
+def _template_re(template: str) -> re.Pattern[str]:
+    parts = re.split(r"\{[^}]+\}", template)
+    return re.compile("[^/]+".join(re.escape(p) for p in parts))
+
+
+class ScopeGuard:
+    """ASGI middleware: answers 403 insufficient_scope for calls the token's scopes do not cover."""
+
+    def __init__(self, app: ASGIApp, registry: ScopeRegistry, mcp_path: str, resource_metadata_url: str):
+        self.app = app
+        self.registry = registry
+        self.mcp_path = mcp_path.rstrip("/") or "/"
+        self.resource_metadata_url = resource_metadata_url
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        user = scope.get("user") if scope["type"] == "http" else None
+        token = getattr(user, "access_token", None)
+        if (token is None or scope.get("method") != "POST" or scope.get("path", "").rstrip("/") != self.mcp_path
+                or not self.registry.required):
+            await self.app(scope, receive, send)
+            return
+        body, more = b"", True
+        messages = []
+        while more:
+            message = await receive()
+            messages.append(message)
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > MAX_GUARDED_BODY:
+                break
+        missing, needed = self._check(body, token)
+        if missing:
+            await self._forbid(send, needed, missing)
+            return
+        replay = iter(messages)
+
+        async def replay_receive():
+            try:
+                return next(replay)
+            except StopIteration:
+                return await receive()
+
+        await self.app(scope, replay_receive, send)
+
+    def _check(self, body: bytes, token: Any) -> tuple[list[str], list[str]]:
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return [], []  # not ours to judge: the MCP layer answers the parse error
+        have = self.registry.caller_scopes(token)
+        missing: list[str] = []
+        for msg in payload if isinstance(payload, list) else [payload]:
+            if not isinstance(msg, dict) or msg.get("method") not in _METHODS:
+                continue
+            param, kind = _METHODS[msg["method"]]
+            key = (msg.get("params") or {}).get(param)
+            if isinstance(key, str):
+                missing += [s for s in self.registry.missing(kind, key, have) if s not in missing]
+        # ask for everything the token has plus what is missing, so re-authorisation keeps both
+        needed = sorted(set(token.scopes or []) | set(missing))
+        return missing, needed
+
+    async def _forbid(self, send: Send, needed: list[str], missing: list[str]) -> None:
+        body = json.dumps({"error": "insufficient_scope",
+                           "error_description": f"this call needs scope(s): {' '.join(missing)}"}).encode()
+        challenge = (f'Bearer error="insufficient_scope", scope="{" ".join(needed)}", '
+                     f'resource_metadata="{self.resource_metadata_url}", '
+                     f'error_description="this call needs scope(s): {" ".join(missing)}"')
+        await send({"type": "http.response.start", "status": 403, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"www-authenticate", challenge.encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class ScopeFilter(Middleware):
+    """Hide what the caller cannot use, and refuse it inside MCP too (defence in depth)."""
+
+    def __init__(self, registry: ScopeRegistry):
+        self.registry = registry
+
+    def _have(self) -> set[str] | None:
+        from fastmcp.server.dependencies import get_access_token
+
+        token = get_access_token()
+        return None if token is None else self.registry.caller_scopes(token)
+
+    def _visible(self, kind: str, key: str, have: set[str] | None) -> bool:
+        return have is None or not self.registry.missing(kind, key, have)
+
+    async def on_list_tools(self, context, call_next):
+        have = self._have()
+        return [t for t in await call_next(context) if self._visible("tool", t.name, have)]
+
+    async def on_list_resources(self, context, call_next):
+        have = self._have()
+        return [r for r in await call_next(context) if self._visible("resource", str(r.uri), have)]
+
+    async def on_list_resource_templates(self, context, call_next):
+        have = self._have()
+        return [r for r in await call_next(context) if self._visible("resource", r.uri_template, have)]
+
+    async def on_list_prompts(self, context, call_next):
+        have = self._have()
+        return [p for p in await call_next(context) if self._visible("prompt", p.name, have)]
+
+    async def on_call_tool(self, context, call_next):
+        from fastmcp.exceptions import ToolError
+
+        have = self._have()
+        missing = [] if have is None else self.registry.missing("tool", context.message.name, have)
+        if missing:
+            raise ToolError(f"this tool needs scope(s): {' '.join(missing)}")
+        return await call_next(context)
