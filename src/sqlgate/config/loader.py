@@ -22,6 +22,10 @@ PROJECT_FILE = "sqlgate.yml"
 # SQLGATE_* variable -> settings path. Values are strings; pydantic coerces them ("true", "8000").
 ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "SQLGATE_DB_PATH": ("engine", "path"),
+    "SQLGATE_DB_TYPE": ("engine", "type"),
+    "SQLGATE_DB_DSN": ("engine", "dsn"),
+    "SQLGATE_DB_ROLE_MODE": ("engine", "role_mode"),
+    "SQLGATE_DB_ROLE_PREFIX": ("engine", "role_prefix"),
     "SQLGATE_DB_READ_ONLY": ("engine", "read_only"),
     "SQLGATE_DB_POOL_SIZE": ("engine", "pool_size"),
     "SQLGATE_MAX_ROWS": ("limits", "max_rows"),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sqlgate.auth.config import AuthConfig
 
@@ -17,7 +17,13 @@ class Strict(BaseModel):
 
 
 class EngineConfig(Strict):
-    type: Literal["duckdb"] = "duckdb"
+    type: Literal["duckdb", "postgres"] = "duckdb"
+    # PostgreSQL: libpq connection string, e.g. postgresql://sqlgate@db:5432/shop
+    dsn: str | None = None
+    # PostgreSQL: run each call as the service role, or `SET ROLE` to the caller's mapped role
+    role_mode: Literal["service", "set_role"] = "service"
+    # PostgreSQL set_role: role = role_prefix + username (e.g. "app_" + "alice")
+    role_prefix: str = ""
     # DuckDB file, relative to the project directory; ":memory:" for an in-memory database
     path: str = "data/sqlgate.duckdb"
     read_only: bool = True
@@ -29,6 +35,13 @@ class EngineConfig(Strict):
     pool_size: int = Field(default=4, ge=1, le=64)
     threads: int | None = Field(default=None, ge=1)
     memory_limit: str | None = None
+
+
+    @model_validator(mode="after")
+    def _postgres_needs_dsn(self) -> EngineConfig:
+        if self.type == "postgres" and not self.dsn:
+            raise ValueError("engine.type postgres needs engine.dsn (e.g. postgresql://user@host:5432/db)")
+        return self
 
 
 class LimitsConfig(Strict):

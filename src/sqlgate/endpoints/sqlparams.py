@@ -16,8 +16,23 @@ _DOLLAR_TAG = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$")
 
 
 def sql_parameters(sql: str) -> list[str]:
+    return _scan(sql)[0]
+
+
+def to_pyformat(sql: str) -> str:
+    """`$name` -> `%(name)s` for drivers using Python's paramstyle (psycopg); literal % doubled."""
+    return _scan(sql)[1]
+
+
+def _scan(sql: str) -> tuple[list[str], str]:
     names: list[str] = []
+    out: list[str] = []
     i, n = 0, len(sql)
+    last = 0
+
+    def emit(upto: int) -> None:
+        out.append(sql[last:upto].replace("%", "%%"))
+
     while i < n:
         c = sql[i]
         if c in "'\"":
@@ -39,12 +54,15 @@ def sql_parameters(sql: str) -> list[str]:
             if name is not None:
                 if name.group(0) not in names:
                     names.append(name.group(0))
-                i = name.end()
+                emit(i)
+                out.append(f"%({name.group(0)})s")
+                last = i = name.end()
             else:
                 i += 1
         else:
             i += 1
-    return names
+    emit(n)
+    return names, "".join(out)
 
 
 def _skip_quoted(sql: str, start: int, quote: str) -> int:

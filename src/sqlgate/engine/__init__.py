@@ -11,4 +11,8 @@ def open_engine(project) -> Engine:  # project: LoadedProject
         from sqlgate.engine.duckdb_engine import DuckDBEngine
 
         return DuckDBEngine.open(project)
+    if cfg.type == "postgres":
+        from sqlgate.engine.postgres_engine import PostgresEngine
+
+        return PostgresEngine.open(project)
     raise ValueError(f"unsupported engine type {cfg.type!r}")

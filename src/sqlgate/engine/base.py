@@ -51,6 +51,27 @@ class QueryResult:
         )
 
 
+def shape_rows(columns: list[str], types: list[str], raw: list[tuple], limits: Limits) -> QueryResult:
+    """Fetched rows -> JSON-ready QueryResult, capped at max_rows and max_bytes (UTF-8)."""
+    import json
+
+    from sqlgate.engine.values import to_json
+
+    rows: list[list[Any]] = []
+    truncated_by = "max_rows" if len(raw) > limits.max_rows else None
+    budget = limits.max_bytes
+    dumps = json.dumps
+    for record in raw[: limits.max_rows]:
+        row = [to_json(v) for v in record]
+        budget -= len(dumps(row, ensure_ascii=False).encode("utf-8")) + 1
+        if budget < 0:
+            truncated_by = "max_bytes"
+            break
+        rows.append(row)
+    return QueryResult(columns=columns, types=types, rows=rows, truncated=truncated_by is not None,
+                       truncated_by=truncated_by, limits=limits)
+
+
 class Engine(abc.ABC):
     """A database the server talks to. Implementations are safe for concurrent calls."""
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -23,8 +22,7 @@ from typing import Any
 import duckdb
 
 from sqlgate.context import CallContext
-from sqlgate.engine.base import Engine, Limits, QueryResult
-from sqlgate.engine.values import to_json
+from sqlgate.engine.base import Engine, Limits, QueryResult, shape_rows
 from sqlgate.engine.watchdog import Watchdog
 from sqlgate.errors import ConfigError, QueryFailed, QueryTimeout
 
@@ -320,18 +318,4 @@ def build_database(path: str, seed: Path) -> None:
 
 
 def _shape(description: list[tuple], raw: list[tuple], limits: Limits) -> QueryResult:
-    columns = [d[0] for d in description]
-    types = [str(d[1]) for d in description]
-    rows: list[list[Any]] = []
-    truncated_by = "max_rows" if len(raw) > limits.max_rows else None
-    budget = limits.max_bytes
-    dumps = json.dumps
-    for record in raw[: limits.max_rows]:
-        row = [to_json(v) for v in record]
-        budget -= len(dumps(row, ensure_ascii=False).encode("utf-8")) + 1
-        if budget < 0:
-            truncated_by = "max_bytes"
-            break
-        rows.append(row)
-    return QueryResult(columns=columns, types=types, rows=rows, truncated=truncated_by is not None,
-                       truncated_by=truncated_by, limits=limits)
+    return shape_rows([d[0] for d in description], [str(d[1]) for d in description], raw, limits)
