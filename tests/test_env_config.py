@@ -133,3 +133,22 @@ def test_config_show_masks_secrets(project, tmp_path):
     shown = json.loads(proc.stdout)
     assert shown["mode"] == "proxy" and shown["base_url"] == "https://sql.example.com"
     assert shown["auth"]["oidc"]["client_secret"] == "***" and "very-secret" not in proc.stdout
+
+
+def test_remote_mode_from_env_with_idp_jwt(project, tmp_path):
+    port = free_port()
+    resource = f"http://127.0.0.1:{port}/mcp"
+    with OidcProvider(redirect_uris=["http://127.0.0.1:45981/callback"], resources=[f"{resource}=jwt"]) as idp:
+        meta = idp.discovery()
+        server = serve_with_env(project, tmp_path, port, SQLGATE_AUTH_MODE="remote",
+                                SQLGATE_AUTH_AUTHORIZATION_SERVERS=idp.issuer, SQLGATE_AUTH_JWKS_URI=meta["jwks_uri"],
+                                SQLGATE_AUTH_ISSUER=idp.issuer, SQLGATE_AUTH_AUDIENCE=resource)
+        try:
+            token = httpx.post(meta["token_endpoint"], data={"grant_type": "client_credentials", "scope": "sql:read",
+                                                             "resource": resource},
+                               auth=(idp.client_id, idp.client_secret)).json()["access_token"]
+            assert username(whoami(server.url, token)) == idp.client_id
+            prm = httpx.get(f"{server.base}/.well-known/oauth-protected-resource/mcp").json()
+            assert prm["authorization_servers"] == [idp.issuer]
+        finally:
+            stop_server(server)

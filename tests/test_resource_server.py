@@ -213,3 +213,58 @@ def test_introspection_mode(tmp_path):
             assert prm["resource_name"] == "Shop data"
         finally:
             stop_server(server)
+
+
+def test_proxy_and_jwt_together(tmp_path):
+    """People log in through the OAuth proxy; a machine client presents the IdP's own JWT."""
+    port = free_port()
+    resource = f"http://127.0.0.1:{port}/mcp"
+    with OidcProvider(redirect_uris=[f"http://127.0.0.1:{port}/oidc/callback"], resources=[f"{resource}=jwt"]) as idp:
+        meta = idp.discovery()
+        server = start_auth_server(tmp_path, {
+            "provider": "oidc", "oidc": {"issuer": idp.issuer, "client_id": idp.client_id,
+                                         "client_secret": idp.client_secret, "callback_path": "/oidc/callback"},
+            "jwt": {"jwks_uri": meta["jwks_uri"], "issuer": idp.issuer}}, port=port)
+        try:
+            browser = Browser("alice", "alice-password")
+            res = anyio.run(call_tool, server.url, oauth_client(server.url, browser, MemoryTokenStorage()), "whoami")
+            browser.close()
+            assert res.structured_content["result"]["username"] == "alice"
+            machine = client_token({"idp": idp, "meta": meta}, resource)
+            assert username(whoami(server.url, machine)) == idp.client_id
+            assert refused(whoami(server.url, "garbage"))
+        finally:
+            stop_server(server)
+
+
+def test_dotted_claim_mapping_grants_scope(tmp_path):
+    secret = "claim-mapping-shared-secret-0123456789"
+    project_tmp = tmp_path
+    port = free_port()
+    from tests.auth_support import auth_project
+
+    project, env, _ = auth_project(project_tmp, {
+        "jwt": {"secret": secret, "algorithms": ["HS256"], "issuer": "https://iss.test"},
+        "authorization": {"claim_mappings": [{"claim": "realm_access.roles", "value": "sql-admins",
+                                              "scopes": ["sqlgate:admin"]}]}}, port)
+    (project / "tools" / "admin_only.yml").write_text(
+        "tool:\n  name: admin_only\n  description: Admins only.\n  scopes: [sqlgate:admin]\n"
+        "  source:\n    code: SELECT 1 AS ok\n")
+    from tests.conftest import start_server
+
+    server = start_server(project, project_tmp, env=env, port=port)
+    try:
+        key = OctKey.import_key(secret.encode())
+
+        def tok(roles):
+            now = int(time.time())
+            return jwt.encode({"alg": "HS256"}, {"iss": "https://iss.test", "aud": f"http://127.0.0.1:{port}/mcp",
+                                                 "sub": "u", "exp": now + 60, "realm_access": {"roles": roles}}, key)
+
+        from tests.test_auth_flows import bearer_call
+
+        assert bearer_call(server.url, tok(["sql-admins"]), tool="admin_only").status_code == 200
+        denied = bearer_call(server.url, tok(["sql-readers"]), tool="admin_only")
+        assert denied.status_code == 403 and 'error="insufficient_scope"' in denied.headers["www-authenticate"]
+    finally:
+        stop_server(server)
