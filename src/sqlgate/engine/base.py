@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlgate.context import CallContext
+from sqlgate.errors import QueryFailed
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,10 @@ class Engine(abc.ABC):
         """For synchronous Python endpoints running in a worker thread."""
 
     # --- catalog, for the built-in schema tools
+    async def _meta(self, sql: str, params: dict[str, Any] | None, limits: Limits) -> QueryResult:
+        """Catalog queries run as nobody in particular."""
+        return await self.execute(sql, params, CallContext(), limits)
+
     @abc.abstractmethod
     async def list_schemas(self, limits: Limits) -> QueryResult: ...
 
@@ -96,15 +101,39 @@ class Engine(abc.ABC):
     async def list_tables(self, schema: str | None, limits: Limits) -> QueryResult: ...
 
     @abc.abstractmethod
-    async def describe_table(self, table: str, schema: str | None, limits: Limits) -> dict[str, Any]: ...
+    async def _find_relation(self, table: str, schema: str | None, limits: Limits) -> QueryResult:
+        """Rows (schema, name, kind, comment, engine reference) of tables/views with that name."""
+
+    @abc.abstractmethod
+    async def _describe_relation(self, schema: str, name: str, ref: Any,
+                                 limits: Limits) -> tuple[QueryResult, QueryResult]:
+        """(columns, keys) of one relation found by _find_relation."""
+
+    async def describe_table(self, table: str, schema: str | None, limits: Limits) -> dict[str, Any]:
+        if schema is None and "." in table:
+            schema, table = table.rsplit(".", 1)
+        found = await self._find_relation(table, schema, limits)
+        if not found.rows:
+            where = f"{schema}.{table}" if schema else table
+            raise QueryFailed(f"table or view {where!r} not found; use list_tables to see what exists")
+        if len(found.rows) > 1:
+            schemas = ", ".join(r[0] for r in found.rows)
+            raise QueryFailed(f"{table!r} exists in several schemas ({schemas}); pass `schema`")
+        schema_name, table_name, kind, comment, ref = found.rows[0]
+        columns, keys = await self._describe_relation(schema_name, table_name, ref, limits)
+        return {"schema": schema_name, "name": table_name, "kind": kind, "comment": comment,
+                "columns": columns.records(), "keys": keys.records()}
 
     @abc.abstractmethod
     async def catalog_entries(self) -> list[dict[str, Any]]:
         """Every table, view and column with its comment, for keyword search."""
 
-    @abc.abstractmethod
     def check_read_only(self, sql: str) -> None:
         """Raise QueryRefused unless `sql` is exactly one read-only statement."""
+        # imported on first use: sqlglot is only needed once untrusted SQL arrives
+        from sqlgate.engine.readonly import check_read_only
+
+        check_read_only(sql, self.dialect)
 
     @abc.abstractmethod
     async def close(self) -> None: ...

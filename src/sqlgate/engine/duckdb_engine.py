@@ -218,16 +218,7 @@ class DuckDBEngine(Engine):
             return self._run(sql, params, call, limits)
         return self._pool.submit(self._run, sql, params, call, limits).result()
 
-    def check_read_only(self, sql: str) -> None:
-        # imported on first use: sqlglot is only needed once untrusted SQL arrives
-        from sqlgate.engine.readonly import check_read_only
-
-        check_read_only(sql, self.dialect)
-
     # ------------------------------------------------------------------ catalog
-    async def _meta(self, sql: str, params: dict[str, Any] | None, limits: Limits) -> QueryResult:
-        return await self.execute(sql, params, CallContext(), limits)
-
     async def list_schemas(self, limits: Limits) -> QueryResult:
         return await self._meta(
             "SELECT database_name AS database, schema_name AS schema, comment "
@@ -246,37 +237,28 @@ class DuckDBEngine(Engine):
             "FROM duckdb_views() v WHERE NOT v.internal AND NOT v.temporary "
             "AND ($s IS NULL OR v.schema_name = $s) ORDER BY 1, 2", {"s": schema}, limits)
 
-    async def describe_table(self, table: str, schema: str | None, limits: Limits) -> dict[str, Any]:
-        if schema is None and "." in table:
-            schema, table = table.rsplit(".", 1)
-        found = await self._meta(
-            "SELECT schema_name, table_name, 'table' AS kind, comment FROM duckdb_tables() "
+    async def _find_relation(self, table: str, schema: str | None, limits: Limits) -> QueryResult:
+        return await self._meta(
+            "SELECT schema_name, table_name, 'table' AS kind, comment, NULL FROM duckdb_tables() "
             "WHERE NOT internal AND NOT temporary AND table_name = $t AND ($s IS NULL OR schema_name = $s) "
-            "UNION ALL SELECT schema_name, view_name, 'view', comment FROM duckdb_views() "
+            "UNION ALL SELECT schema_name, view_name, 'view', comment, NULL FROM duckdb_views() "
             "WHERE NOT internal AND NOT temporary AND view_name = $t AND ($s IS NULL OR schema_name = $s)",
             {"t": table, "s": schema}, limits)
-        if not found.rows:
-            where = f"{schema}.{table}" if schema else table
-            raise QueryFailed(f"table or view {where!r} not found; use list_tables to see what exists")
-        if len(found.rows) > 1:
-            schemas = ", ".join(r[0] for r in found.rows)
-            raise QueryFailed(f"{table!r} exists in several schemas ({schemas}); pass `schema`")
-        schema_name, table_name, kind, comment = found.rows[0]
+
+    async def _describe_relation(self, schema: str, name: str, ref: Any,
+                                 limits: Limits) -> tuple[QueryResult, QueryResult]:
+        where = {"s": schema, "t": name}
         cols = await self._meta(
             "SELECT column_name AS name, data_type AS type, is_nullable AS nullable, "
             "column_default AS \"default\", comment FROM duckdb_columns() "
-            "WHERE schema_name = $s AND table_name = $t ORDER BY column_index",
-            {"s": schema_name, "t": table_name}, limits)
+            "WHERE schema_name = $s AND table_name = $t ORDER BY column_index", where, limits)
         keys = await self._meta(
             "SELECT constraint_type AS type, constraint_column_names AS columns, "
             "referenced_table, referenced_column_names AS referenced_columns FROM duckdb_constraints() "
             "WHERE schema_name = $s AND table_name = $t "
             "AND constraint_type IN ('PRIMARY KEY', 'FOREIGN KEY', 'UNIQUE') ORDER BY constraint_index",
-            {"s": schema_name, "t": table_name}, limits)
-        return {
-            "schema": schema_name, "name": table_name, "kind": kind, "comment": comment,
-            "columns": cols.records(), "keys": keys.records(),
-        }
+            where, limits)
+        return cols, keys
 
     async def catalog_entries(self) -> list[dict[str, Any]]:
         big = Limits(max_rows=1_000_000, max_bytes=1 << 40, timeout_seconds=30)

@@ -142,15 +142,7 @@ class PostgresEngine(Engine):
         future = asyncio.run_coroutine_threadsafe(self.execute(sql, params, call, limits), self._loop)
         return future.result()
 
-    def check_read_only(self, sql: str) -> None:
-        from sqlgate.engine.readonly import check_read_only
-
-        check_read_only(sql, self.dialect)
-
     # ------------------------------------------------------------------ catalog
-    async def _meta(self, sql: str, params: dict[str, Any] | None, limits: Limits) -> QueryResult:
-        return await self.execute(sql, params, CallContext(), limits)
-
     async def list_schemas(self, limits: Limits) -> QueryResult:
         return await self._meta(
             "SELECT current_database() AS database, n.nspname AS schema, obj_description(n.oid, 'pg_namespace') "
@@ -169,22 +161,17 @@ class PostgresEngine(Engine):
             "AND n.nspname NOT LIKE 'pg_toast%' AND ($s::text IS NULL OR n.nspname = $s) "
             "AND has_table_privilege(c.oid, 'SELECT') ORDER BY 1, 2", {"s": schema}, limits)
 
-    async def describe_table(self, table: str, schema: str | None, limits: Limits) -> dict[str, Any]:
-        if schema is None and "." in table:
-            schema, table = table.rsplit(".", 1)
-        found = await self._meta(
+    async def _find_relation(self, table: str, schema: str | None, limits: Limits) -> QueryResult:
+        return await self._meta(
             "SELECT n.nspname, c.relname, CASE WHEN c.relkind IN ('v', 'm') THEN 'view' ELSE 'table' END, "
             "obj_description(c.oid, 'pg_class'), c.oid::bigint FROM pg_class c JOIN pg_namespace n "
             "ON n.oid = c.relnamespace WHERE c.relname = $t AND ($s::text IS NULL OR n.nspname = $s) "
             "AND c.relkind IN ('r', 'p', 'v', 'm', 'f') AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
             {"t": table, "s": schema}, limits)
-        if not found.rows:
-            where = f"{schema}.{table}" if schema else table
-            raise QueryFailed(f"table or view {where!r} not found; use list_tables to see what exists")
-        if len(found.rows) > 1:
-            raise QueryFailed(f"{table!r} exists in several schemas ({', '.join(r[0] for r in found.rows)}); "
-                              "pass `schema`")
-        schema_name, table_name, kind, comment, oid = found.rows[0]
+
+    async def _describe_relation(self, schema: str, name: str, ref: Any,
+                                 limits: Limits) -> tuple[QueryResult, QueryResult]:
+        oid = ref
         cols = await self._meta(
             "SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type, NOT a.attnotnull AS nullable, "
             "pg_get_expr(d.adbin, d.adrelid) AS \"default\", col_description(a.attrelid, a.attnum) AS comment "
@@ -199,12 +186,11 @@ class PostgresEngine(Engine):
             "unnest(con.confkey) WITH ORDINALITY k(n, ord) JOIN pg_attribute a ON a.attrelid = con.confrelid "
             "AND a.attnum = k.n) AS referenced_columns FROM pg_constraint con WHERE con.conrelid = $oid::oid "
             "AND con.contype IN ('p', 'f', 'u') ORDER BY con.contype, con.conname", {"oid": oid}, limits)
-        records = keys.records()
-        for r in records:
-            if r["referenced_table"] == "-":
-                r["referenced_table"] = None
-        return {"schema": schema_name, "name": table_name, "kind": kind, "comment": comment,
-                "columns": cols.records(), "keys": records}
+        # a FOREIGN KEY names its table; other keys have none (regclass prints "-" for oid 0)
+        for row in keys.rows:
+            if row[2] == "-":
+                row[2] = None
+        return cols, keys
 
     async def catalog_entries(self) -> list[dict[str, Any]]:
         big = Limits(max_rows=1_000_000, max_bytes=1 << 40, timeout_seconds=30)
