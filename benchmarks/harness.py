@@ -27,6 +27,7 @@ class Server:
     proc: subprocess.Popen
     port: int
     startup_s: float  # spawn -> first 200 from /healthz
+    token: str | None = None  # bearer token the load generator sends, for servers with auth on
 
     @property
     def mcp_url(self) -> str:

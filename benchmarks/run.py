@@ -66,6 +66,18 @@ FULL = Plan(calls=500, rounds=5, endpoint_counts=(10, 100, 1000), startup_repeat
 QUICK = Plan(calls=200, rounds=1, endpoint_counts=(10, 100), startup_repeats=1)
 
 
+JWT_SECRET = "benchmark-shared-secret-0123456789abcdef"
+
+
+def bench_token(port: int) -> str:
+    from joserfc import jwt
+    from joserfc.jwk import OctKey
+
+    claims = {"iss": "https://bench.invalid", "aud": f"http://{HOST}:{port}/mcp", "sub": "bench",
+              "preferred_username": "bench", "exp": int(time.time()) + 3600}
+    return jwt.encode({"alg": "HS256"}, claims, OctKey.import_key(JWT_SECRET.encode()))
+
+
 def progress(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -90,6 +102,8 @@ def run_load(bench_tool: Path, server: Server, calls: int, concurrency: int) -> 
     """One bench.py run at one concurrency level, plus the server CPU it cost."""
     cmd = [PY, str(bench_tool), server.mcp_url, "ping", "--args", "{}", "-n", str(calls),
            "-c", str(concurrency), "--warmup", str(WARMUP_CALLS), "--json"]
+    if server.token:
+        cmd += ["--token", server.token]
     cpu_before = server.cpu_s()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     cpu = server.cpu_s() - cpu_before
@@ -116,9 +130,14 @@ def summarize_load(runs: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
 
 def measure_load(work: Path, env: dict[str, str], plan: Plan, bench_tool: Path) -> dict[str, Any]:
     project = ping_project(work / "ping")
+    auth_env = {**env, "SQLGATE_AUTH_MODE": "jwt", "SQLGATE_AUTH_SECRET": JWT_SECRET,
+                "SQLGATE_AUTH_ALGORITHM": "HS256", "SQLGATE_AUTH_ISSUER": "https://bench.invalid"}
     with running(sqlgate_cmd(project), env, work / "sqlgate-ping.log") as sg, \
+            running(sqlgate_cmd(project), auth_env, work / "sqlgate-auth.log") as sg_auth, \
             running(bare_cmd(work), env, work / "bare.log") as bare:
-        servers = {"sqlgate": sg, "bare": bare}
+        # every call carries a bearer token that is verified (HS256 JWT, audience-bound)
+        sg_auth.token = bench_token(sg_auth.port)
+        servers = {"sqlgate": sg, "sqlgate_auth": sg_auth, "bare": bare}
         time.sleep(SETTLE_S)
         rss_idle = {name: s.rss_mib() for name, s in servers.items()}
         for server in servers.values():
@@ -220,6 +239,10 @@ def table_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
         tput = ratio(sg["calls_per_s"], bare["calls_per_s"])
         rows.append(row(f"throughput c={c} (calls/s)", sg["calls_per_s"], bare["calls_per_s"],
                         target=f"ratio ≥ {TARGET_THROUGHPUT_RATIO:.2f}", ok=tput >= TARGET_THROUGHPUT_RATIO))
+        if "sqlgate_auth" in load:
+            auth = load["sqlgate_auth"][c]["calls_per_s"]
+            rows.append(row(f"throughput c={c}, sqlgate with JWT auth vs bare without (calls/s)", auth,
+                            bare["calls_per_s"], target="aim ≥ 1.00", ok=ratio(auth, bare["calls_per_s"]) >= 1.0))
         rows.append(row(f"latency p50 c={c} (ms)", sg["p50_ms"], bare["p50_ms"], digits=2))
         rows.append(row(f"latency p99 c={c} (ms)", sg["p99_ms"], bare["p99_ms"], digits=2))
         rows.append(row(f"server CPU per call c={c} (ms)", sg["server_cpu_ms_per_call"],
