@@ -32,7 +32,8 @@ JWKS_MIN_REFRESH_SECONDS = 10.0
 class SqlgateJWTVerifier(TokenVerifier):
     def __init__(self, *, algorithms: list[str], issuer: str | None, audience: list[str] | None,
                  jwks_uri: str | None = None, public_key: str | None = None, secret: str | None = None,
-                 leeway_seconds: int = 30, timeout_seconds: float = 10.0):
+                 leeway_seconds: int = 30, timeout_seconds: float = 10.0,
+                 jwks_min_refresh_seconds: float = JWKS_MIN_REFRESH_SECONDS):
         super().__init__()
         self.algorithms = algorithms
         self.issuer = issuer
@@ -40,6 +41,7 @@ class SqlgateJWTVerifier(TokenVerifier):
         self.leeway = leeway_seconds
         self._jwks_uri = jwks_uri
         self._timeout = timeout_seconds
+        self._min_refresh = jwks_min_refresh_seconds
         self._keys: KeySet | None = None
         self._fetched_at = 0.0
         self._lock = anyio.Lock()
@@ -54,7 +56,7 @@ class SqlgateJWTVerifier(TokenVerifier):
         if self._keys is not None and (kid is None or _has_kid(self._keys, kid)):
             return self._keys
         async with self._lock:  # one fetch for many concurrent requests with a new kid
-            fresh_enough = time.monotonic() - self._fetched_at < JWKS_MIN_REFRESH_SECONDS
+            fresh_enough = time.monotonic() - self._fetched_at < self._min_refresh
             if self._keys is None or (not fresh_enough and not _has_kid(self._keys, kid)):
                 assert self._jwks_uri is not None
                 async with httpx2.AsyncClient(timeout=self._timeout) as http:
