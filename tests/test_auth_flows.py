@@ -18,7 +18,7 @@ import pytest
 from tests.auth_support import MemoryTokenStorage, call_tool, oauth_client, start_auth_server
 from tests.browser import Browser
 from tests.conftest import free_port, stop_server
-from tests.idp.launcher import OidcProvider
+from tests.idp.launcher import OidcProvider, pkce_pair
 
 KEY = "test-encryption-key-0123456789abcdef"
 
@@ -155,24 +155,13 @@ def test_refresh_then_revoke(stack):
 
 def test_code_replay_and_wrong_verifier_are_refused(stack):
     """Drive /authorize by hand to hold the code, then misuse it."""
-    import base64
-    import hashlib
     import secrets
 
     base = stack["server"].base
     redirect = "http://127.0.0.1:45998/callback"
     client_id = httpx.post(f"{base}/register", json={"redirect_uris": [redirect],
                                                      "token_endpoint_auth_method": "none"}).json()["client_id"]
-    verifier = secrets.token_urlsafe(48)
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-    browser = Browser("alice", "alice-password")
-    url = httpx.URL(f"{base}/authorize", params={
-        "response_type": "code", "client_id": client_id, "redirect_uri": redirect, "state": "st",
-        "scope": "sqlgate:access", "code_challenge": challenge, "code_challenge_method": "S256"})
-    from tests.browser import query_of
-
-    code = query_of(browser.run(str(url), redirect))["code"]
-    browser.close()
+    code, verifier = _authorize_by_hand(base, client_id, redirect, "sqlgate:access")
     form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect, "client_id": client_id}
     bad = httpx.post(f"{base}/token", data={**form, "code_verifier": secrets.token_urlsafe(48)})
     assert bad.status_code in (400, 401) and bad.json()["error"] == "invalid_grant", bad.text
@@ -234,23 +223,25 @@ def _kill_restart_and_reuse(stack: dict) -> None:
     assert result_of(r)["result"]["structuredContent"]["result"]["username"] == "bob"
 
 
-def _manual_code_flow(base: str, client_id: str, redirect: str, scope: str, user: str = "alice",
-                      client_secret: str | None = None) -> httpx.Response:
-    """Authorize by hand (PKCE) and exchange the code; returns the token response."""
-    import base64
-    import hashlib
-    import secrets
-
+def _authorize_by_hand(base: str, client_id: str, redirect: str, scope: str,
+                       user: str = "alice") -> tuple[str, str]:
+    """Run /authorize with PKCE through consent and login; returns (code, code_verifier)."""
     from tests.browser import query_of
 
-    verifier = secrets.token_urlsafe(48)
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    verifier, challenge = pkce_pair()
     browser = Browser(user, f"{user}-password")
     url = httpx.URL(f"{base}/authorize", params={
         "response_type": "code", "client_id": client_id, "redirect_uri": redirect, "state": "st", "scope": scope,
         "code_challenge": challenge, "code_challenge_method": "S256"})
     code = query_of(browser.run(str(url), redirect))["code"]
     browser.close()
+    return code, verifier
+
+
+def _manual_code_flow(base: str, client_id: str, redirect: str, scope: str, user: str = "alice",
+                      client_secret: str | None = None) -> httpx.Response:
+    """Authorize by hand (PKCE) and exchange the code; returns the token response."""
+    code, verifier = _authorize_by_hand(base, client_id, redirect, scope, user)
     form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect, "client_id": client_id,
             "code_verifier": verifier}
     if client_secret is not None:

@@ -7,9 +7,9 @@ serving without authentication.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 PROVIDERS = ("github", "atlassian", "salesforce", "keycloak", "google", "oidc")
 PROVIDER_TITLES = {"github": "GitHub", "atlassian": "Atlassian", "salesforce": "Salesforce",
@@ -18,6 +18,14 @@ PROVIDER_TITLES = {"github": "GitHub", "atlassian": "Atlassian", "salesforce": "
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _split_commas(value: Any) -> Any:
+    return [s.strip() for s in value.split(",") if s.strip()] if isinstance(value, str) else value
+
+
+# a list that may also be written as one comma-separated string (as environment variables are)
+CommaList = Annotated[list[str], BeforeValidator(_split_commas)]
 
 
 class ProviderConfig(Strict):
@@ -82,22 +90,12 @@ class JWTConfig(Strict):
     jwks_uri: str | None = None
     public_key: str | None = None  # PEM
     secret: str | None = None  # shared secret for HS256/384/512
-    algorithms: list[str] = Field(default_factory=lambda: ["RS256"], min_length=1)
+    algorithms: CommaList = Field(default_factory=lambda: ["RS256"], min_length=1)
     issuer: str | None = None
     # accepted `aud` values; default: this server's resource URL (RFC 8707)
-    audience: list[str] | None = None
+    audience: CommaList | None = None
     audience_required: bool = True
     leeway_seconds: int = Field(default=30, ge=0, le=600)
-
-    @field_validator("audience", mode="before")
-    @classmethod
-    def _one_or_many(cls, v: Any) -> Any:
-        return [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
-
-    @field_validator("algorithms", mode="before")
-    @classmethod
-    def _algs(cls, v: Any) -> Any:
-        return [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
 
     @model_validator(mode="after")
     def _key(self) -> JWTConfig:
@@ -132,14 +130,9 @@ class IntrospectionConfig(Strict):
 class RemoteConfig(Strict):
     """Protected-resource metadata pointing clients at the authorization server(s) to use."""
 
-    authorization_servers: list[str] = Field(default_factory=list)
+    authorization_servers: CommaList = Field(default_factory=list)
     resource_name: str | None = None
     resource_documentation: str | None = None
-
-    @field_validator("authorization_servers", mode="before")
-    @classmethod
-    def _list(cls, v: Any) -> Any:
-        return [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
 
 
 class ClaimMapping(Strict):
@@ -179,18 +172,13 @@ class AuthConfig(Strict):
     cache_ttl: int = Field(default=300, ge=0)
     authorization: AuthorizationConfig = Field(default_factory=AuthorizationConfig)
     # scopes MCP clients may ask this server for (advertised in metadata)
-    scopes: list[str] = Field(default_factory=lambda: ["sqlgate:access"])
+    scopes: CommaList = Field(default_factory=lambda: ["sqlgate:access"])
     # https redirect URI patterns allowed for dynamically registered clients (wildcards allowed,
     # e.g. https://claude.ai/api/mcp/auth_callback); loopback http on any port is always allowed
-    allowed_redirect_uris: list[str] = Field(default_factory=list)
+    allowed_redirect_uris: CommaList = Field(default_factory=list)
     consent: bool = True
     access_token_ttl: int = Field(default=3600, ge=5)
     refresh_token_ttl: int = Field(default=30 * 86400, ge=300)
-
-    @field_validator("allowed_redirect_uris", "scopes", mode="before")
-    @classmethod
-    def _comma_list(cls, v: Any) -> Any:
-        return [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
 
     @field_validator("allowed_redirect_uris")
     @classmethod

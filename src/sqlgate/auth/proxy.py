@@ -117,7 +117,7 @@ class SqlgateOAuthProxy(OAuthProxy):
             _granted_scopes.reset(token)
 
     def _allowed(self, requested: list[str]) -> list[str]:
-        return [s for s in requested if s in self._mcp_scopes] or []
+        return [s for s in requested if s in self._mcp_scopes]
 
     # ---------------------------------------------------------------- identity per request
     async def load_access_token(self, token: str) -> AccessToken | None:  # type: ignore[override]

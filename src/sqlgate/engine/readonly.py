@@ -99,10 +99,11 @@ def _check_function(node: exp.Func) -> None:
 
 
 def _check_tree(root: exp.Expression) -> None:
+    forbidden = tuple(_FORBIDDEN_NODES)
     for node in root.walk():
-        for kind, label in _FORBIDDEN_NODES.items():
-            if isinstance(node, kind):
-                raise QueryRefused(f"{label} is not allowed: only read-only queries are accepted")
+        if isinstance(node, forbidden):
+            label = next(lbl for kind, lbl in _FORBIDDEN_NODES.items() if isinstance(node, kind))
+            raise QueryRefused(f"{label} is not allowed: only read-only queries are accepted")
         if isinstance(node, exp.Func):
             _check_function(node)
         if isinstance(node, exp.Table) and isinstance(node.this, exp.Identifier):
