@@ -1,7 +1,8 @@
 """PostgreSQL as a data source: RLS by caller, SET ROLE mode, read-only guarantees, built-in tools.
 
 Uses the PostgreSQL on 127.0.0.1:5432; each test module creates its own database and roles and
-drops them afterwards.
+drops them afterwards. The `pg` fixture installs sqlgate's signed identity (schema sqlgate) and
+protects `accounts` with the recommended policy, USING (owner = (SELECT sqlgate.username())).
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from joserfc.jwk import OctKey
 from sqlgate.config.loader import load_project
 from sqlgate.context import CallContext, UserContext
 from sqlgate.engine import Limits, open_engine
+from sqlgate.engine.postgres_identity import install
 from sqlgate.errors import QueryFailed, QueryRefused
 from tests.conftest import EXAMPLE, free_port, isolated_env, start_server, stop_server
 
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 SECRET = "postgres-test-shared-secret-0123456789abcdef"
+IDENTITY_KEY = "identity-key-for-tests-0123456789abcdef"
 LIMITS = Limits(max_rows=1000, max_bytes=1_000_000, timeout_seconds=10)
 
 
@@ -50,6 +53,7 @@ def pg(tmp_path_factory):
         for role in roles.values():
             admin.execute(f"CREATE ROLE {role} NOLOGIN")
             admin.execute(f"GRANT {role} TO {svc}")
+    install(f"postgresql://postgres@127.0.0.1:5432/{db}", IDENTITY_KEY)
     with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{db}", autocommit=True) as con:
         con.execute("""
             CREATE TABLE accounts (id int PRIMARY KEY, owner text NOT NULL, name text NOT NULL, balance numeric);
@@ -59,7 +63,7 @@ def pg(tmp_path_factory):
               FROM generate_series(1, 40) i;
             ALTER TABLE accounts ENABLE ROW LEVEL SECURITY;
             ALTER TABLE accounts FORCE ROW LEVEL SECURITY;
-            CREATE POLICY by_caller ON accounts USING (owner = current_setting('sqlgate.username', true));
+            CREATE POLICY by_caller ON accounts USING (owner = (SELECT sqlgate.username()));
             CREATE TABLE role_notes (id int PRIMARY KEY, note text);
             INSERT INTO role_notes VALUES (1, 'for alice only');
         """)
@@ -78,7 +82,8 @@ def pg(tmp_path_factory):
     code: SELECT id, owner, get_username() AS seen_as FROM accounts ORDER BY id
 """)
     dsn = f"postgresql://{svc}@127.0.0.1:5432/{db}"
-    (project / "sqlgate.yml").write_text(f"name: pgshop\nengine:\n  type: postgres\n  dsn: {dsn}\n  pool_size: 4\n")
+    (project / "sqlgate.yml").write_text(f"name: pgshop\nengine:\n  type: postgres\n  dsn: {dsn}\n  pool_size: 4\n"
+                                         f"  identity_key: {IDENTITY_KEY}\n")
     yield {"db": db, "svc": svc, "roles": roles, "tag": tag, "project": project, "dsn": dsn, "tmp": tmp}
     with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
         admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
@@ -97,8 +102,7 @@ def _as(name: str) -> CallContext:
 async def test_rls_sees_only_the_callers_rows_concurrently(pg):
     engine = _engine(pg)
     try:
-        sql = "SELECT owner, count(*) AS n, max(current_setting('sqlgate.username', true)) AS me, pg_sleep(0.05) " \
-              "FROM accounts GROUP BY owner"
+        sql = "SELECT owner, count(*) AS n, max(get_username()) AS me, pg_sleep(0.05) FROM accounts GROUP BY owner"
 
         async def one(name):
             return name, await engine.execute(sql, None, _as(name), LIMITS)
@@ -135,8 +139,8 @@ async def test_read_only_bypass_attempts(pg, sql):
     engine = _engine(pg)
     try:
         with pytest.raises(QueryRefused):
-            engine.check_read_only(sql)
-        # and underneath, without the checker: the read-only transaction / single-statement protocol hold
+            await engine.run_untrusted(sql, _as("alice"), LIMITS)
+        # and underneath, without the guard: the read-only transaction / single-statement protocol hold
         with pytest.raises(QueryFailed):
             await engine.execute(sql, None, _as("alice"), LIMITS)
     finally:
@@ -148,13 +152,17 @@ async def test_read_only_bypass_attempts(pg, sql):
 async def test_impersonation_attempt_does_not_outlive_its_call(pg):
     engine = _engine(pg)
     try:
-        with pytest.raises(QueryRefused):
-            engine.check_read_only("SELECT set_config('sqlgate.username', 'bob', false)")
-        # even run directly, a session-level setting is rolled back with the call's transaction
-        await engine.execute("SELECT set_config('sqlgate.username', 'bob', false)", None, _as("alice"), LIMITS)
+        with pytest.raises(QueryRefused, match="set_config"):
+            await engine.run_untrusted("SELECT set_config('sqlgate.identity', 'x', false)", _as("alice"), LIMITS)
+        # even run directly (trusted path), a session-level setting ends with the call
+        await engine.execute("SELECT set_config('sqlgate.identity', 'forged', false), "
+                             "set_config('sqlgate.username', 'bob', false)", None, _as("alice"), LIMITS)
         for _ in range(4):  # whichever pooled connection comes next
-            qr = await engine.execute("SELECT current_setting('sqlgate.username', true)", None, CallContext(), LIMITS)
-            assert qr.rows == [[""]]
+            qr = await engine.execute("SELECT current_setting('sqlgate.identity', true) AS i, "
+                                      "current_setting('sqlgate.username', true) AS u, get_username() AS me",
+                                      None, CallContext(), LIMITS)
+            i, u, me = qr.rows[0]
+            assert u in (None, "") and me == "" and "forged" not in (i or "")
     finally:
         await engine.close()
 

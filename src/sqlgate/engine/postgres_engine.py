@@ -1,77 +1,137 @@
 """PostgreSQL as a data source.
 
-Every call runs in its own transaction on a pooled connection:
-  BEGIN READ ONLY (where the profile is read-only)
-  set_config('sqlgate.username' / '.user_id' / '.email' / '.provider' / '.claims', …, true)
-  SET LOCAL ROLE <mapped role>             (role_mode: set_role)
-  SET LOCAL statement_timeout = <limit>
-  <the statement>
-  ROLLBACK
-Settings and role are transaction-local, so nothing of one caller survives into the next call on
-that connection; row-level-security policies can use current_setting('sqlgate.username').
-Statements go through the extended protocol (always with a parameter mapping), which executes
-exactly one statement — `COMMIT; DELETE …` cannot ride along even past the checker.
+One call = one transaction on a pooled connection, within one deadline that starts when the call
+arrives (waiting for the caller's share, for the pool and for a connection all count):
+  [BEGIN [READ ONLY]; SELECT set_config(identity…, true), set_config('statement_timeout', <left>, true)
+   [, set_config('role', <mapped role>, true)]]     one round trip (pipeline)
+  <the statement>                                   streamed, extended protocol
+  ROLLBACK; DISCARD ALL (pool reset)
+Everything a statement could leave behind on the connection (settings, role, temp objects,
+prepared statements, advisory locks, LISTEN) ends with ROLLBACK or DISCARD ALL, so the next caller
+gets a clean connection; a connection that cannot be reset is discarded.
+
+Untrusted SQL (the query tool) passes postgres_guard first and only the statement text it sliced
+out runs. Every statement, trusted or not, goes through the extended protocol (`cursor.stream()`),
+where the server itself refuses a second statement: psycopg's `execute()` with no or empty
+parameters would use the simple protocol, which runs `SELECT 1; COMMIT; INSERT …` whole.
+
+Caller identity: see postgres_identity (signed by default). The upstream token is never a setting;
+endpoint SQL gets it as a bound parameter, the query tool not at all.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
+import time
+from contextlib import aclosing
 from typing import Any
 
 import psycopg
-from psycopg import sql as pgsql
-from psycopg_pool import AsyncConnectionPool
+from psycopg import pq
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from sqlgate.context import CallContext
 from sqlgate.endpoints.sqlparams import to_pyformat
+from sqlgate.engine.admission import Admission
 from sqlgate.engine.base import Engine, Limits, QueryResult, shape_rows
-from sqlgate.errors import ConfigError, QueryFailed, QueryTimeout
+from sqlgate.engine.postgres_checks import service_role_problems
+from sqlgate.engine.postgres_guard import PostgresGuard
+from sqlgate.engine.postgres_identity import (
+    TOKEN_PARAM,
+    Identity,
+    SettingsIdentity,
+    SignedIdentity,
+    endpoint_sql,
+    installed,
+    verify,
+)
+from sqlgate.errors import ConfigError, DatabaseUnavailable, QueryFailed, QueryTimeout
 
 log = logging.getLogger("sqlgate.engine.postgres")
 _ROLE_OK = re.compile(r"^[A-Za-z_][A-Za-z0-9_.@-]{0,62}$")
-# the caller functions of the DuckDB engine, so endpoint SQL reads the same on both engines
-_USER_FUNCTIONS = re.compile(r"\bget_(username|user_id|user_email|user_provider|user_display_name|"
-                             r"user_external_token)\(\s*\)", re.IGNORECASE)
-_SETTING_OF = {"username": "username", "user_id": "user_id", "user_email": "email", "user_provider": "provider",
-               "user_display_name": "display_name", "user_external_token": "external_token"}
-
-
-def _user_function_sql(match: re.Match[str]) -> str:
-    return f"coalesce(current_setting('sqlgate.{_SETTING_OF[match.group(1).lower()]}', true), '')"
+# the guard's lexer (libpg_query) assumes these; pinned at connect so the server lexes the same way
+_PINNED_OPTIONS = "-c standard_conforming_strings=on -c backslash_quote=safe_encoding"
+_CHUNK = 256  # rows per network chunk while streaming a result
+_BACKSTOP = 2.0  # seconds past the deadline before the client gives up on the server's timeout
 
 
 class PostgresEngine(Engine):
     dialect = "postgres"
 
-    def __init__(self, dsn: str, pool_size: int, read_only: bool, role_mode: str, role_prefix: str):
+    def __init__(self, dsn: str, pool_size: int, read_only: bool, role_mode: str, role_prefix: str,
+                 identity: Identity, per_caller: int | None = None):
         self._dsn = dsn
         self._pool_size = pool_size
         self._read_only = read_only
         self._role_mode = role_mode
         self._role_prefix = role_prefix
+        self._identity = identity
+        self._guard = PostgresGuard()
+        self._admission = Admission(pool_size, per_caller)
         self._pool: AsyncConnectionPool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._sql_cache: dict[str, str] = {}
+        self._sql_cache: dict[str, tuple[str, bool]] = {}
 
     @classmethod
     def open(cls, project) -> PostgresEngine:
         cfg = project.settings.engine
-        try:  # fail at start-up, with the reason, when the database cannot be reached
-            with psycopg.connect(cfg.dsn, connect_timeout=10) as probe:
-                probe.execute("SELECT 1")
+        identity: Identity
+        if cfg.identity == "settings":
+            identity = SettingsIdentity()
+            log.warning("engine.identity is 'settings': the caller's identity reaches PostgreSQL as plain settings "
+                        "(sqlgate.username …) that any query able to call set_config() can overwrite. Do NOT protect "
+                        "rows with them. Install the signed identity (python -m sqlgate.engine.postgres_identity "
+                        "install) and drop engine.identity.")
+        else:
+            key = cfg.identity_key.get_secret_value() if cfg.identity_key else None
+            identity = SignedIdentity(key)  # ConfigError when the key is missing or short
+        try:  # start-up: reach the database (bounded), check the service role and the identity set-up
+            with psycopg.connect(**cls._conninfo(cfg.dsn), autocommit=True) as probe:
+                problems = service_role_problems(probe, identity.mode)
+                if isinstance(identity, SignedIdentity):
+                    if not installed(probe):
+                        raise ConfigError("the database has no sqlgate identity functions (schema sqlgate). Install "
+                                          "them as an administrator: python -m sqlgate.engine.postgres_identity "
+                                          "install --admin-dsn <admin DSN> -p <project>; or opt in to forgeable "
+                                          "plain settings with engine.identity: settings", where="engine.identity")
+                    verify(probe, identity)
         except psycopg.Error as exc:
             raise ConfigError(f"cannot connect to PostgreSQL: {str(exc).strip()}", where="engine.dsn") from None
-        return cls(cfg.dsn, cfg.pool_size, cfg.read_only, cfg.role_mode, cfg.role_prefix)
+        if problems:
+            if cfg.role_checks == "refuse":
+                raise ConfigError("the PostgreSQL service role can get around row-level security or the query "
+                                  "guard; fix its privileges (or set engine.role_checks: warn)",
+                                  where="engine.dsn", problems=problems)
+            for p in problems:
+                log.warning("PostgreSQL service role: %s", p)
+        return cls(cfg.dsn, cfg.pool_size, cfg.read_only, cfg.role_mode, cfg.role_prefix, identity,
+                   cfg.max_concurrent_per_caller)
+
+    @staticmethod
+    def _conninfo(dsn: str) -> dict[str, Any]:
+        params: dict[str, Any] = dict(conninfo_to_dict(dsn))
+        params["options"] = " ".join(p for p in (params.get("options"), _PINNED_OPTIONS) if p)
+        params["client_encoding"] = "UTF8"
+        params.setdefault("application_name", "sqlgate")
+        params.setdefault("connect_timeout", 5)
+        return params
 
     async def _get_pool(self) -> AsyncConnectionPool:
         if self._pool is None:
             self._loop = asyncio.get_running_loop()
-            self._pool = AsyncConnectionPool(self._dsn, min_size=1, max_size=self._pool_size, open=False,
-                                             kwargs={"autocommit": False})
-            await self._pool.open(wait=True, timeout=30)
+            kwargs = self._conninfo(self._dsn)
+            # autocommit: we send BEGIN ourselves, in the same round trip as the call's settings;
+            # no automatic server-side prepared statements (DISCARD ALL would drop them under psycopg)
+            kwargs.update(autocommit=True, prepare_threshold=None)
+            self._pool = AsyncConnectionPool(
+                "", kwargs=kwargs, min_size=1, max_size=self._pool_size, open=False, reset=_reset,
+                name="sqlgate-postgres", reconnect_timeout=10.0)
+            # not waiting: a database that is down at this moment must not block or kill the server;
+            # calls answer "database unavailable" until the pool's background connects succeed
+            await self._pool.open(wait=False)
         return self._pool
 
     def _role_for(self, call: CallContext) -> str | None:
@@ -85,55 +145,75 @@ class PostgresEngine(Engine):
             raise QueryFailed(f"username {name!r} cannot be mapped to a database role")
         return role
 
+    # ------------------------------------------------------------------ statements
     async def execute(self, sql: str, params: dict[str, Any] | None, call: CallContext,
                       limits: Limits) -> QueryResult:
-        pool = await self._get_pool()
-        text = self._sql_cache.get(sql)
-        if text is None:
-            text = self._sql_cache[sql] = to_pyformat(_USER_FUNCTIONS.sub(_user_function_sql, sql))
-        role = self._role_for(call)
-        async with pool.connection() as conn:
-            try:
-                return await asyncio.wait_for(self._run(conn, text, params or {}, call, role, limits),
-                                              limits.timeout_seconds + 2)
-            except TimeoutError:
-                conn.cancel()  # server-side statement_timeout should have fired first; make sure
-                raise QueryTimeout(f"query cancelled: it ran longer than the {limits.timeout_seconds:g} s "
-                                   "timeout") from None
-            finally:
-                if not conn.closed:
-                    await conn.rollback()
+        """Endpoint SQL written by the project author (and the catalog queries)."""
+        deadline = time.monotonic() + limits.timeout_seconds
+        cached = self._sql_cache.get(sql)
+        if cached is None:
+            cached = self._sql_cache[sql] = endpoint_sql(to_pyformat(sql), self._identity)
+        text, uses_token = cached
+        bound = dict(params or {})
+        if uses_token:
+            bound[TOKEN_PARAM] = call.user.external_token or None
+        # a mapping, even an empty one: psycopg then turns the %% of to_pyformat back into %
+        return await self._call(text, bound, call, limits, deadline, read_only=self._read_only)
 
-    async def _run(self, conn, text: str, params: dict[str, Any], call: CallContext, role: str | None,
-                   limits: Limits) -> QueryResult:
-        u = call.user
-        async with conn.cursor() as cur:
+    async def run_untrusted(self, sql: str, call: CallContext, limits: Limits) -> QueryResult:
+        deadline = time.monotonic() + limits.timeout_seconds
+        checked = await asyncio.to_thread(self._guard.check, sql)
+        # params None: the text goes to the server byte for byte (no %-placeholder processing)
+        return await self._call(checked.sql, None, call, limits, deadline, read_only=True)
+
+    async def _call(self, text: str, params: dict[str, Any] | None, call: CallContext, limits: Limits,
+                    deadline: float, read_only: bool) -> QueryResult:
+        role = self._role_for(call)
+        pool = await self._get_pool()
+        async with self._admission.slot(call.principal, deadline, limits.timeout_seconds):
             try:
-                if self._read_only:
-                    await cur.execute("SET TRANSACTION READ ONLY")
-                await cur.execute(
-                    "SELECT set_config('sqlgate.username', %(u)s, true), set_config('sqlgate.user_id', %(i)s, true),"
-                    " set_config('sqlgate.email', %(e)s, true), set_config('sqlgate.provider', %(p)s, true),"
-                    " set_config('sqlgate.display_name', %(d)s, true), set_config('sqlgate.claims', %(c)s, true),"
-                    " set_config('sqlgate.external_token', %(t)s, true)",
-                    {"u": u.username, "i": u.user_id, "e": u.email, "p": u.provider, "d": u.display_name,
-                     "c": json.dumps(dict(u.claims), default=str), "t": u.external_token})
-                if role is not None:
-                    await cur.execute(pgsql.SQL("SET LOCAL ROLE {}").format(pgsql.Identifier(role)))
-                await cur.execute(pgsql.SQL("SET LOCAL statement_timeout = {}").format(
-                    pgsql.Literal(int(limits.timeout_seconds * 1000))))
-                await cur.execute(text, params, prepare=False)
-                if cur.description is None:
-                    return QueryResult(columns=[], types=[], rows=[], limits=limits)
-                raw = await cur.fetchmany(limits.max_rows + 1)
-                columns = [d.name for d in cur.description]
-                types = [_type_name(conn, d.type_code) for d in cur.description]
-            except psycopg.errors.QueryCanceled:
-                raise QueryTimeout(f"query cancelled: it ran longer than the {limits.timeout_seconds:g} s "
-                                   "timeout") from None
-            except psycopg.Error as exc:
-                raise QueryFailed(_clean(exc)) from None
-        return shape_rows(columns, types, raw, limits)
+                conn = await pool.getconn(timeout=max(deadline - time.monotonic(), 0.001))
+            except PoolTimeout:
+                raise DatabaseUnavailable(f"database unavailable: no connection to PostgreSQL within the "
+                                          f"{limits.timeout_seconds:g} s timeout. Try again later.") from None
+            try:
+                return await self._run(conn, text, params, call, role, limits, deadline, read_only)
+            except DatabaseUnavailable:
+                # other idle connections are probably dead too: let the pool test them now
+                asyncio.get_running_loop().create_task(pool.check())
+                raise
+            finally:
+                await _finish(conn)
+                await pool.putconn(conn)
+
+    async def _run(self, conn: psycopg.AsyncConnection, text: str, params: dict[str, Any] | None,
+                   call: CallContext, role: str | None, limits: Limits, deadline: float,
+                   read_only: bool) -> QueryResult:
+        left = deadline - time.monotonic()
+        if left <= 0.001:
+            raise _timeout(limits)
+        settings = self._identity.settings(call, conn.info.backend_pid, left + 30)
+        settings["statement_timeout"] = str(max(1, int(left * 1000)))
+        if role is not None:
+            settings["role"] = role  # = SET LOCAL ROLE, checked by the server against membership
+        names = list(settings)
+        setup = "SELECT " + ", ".join(f"set_config(%(k{i})s, %(v{i})s, true)" for i in range(len(names)))
+        setup_params = {f"k{i}": n for i, n in enumerate(names)} | {f"v{i}": settings[n] for i, n in enumerate(names)}
+        try:
+            async with asyncio.timeout(left + _BACKSTOP):
+                async with conn.pipeline():
+                    await conn.execute("BEGIN READ ONLY" if read_only else "BEGIN")
+                    await conn.execute(setup, setup_params)
+                return await _fetch(conn, text, params, limits)
+        except TimeoutError:
+            await conn.close()  # the server did not stop it in time: this connection is not reusable
+            raise _timeout(limits) from None
+        except psycopg.errors.QueryCanceled:
+            raise _timeout(limits) from None
+        except psycopg.Error as exc:
+            if conn.closed or conn.broken or (exc.sqlstate or "").startswith(("08", "57P")):
+                raise DatabaseUnavailable(f"database unavailable: {_clean(exc)}") from None
+            raise QueryFailed(_clean(exc)) from None
 
     def execute_blocking(self, sql: str, params: dict[str, Any] | None, call: CallContext,
                          limits: Limits) -> QueryResult:
@@ -209,7 +289,61 @@ class PostgresEngine(Engine):
 
     async def close(self) -> None:
         if self._pool is not None:
-            await self._pool.close()
+            await self._pool.close(timeout=5)
+
+
+async def _fetch(conn: psycopg.AsyncConnection, text: str, params: dict[str, Any] | None,
+                 limits: Limits) -> QueryResult:
+    """Stream the statement's rows, stopping (and cancelling it) once the limits are reached, so
+    a huge result never lands in memory whole."""
+    cur = conn.cursor()
+    raw: list[tuple] = []
+    cap = limits.max_rows + 1
+    size = 0  # a lower bound of the rows' JSON size: stop once it alone passes max_bytes
+    async with aclosing(cur.stream(text, params, size=min(cap, _CHUNK))) as rows:
+        async for row in rows:
+            raw.append(row)
+            size += sum(len(v) if isinstance(v, (str, bytes)) else 1 for v in row)
+            if len(raw) >= cap or size > limits.max_bytes:
+                break
+    if cur.description is not None:
+        columns = [d.name for d in cur.description]
+        oids = [d.type_code for d in cur.description]
+    else:  # no rows: psycopg's stream() keeps no description; ask for the (still open) portal's
+        res = await asyncio.to_thread(conn.pgconn.describe_portal, b"")
+        if res.status != pq.ExecStatus.COMMAND_OK:
+            raise QueryFailed("could not describe the result")
+        columns = [res.fname(i).decode("utf-8") for i in range(res.nfields)]
+        oids = [res.ftype(i) for i in range(res.nfields)]
+    return shape_rows(columns, [_type_name(conn, oid) for oid in oids], raw, limits)
+
+
+async def _finish(conn: psycopg.AsyncConnection) -> None:
+    """End the call's transaction; a connection that cannot do that is closed (the pool replaces it)."""
+    if conn.closed:
+        return
+    status = conn.pgconn.transaction_status
+    if status in (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR):
+        try:
+            async with asyncio.timeout(_BACKSTOP):  # a vanished server must not hold the call
+                await conn.execute("ROLLBACK")
+            return
+        except (psycopg.Error, TimeoutError):
+            pass
+    elif status == pq.TransactionStatus.IDLE:
+        return
+    await conn.close()
+
+
+async def _reset(conn: psycopg.AsyncConnection) -> None:
+    """psycopg_pool's reset hook, run on every returned connection before anyone else gets it.
+
+    DISCARD ALL = RESET ALL + SET SESSION AUTHORIZATION DEFAULT + DEALLOCATE ALL + CLOSE ALL +
+    UNLISTEN * + pg_advisory_unlock_all() + DISCARD PLANS/TEMP/SEQUENCES: the complete reset, at the
+    price of one round trip (measured the same as SELECT 1). If it fails the pool discards the
+    connection."""
+    async with asyncio.timeout(_BACKSTOP):
+        await conn.execute("DISCARD ALL")
 
 
 def _type_name(conn, oid: int) -> str:
@@ -217,7 +351,12 @@ def _type_name(conn, oid: int) -> str:
     return info.name if info is not None else str(oid)
 
 
+def _timeout(limits: Limits) -> QueryTimeout:
+    return QueryTimeout(f"query cancelled: it ran longer than the {limits.timeout_seconds:g} s timeout")
+
+
 def _clean(exc: psycopg.Error) -> str:
     diag = getattr(exc, "diag", None)
     primary = getattr(diag, "message_primary", None) if diag is not None else None
-    return primary or str(exc).strip().splitlines()[0]
+    return primary or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+

@@ -1,0 +1,67 @@
+"""Start-up checks of sqlgate's PostgreSQL service role: the privileges that would undo the guard.
+
+Row-level security and the signed identity hold only if the role sqlgate connects as cannot step
+around them. Each problem found is one readable sentence; the engine refuses to start on any
+(engine.role_checks: refuse, the default) or logs them as warnings (warn).
+"""
+
+from __future__ import annotations
+
+# predefined roles that read/write server files, run programs or signal other backends
+_DANGEROUS_ROLES = ("pg_read_server_files", "pg_write_server_files", "pg_execute_server_program",
+                    "pg_signal_backend")
+
+
+def service_role_problems(conn, identity_mode: str) -> list[str]:
+    """What is wrong with the current role (psycopg sync connection as the service role)."""
+    problems: list[str] = []
+    me, superuser, bypassrls, createrole = conn.execute(
+        "SELECT rolname, rolsuper, rolbypassrls, rolcreaterole FROM pg_roles WHERE rolname = current_user").fetchone()
+    if superuser:
+        problems.append(f"the service role {me} is a superuser (it bypasses row-level security and every check)")
+    if bypassrls:
+        problems.append(f"the service role {me} has BYPASSRLS")
+    if createrole:
+        problems.append(f"the service role {me} has CREATEROLE (it can grant itself other roles)")
+    for (role,) in conn.execute(
+            "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) AND pg_has_role(current_user, oid, 'MEMBER') "
+            "ORDER BY 1", (list(_DANGEROUS_ROLES),)):
+        problems.append(f"the service role {me} is a member of {role}")
+    # set_role mode (and SET ROLE in general): roles it can become must not be privileged either
+    for (role,) in conn.execute(
+            "SELECT rolname FROM pg_roles WHERE (rolsuper OR rolbypassrls) AND rolname <> current_user "
+            "AND pg_has_role(current_user, oid, 'MEMBER') ORDER BY 1"):
+        problems.append(f"the service role {me} can SET ROLE to {role}, a superuser or BYPASSRLS role")
+    for (table,) in conn.execute(
+            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE c.relrowsecurity AND NOT c.relforcerowsecurity "
+            "AND pg_has_role(current_user, c.relowner, 'USAGE') AND has_table_privilege(c.oid, 'SELECT') "
+            "ORDER BY 1"):
+        problems.append(f"table {table} has row-level security but is owned by the service role {me} "
+                        "without FORCE ROW LEVEL SECURITY, so its policies do not apply to sqlgate")
+    if identity_mode == "signed":
+        problems += _identity_problems(conn, me)
+    return problems
+
+
+def _identity_problems(conn, me: str) -> list[str]:
+    found = conn.execute(
+        "SELECT to_regclass('sqlgate.identity_key'), to_regprocedure('sqlgate._identity()')").fetchone()
+    if found[0] is None or found[1] is None:
+        return []  # not installed: the engine reports that on its own
+    problems: list[str] = []
+    readable, owns_key, owns_fn, runs_fn, creates = conn.execute(
+        "SELECT has_table_privilege('sqlgate.identity_key', 'SELECT'), "
+        "pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = 'sqlgate.identity_key'::regclass), "
+        "'USAGE'), pg_has_role(current_user, (SELECT proowner FROM pg_proc WHERE oid = "
+        "'sqlgate._identity()'::regprocedure), 'USAGE'), has_function_privilege('sqlgate._identity()', 'EXECUTE'), "
+        "has_schema_privilege('sqlgate', 'CREATE')").fetchone()
+    if readable or owns_key:
+        problems.append(f"the service role {me} can read sqlgate.identity_key, so it could sign any identity")
+    if owns_fn:
+        problems.append(f"the service role {me} owns sqlgate's identity functions, so it could replace them")
+    if runs_fn and not owns_fn:
+        problems.append(f"the service role {me} may call sqlgate._identity() directly (revoke EXECUTE)")
+    if creates:
+        problems.append(f"the service role {me} may create objects in schema sqlgate (revoke CREATE)")
+    return problems

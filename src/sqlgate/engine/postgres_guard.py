@@ -1,0 +1,191 @@
+"""The PostgreSQL guard: decide about untrusted SQL with PostgreSQL's own parser (pglast = libpg_query).
+
+Admitted: exactly one statement, a SELECT (with WITH / VALUES / TABLE / set operations) or an
+EXPLAIN of such a SELECT. Refused anywhere in the tree: data-modifying statements (also as CTEs),
+SELECT … INTO, FOR UPDATE/SHARE, and every function that executes SQL text, changes settings or
+roles, signals or waits on other backends, takes locks, touches server files, reaches other
+servers or changes server state (the deny list below). Functions are matched on their last name
+part, lower-cased, whatever the schema qualification or quoting (the parser has already decoded
+`"pg_catalog"."PG_SLEEP"` / `U&"…"`); attribute notation `t.pg_sleep` is treated like a call.
+
+Why a deny list for functions while statements are an allow-list: PostgreSQL has thousands of
+harmless functions and the dangerous ones are a small, known family; an allow-list of functions
+would break ordinary SELECTs. Underneath, the transaction is READ ONLY, identity is signed (see
+postgres_identity) and the connection is reset after each call, so the list is one layer of several.
+
+The statement that runs is sliced out of the text by the parser's own statement location, and the
+engine sends it through the extended protocol, where the server itself refuses a second statement.
+Lexer assumptions pinned by the engine's connection options: standard_conforming_strings=on and
+client_encoding=UTF8 (with standard_conforming_strings off, `'a\\'' , f() --'` is a string here but
+code on the server).
+"""
+
+from __future__ import annotations
+
+import json
+
+from pglast import parser as pg_parser
+
+from sqlgate.engine.guard import CheckedStatement, Guard
+from sqlgate.errors import QueryRefused
+
+# exact lower-case function names -> why they are refused
+_DENY_EXACT: dict[str, str] = {}
+# name prefixes -> why; a function whose name starts with one of these is refused
+_DENY_PREFIX: dict[str, str] = {}
+
+
+def _deny(why: str, *names: str) -> None:
+    for n in names:
+        if n.endswith("*"):
+            _DENY_PREFIX[n[:-1]] = why
+        else:
+            _DENY_EXACT[n] = why
+
+
+_deny("executes SQL text", "query_to_xml*", "cursor_to_xml*", "table_to_xml*", "database_to_xml*",
+      "schema_to_xml*", "ts_stat", "dblink*", "postgres_fdw_*")
+_deny("changes settings or roles", "set_config")
+_deny("signals other backends", "pg_terminate_backend", "pg_cancel_backend", "pg_signal_backend",
+      "pg_log_backend_memory_contexts", "pg_reload_conf", "pg_rotate_logfile*", "pg_promote")
+_deny("takes locks", "pg_advisory*", "pg_try_advisory*")
+_deny("reads or writes server files", "pg_read_file", "pg_read_binary_file", "pg_ls_*", "pg_stat_file",
+      "pg_file_*", "pg_current_logfile", "lo_*", "loread", "lowrite", "pg_import_system_collations")
+_deny("ties up a connection (waits)", "pg_sleep*")
+_deny("changes server state", "pg_switch_wal", "pg_switch_xlog", "pg_create_*", "pg_drop_*", "pg_copy_*",
+      "pg_logical_*", "pg_replication_*", "pg_wal_replay_*", "pg_backup_*", "pg_start_backup",
+      "pg_stop_backup", "pg_stat_reset*", "pg_stat_statements_reset", "pg_export_snapshot",
+      "pg_prewarm", "binary_upgrade_*", "pg_notify")
+_deny("assigns sequence values or transaction ids", "nextval", "setval", "txid_current",
+      "pg_current_xact_id")
+# sqlgate's identity machinery (postgres_identity.sql): only its public accessors may be called
+_deny("is internal to sqlgate's identity", "_identity", "_sqlgate*")
+_IDENTITY_SCHEMA = "sqlgate"
+IDENTITY_ACCESSORS = frozenset({"username", "user_id", "user_email", "user_provider", "user_display_name",
+                                "claims"})
+
+# keys refused wherever they appear in the JSON tree: node types (a Node* field or list element is
+# wrapped as {"InsertStmt": {...}}) and the typed fields of SelectStmt, which libpg_query's JSON
+# does not wrap (`"intoClause": {...}`), so both spellings are listed
+_FORBIDDEN_NODES = {
+    "InsertStmt": "data-modifying statement (INSERT)", "UpdateStmt": "data-modifying statement (UPDATE)",
+    "DeleteStmt": "data-modifying statement (DELETE)", "MergeStmt": "data-modifying statement (MERGE)",
+    "IntoClause": "SELECT … INTO (creates a table)", "intoClause": "SELECT … INTO (creates a table)",
+    "LockingClause": "FOR UPDATE / FOR SHARE (takes row locks)",
+    "lockingClause": "FOR UPDATE / FOR SHARE (takes row locks)",
+}
+
+
+def _denied_name(name: str) -> str | None:
+    why = _DENY_EXACT.get(name)
+    if why is None:
+        why = next((w for p, w in _DENY_PREFIX.items() if name.startswith(p)), None)
+    return why
+
+
+def function_refusal(names: list[str], args: list | None = None) -> str | None:
+    """Why a call of the function with this (possibly qualified) name is refused, or None."""
+    name = names[-1].lower()
+    schema = names[-2].lower() if len(names) > 1 else None
+    if schema == _IDENTITY_SCHEMA:
+        return None if name in IDENTITY_ACCESSORS else "is internal to sqlgate's identity"
+    why = _denied_name(name)
+    if why is not None:
+        return why
+    if name == "ts_rewrite" and len(args or ()) != 3:
+        return "executes SQL text (the two-argument form runs a query)"
+    if name == "current_setting":
+        # No secret lives in a setting (the upstream token never does; sqlgate.identity is signed),
+        # but sqlgate.* is refused outright, and a computed name cannot be checked: constants only.
+        setting = _constant_string(args[0]) if args else None
+        if setting is None:
+            return "reads a setting whose name is not a string constant"
+        if setting.lower().startswith("sqlgate."):
+            return "reads sqlgate's own settings"
+    return None
+
+
+def _constant_string(node: dict) -> str | None:
+    const = node.get("A_Const")
+    if const is None:
+        return None
+    sval = const.get("sval")
+    return sval.get("sval", "") if sval is not None else None
+
+
+class PostgresGuard(Guard):
+    def check(self, sql: str) -> CheckedStatement:
+        try:
+            tree = json.loads(pg_parser.parse_sql_json(sql))
+        except pg_parser.ParseError as exc:
+            raise QueryRefused(f"not valid PostgreSQL: {exc}") from None
+        except RecursionError:  # the parse tree is deeper than Python's JSON reader goes
+            raise QueryRefused("the query is nested too deeply") from None
+        stmts = tree.get("stmts", [])
+        if len(stmts) != 1:
+            raise QueryRefused(f"exactly one statement is accepted; this text has {len(stmts)}")
+        raw = stmts[0]
+        kind, node = next(iter(raw["stmt"].items()))
+        if kind == "ExplainStmt":
+            inner_kind = next(iter(node["query"]))
+            if inner_kind != "SelectStmt":
+                raise QueryRefused(f"EXPLAIN is accepted only for a SELECT, not {_readable(inner_kind)}")
+            label = "EXPLAIN"
+        elif kind == "SelectStmt":
+            label = "SELECT"
+        else:
+            raise QueryRefused(f"only SELECT (WITH, VALUES, set operations) and EXPLAIN are accepted, "
+                               f"not {_readable(kind)}")
+        _walk(node)
+        return CheckedStatement(sql=_slice(sql, raw), kind=label)
+
+
+def _slice(sql: str, raw: dict) -> str:
+    """The statement's own text: libpg_query locations are UTF-8 byte offsets; len 0 = to the end."""
+    data = sql.encode("utf-8")
+    start = raw.get("stmt_location", 0)
+    length = raw.get("stmt_len", 0)
+    end = start + length if length else len(data)
+    return data[start:end].decode("utf-8")
+
+
+def _walk(root: dict) -> None:
+    stack: list = [root]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+            continue
+        if not isinstance(item, dict):
+            continue
+        for key, value in item.items():
+            if key in _FORBIDDEN_NODES:
+                raise QueryRefused(f"refused: {_FORBIDDEN_NODES[key]} is not allowed in the query tool")
+            if key == "FuncCall":
+                names = [n["String"]["sval"] for n in value["funcname"]]
+                why = function_refusal(names, value.get("args"))
+                if why is not None:
+                    raise QueryRefused(f"refused: function {'.'.join(names)}() {why}; "
+                                       "it is not allowed in the query tool")
+            elif key == "ColumnRef":
+                fields = value.get("fields", [])
+                # `t.f` is also function-call syntax for f(t) ("attribute notation")
+                if len(fields) >= 2 and "String" in fields[-1]:
+                    name = fields[-1]["String"]["sval"]
+                    why = _denied_name(name.lower())
+                    if why is not None:
+                        raise QueryRefused(f"refused: {name} (attribute notation calls function "
+                                           f"{name}(), which {why})")
+            elif key == "RangeVar" and (value.get("schemaname") or "").lower() == _IDENTITY_SCHEMA:
+                raise QueryRefused("refused: the sqlgate schema's tables are internal")
+            if isinstance(value, (dict, list)):
+                stack.append(value)
+
+
+def _readable(node_kind: str) -> str:
+    words = {"VariableSetStmt": "SET", "TransactionStmt": "transaction control", "CopyStmt": "COPY",
+             "VariableShowStmt": "SHOW", "DoStmt": "DO", "CallStmt": "CALL", "PrepareStmt": "PREPARE",
+             "ExecuteStmt": "EXECUTE", "InsertStmt": "INSERT", "UpdateStmt": "UPDATE", "DeleteStmt": "DELETE",
+             "MergeStmt": "MERGE", "CreateTableAsStmt": "CREATE TABLE AS / SELECT INTO"}
+    return words.get(node_kind, node_kind.removesuffix("Stmt").upper() if node_kind.endswith("Stmt")
+                     else node_kind)
