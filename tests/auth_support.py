@@ -17,6 +17,19 @@ from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata
 from tests.browser import Browser, query_of
 from tests.conftest import EXAMPLE, free_port, isolated_env, start_server
 
+# A project author's endpoint that uses the upstream token (as MXCP's get_user_external_token()
+# examples do); the free-form query tool can never reach it. Tests read it to prove which token
+# the provider issued; a real endpoint would call the provider's API with it instead.
+UPSTREAM_IDENTITY_TOOL = """tool:
+  name: upstream_identity
+  description: The caller as the identity provider knows them, with the provider's token (test only).
+  return: {type: object}
+  source:
+    code: |
+      SELECT get_username() AS u, get_user_email() AS e, get_user_provider() AS p, get_user_id() AS i,
+             get_user_external_token() AS t
+"""
+
 
 def auth_project(tmp: Path, auth: dict[str, Any], port: int | None = None,
                  transport: dict[str, Any] | None = None) -> tuple[Path, dict[str, str], int]:
@@ -24,6 +37,7 @@ def auth_project(tmp: Path, auth: dict[str, Any], port: int | None = None,
     project = tmp / "project"
     if not project.exists():
         shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("data", "__pycache__"))
+        (project / "tools" / "upstream_identity.yml").write_text(UPSTREAM_IDENTITY_TOOL)
     port = port or free_port()
     auth = {"persistence": {"path": str(tmp / "oauth.db")}, **auth}
     profile = {"auth": auth, "transport": {"port": port, **(transport or {})}}

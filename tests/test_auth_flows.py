@@ -101,9 +101,15 @@ def test_full_flow_identity_reaches_sql(stack):
     tokens = storage.tokens
     assert tokens.scope == "sqlgate:access" and tokens.refresh_token
     res = anyio.run(call_tool, stack["server"].url, oauth_client(stack["server"].url, Browser(), storage),
-                    "query", {"sql": "SELECT get_username() AS u, get_user_email() AS e, get_user_provider() AS p, "
-                                     "get_user_external_token() <> '' AS has_upstream_token"})
-    assert res.structured_content["rows"] == [["alice", "alice@example.test", stack["kind"], True]]
+                    "query", {"sql": "SELECT get_username() AS u, get_user_email() AS e, get_user_provider() AS p"})
+    assert res.structured_content["rows"] == [["alice", "alice@example.test", stack["kind"]]]
+    # the upstream token is for the project author's endpoints, never for the model's SQL
+    res = anyio.run(call_tool, stack["server"].url, oauth_client(stack["server"].url, Browser(), storage),
+                    "query", {"sql": "SELECT get_user_external_token()"})
+    assert res.is_error and "only available to SQL written by the project author" in res.content[0].text
+    res = anyio.run(call_tool, stack["server"].url, oauth_client(stack["server"].url, Browser(), storage),
+                    "upstream_identity")
+    assert res.structured_content["result"]["t"]
     logs = stack["server"].logs()
     assert "tool query by alice (id=alice" in logs and "email=alice@example.test" in logs
     assert tokens.access_token not in logs

@@ -57,12 +57,11 @@ def stack(request, tmp_path):
 def flow(server, user: str = "alice"):
     storage = MemoryTokenStorage()
     browser = Browser(user, f"{user}-password")
-    res = anyio.run(call_tool, server.url, oauth_client(server.url, browser, storage), "query",
-                    {"sql": "SELECT get_username() AS u, get_user_email() AS e, get_user_provider() AS p, "
-                            "get_user_id() AS i, get_user_external_token() AS t"})
+    res = anyio.run(call_tool, server.url, oauth_client(server.url, browser, storage), "upstream_identity")
     browser.close()
     assert not res.is_error, res.content
-    return storage, res.structured_content["rows"][0]
+    row = res.structured_content["result"]
+    return storage, [row[k] for k in ("u", "e", "p", "i", "t")]
 
 
 def test_provider_flow_identity_and_revocation(stack):

@@ -8,6 +8,7 @@ message — never an internal error.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,13 +21,33 @@ from jsonschema import Draft202012Validator
 from mcp.types import TextContent, ToolAnnotations
 from pydantic import PrivateAttr
 
-from sqlgate.errors import InvalidArguments, SqlgateError
+from sqlgate.errors import DatabaseUnavailable, InvalidArguments, QueryTimeout, SqlgateError
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 def dumps(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+# an error text is part of the answer too: a 5 MB engine message must not become a 5 MB reply
+MAX_ERROR_CHARS = 2000
+
+
+def error_text(exc: SqlgateError) -> str:
+    text = str(exc)
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[:MAX_ERROR_CHARS] + f"… (error message cut: {len(text) - MAX_ERROR_CHARS:,} more characters)"
+    return text
+
+
+def error_log_level(exc: SqlgateError) -> int:
+    """A caller's mistake is one INFO line; a timeout a WARNING; only an outage is an ERROR."""
+    if isinstance(exc, DatabaseUnavailable):
+        return logging.ERROR
+    if isinstance(exc, QueryTimeout):
+        return logging.WARNING
+    return logging.INFO
 
 
 def check_arguments(validator: Draft202012Validator, arguments: dict[str, Any], what: str) -> None:
@@ -66,7 +87,7 @@ class SqlgateTool(Tool):
                 check_arguments(self._validator, arguments, f"tool {self.name!r}")
             out = await self._handler(arguments)
         except SqlgateError as exc:
-            raise ToolError(str(exc)) from None
+            raise ToolError(error_text(exc), log_level=error_log_level(exc)) from None
         return ToolResult(content=[TextContent(type="text", text=dumps(out))], structured_content=out)
 
 
@@ -77,7 +98,7 @@ class SqlgateResource(Resource):
         try:
             return _resource_text(await self._handler({}), self.mime_type)
         except SqlgateError as exc:
-            raise ResourceError(str(exc)) from None
+            raise ResourceError(error_text(exc), log_level=error_log_level(exc)) from None
 
 
 class SqlgateResourceTemplate(ResourceTemplate):
@@ -87,7 +108,7 @@ class SqlgateResourceTemplate(ResourceTemplate):
         try:
             return _resource_text(await self._handler(arguments), self.mime_type)
         except SqlgateError as exc:
-            raise ResourceError(str(exc)) from None
+            raise ResourceError(error_text(exc), log_level=error_log_level(exc)) from None
 
     async def create_resource(self, uri: str, params: dict[str, Any]) -> Resource:
         template = self
@@ -116,7 +137,7 @@ class SqlgatePrompt(Prompt):
         try:
             messages = self._renderer(arguments or {})
         except SqlgateError as exc:
-            raise PromptError(str(exc)) from None
+            raise PromptError(error_text(exc), log_level=error_log_level(exc)) from None
         return PromptResult([Message(text, role=role) for role, text in messages], description=self.description)
 
 

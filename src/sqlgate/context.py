@@ -72,6 +72,15 @@ class CallContext:
     def header(self, name: str) -> str:
         return self.headers.get(name.lower(), "")
 
+    @property
+    def principal(self) -> str:
+        """Whose share of the database this call uses: the user, else the MCP session."""
+        u = self.user
+        if u.username or u.user_id:
+            return f"user:{u.provider}:{u.user_id or u.username}"
+        session = self.headers.get("mcp-session-id")
+        return f"session:{session}" if session else "anonymous"
+
 
 _pinned: ContextVar[CallContext | None] = ContextVar("sqlgate_call", default=None)
 _DROP_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})

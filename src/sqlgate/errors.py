@@ -36,7 +36,11 @@ class QueryFailed(SqlgateError):
 
 
 class QueryTimeout(SqlgateError):
-    """The statement ran longer than the configured timeout and was interrupted."""
+    """The call's deadline passed: waiting for a connection or running the statement."""
+
+
+class DatabaseUnavailable(QueryFailed):
+    """The database could not be reached (an outage, not a mistake of the caller)."""
 
 
 class InvalidArguments(SqlgateError):

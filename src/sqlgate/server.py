@@ -50,7 +50,7 @@ class App:
     @property
     def limits(self) -> Limits:
         lim = self.project.settings.limits
-        return Limits(lim.max_rows, lim.max_bytes, lim.timeout_seconds)
+        return Limits(lim.max_rows, lim.max_bytes, lim.timeout_seconds, lim.max_sql_length)
 
     def register(self, endpoints: list[Endpoint]) -> None:
         for ep in endpoints:

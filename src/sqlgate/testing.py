@@ -76,7 +76,7 @@ async def run_tests(project: LoadedProject, only: str | None = None) -> list[Out
     if only is not None and not endpoints:
         raise SqlgateError(f"no tool or resource named {only!r} has tests")
     lim = project.settings.limits
-    limits = Limits(lim.max_rows, lim.max_bytes, lim.timeout_seconds)
+    limits = Limits(lim.max_rows, lim.max_bytes, lim.timeout_seconds, lim.max_sql_length)
     engine = open_engine(project)
     outcomes: list[Outcome] = []
     try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from sqlgate.auth.config import AuthConfig
 
@@ -24,6 +24,14 @@ class EngineConfig(Strict):
     role_mode: Literal["service", "set_role"] = "service"
     # PostgreSQL set_role: role = role_prefix + username (e.g. "app_" + "alice")
     role_prefix: str = ""
+    # PostgreSQL: how the caller reaches the database. "signed" (default): a per-call identity signed
+    # with identity_key, read by sqlgate.username() & co. (install them: python -m
+    # sqlgate.engine.postgres_identity install); "settings": plain settings sqlgate.username …, which
+    # a query can overwrite — opt-in only, for databases without the sqlgate schema and without RLS
+    identity: Literal["signed", "settings"] = "signed"
+    identity_key: SecretStr | None = None
+    # PostgreSQL: the service role's privileges are checked at start-up; on a problem refuse or warn
+    role_checks: Literal["refuse", "warn"] = "refuse"
     # DuckDB file, relative to the project directory; ":memory:" for an in-memory database
     path: str = "data/sqlgate.duckdb"
     read_only: bool = True
@@ -33,8 +41,15 @@ class EngineConfig(Strict):
     allowed_paths: list[str] = Field(default_factory=list)
     # concurrent queries (one DuckDB connection each); calls beyond this wait their turn
     pool_size: int = Field(default=4, ge=1, le=64)
+    # a caller (user, or MCP session when anonymous) may hold at most this many connections at once,
+    # so one client's slow queries never take the whole pool; default: half the pool (at least 1)
+    max_concurrent_per_caller: int | None = Field(default=None, ge=1)
+    # DuckDB resources: threads per query (None = DuckDB's default, all cores), a memory cap that
+    # makes a hungry query fail with a clear error instead of growing the server, and where DuckDB
+    # may spill (None = no spilling: a query over memory_limit fails rather than filling a disk)
     threads: int | None = Field(default=None, ge=1)
-    memory_limit: str | None = None
+    memory_limit: str = "1GB"
+    temp_directory: str | None = None
 
 
     @model_validator(mode="after")
@@ -50,6 +65,8 @@ class LimitsConfig(Strict):
     max_rows: int = Field(default=1000, ge=1)
     max_bytes: int = Field(default=1_000_000, ge=1024)
     timeout_seconds: float = Field(default=30.0, gt=0)
+    # longest SQL text the query tool accepts, checked before anything parses it (characters)
+    max_sql_length: int = Field(default=100_000, ge=100)
 
 
 class EndpointLimits(Strict):

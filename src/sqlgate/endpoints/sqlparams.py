@@ -2,7 +2,7 @@
 
 A small scanner instead of a SQL parser: it only has to skip what can contain a `$` that is not
 a parameter (string literals, quoted identifiers, comments, dollar-quoted strings), and it keeps
-sqlglot out of start-up (sqlglot is loaded when the query tool first checks a statement).
+any SQL parser out of start-up.
 """
 
 from __future__ import annotations

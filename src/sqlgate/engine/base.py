@@ -15,6 +15,7 @@ class Limits:
     max_rows: int
     max_bytes: int
     timeout_seconds: float
+    max_sql_length: int = 100_000
 
     def tightened(self, max_rows=None, max_bytes=None, timeout_seconds=None) -> Limits:
         """Endpoint limits may only lower the configured ones, never raise them."""
@@ -22,6 +23,7 @@ class Limits:
             max_rows=min(max_rows, self.max_rows) if max_rows else self.max_rows,
             max_bytes=min(max_bytes, self.max_bytes) if max_bytes else self.max_bytes,
             timeout_seconds=min(timeout_seconds, self.timeout_seconds) if timeout_seconds else self.timeout_seconds,
+            max_sql_length=self.max_sql_length,
         )
 
 
@@ -60,8 +62,12 @@ def shape_rows(columns: list[str], types: list[str], raw: list[tuple], limits: L
 
     rows: list[list[Any]] = []
     truncated_by = "max_rows" if len(raw) > limits.max_rows else None
-    budget = limits.max_bytes
     dumps = json.dumps
+    # the whole answer counts: column names and types too (an alias can be as long as the SQL)
+    budget = limits.max_bytes - len(dumps([columns, types], ensure_ascii=False).encode("utf-8"))
+    if budget < 0:
+        raise QueryFailed(f"the result's column names and types alone exceed the {limits.max_bytes}-byte "
+                          "result limit; select fewer columns or give them shorter names")
     for record in raw[: limits.max_rows]:
         row = [to_json(v) for v in record]
         budget -= len(dumps(row, ensure_ascii=False).encode("utf-8")) + 1
@@ -128,12 +134,15 @@ class Engine(abc.ABC):
     async def catalog_entries(self) -> list[dict[str, Any]]:
         """Every table, view and column with its comment, for keyword search."""
 
-    def check_read_only(self, sql: str) -> None:
-        """Raise QueryRefused unless `sql` is exactly one read-only statement."""
-        # imported on first use: sqlglot is only needed once untrusted SQL arrives
-        from sqlgate.engine.readonly import check_read_only
+    @abc.abstractmethod
+    async def run_untrusted(self, sql: str, call: CallContext, limits: Limits) -> QueryResult:
+        """Run SQL written by the AI client (the built-in `query` tool).
 
-        check_read_only(sql, self.dialect)
+        The engine's guard decides with the engine's own parser (off the event loop); only the
+        statement it admitted runs; the caller's upstream token is out of reach of this SQL; the
+        connection is back to its clean state afterwards. Raises QueryRefused, QueryFailed,
+        QueryTimeout or DatabaseUnavailable.
+        """
 
     @abc.abstractmethod
     async def close(self) -> None: ...

@@ -1,12 +1,16 @@
 """DuckDB, opened hardened.
 
 - read-only where the profile says so; file access off (`enable_external_access=false`) except
-  for allow-listed paths; extension autoinstall/autoload off; configuration locked — so even SQL
-  that slips past the statement checker cannot write files, read /etc or load code.
+  for allow-listed paths; extension autoinstall/autoload off; configuration locked; memory, threads
+  and spilling bounded — so even SQL that slipped past the guard could not write files, read /etc,
+  load code or take the machine's memory.
 - one connection per worker thread: concurrent calls run in parallel, never share a connection.
-- per-call user context through a connection-local variable read by TEMP macros
-  (`get_username()` …), set right before each call on that call's own connection.
-- a watchdog interrupts statements that exceed the timeout; rows/bytes are capped while fetching.
+- untrusted SQL (the query tool) is decided by the DuckDB guard (`duckdb_guard`) on the worker
+  thread, and only the statement it admitted runs.
+- the caller's identity reaches SQL through Python functions reading a per-call slot
+  (`duckdb_identity`), not through SQL state a statement could overwrite.
+- admission (per-caller share, pool) and the statement share one deadline; a watchdog interrupts
+  statements that exceed it; rows/bytes are capped while fetching.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,77 +27,50 @@ from typing import Any
 import duckdb
 
 from sqlgate.context import CallContext
+from sqlgate.engine import duckdb_identity
+from sqlgate.engine.admission import Admission
 from sqlgate.engine.base import Engine, Limits, QueryResult, shape_rows
+from sqlgate.engine.duckdb_guard import DuckDBGuard
 from sqlgate.engine.watchdog import Watchdog
 from sqlgate.errors import ConfigError, QueryFailed, QueryTimeout
 
 log = logging.getLogger("sqlgate.engine")
 
-_CONTEXT_MACROS = (
-    "CREATE OR REPLACE TEMP MACRO get_username() AS coalesce(getvariable('sqlgate_ctx').username, '')",
-    "CREATE OR REPLACE TEMP MACRO get_user_id() AS coalesce(getvariable('sqlgate_ctx').user_id, '')",
-    "CREATE OR REPLACE TEMP MACRO get_user_email() AS coalesce(getvariable('sqlgate_ctx').email, '')",
-    "CREATE OR REPLACE TEMP MACRO get_user_provider() AS coalesce(getvariable('sqlgate_ctx').provider, '')",
-    "CREATE OR REPLACE TEMP MACRO get_user_display_name() AS "
-    "coalesce(getvariable('sqlgate_ctx').display_name, '')",
-    "CREATE OR REPLACE TEMP MACRO get_user_external_token() AS "
-    "coalesce(getvariable('sqlgate_ctx').external_token, '')",
-    "CREATE OR REPLACE TEMP MACRO get_request_header(name) AS "
-    "coalesce(getvariable('sqlgate_ctx').headers[lower(name)], '')",
-)
-_SET_CONTEXT = (
-    "SET VARIABLE sqlgate_ctx = struct_pack(username := $u::VARCHAR, user_id := $i::VARCHAR, "
-    "email := $e::VARCHAR, provider := $p::VARCHAR, display_name := $d::VARCHAR, "
-    "external_token := $t::VARCHAR, headers := map($hk::VARCHAR[], $hv::VARCHAR[]))"
-)
 _HARDENING = {
     "autoinstall_known_extensions": False,
     "autoload_known_extensions": False,
 }
 
 
-def _context_key(call: CallContext, sql: str) -> tuple:
-    """What the connection-local context must hold for this statement.
-
-    Request headers differ on nearly every request (session ids, lengths), so they are only put
-    into the context when the statement can read them; otherwise the context stays stable across
-    calls of the same user and is not re-set each time. The headers entry is then empty, so no
-    previous caller's headers remain visible either.
-    """
-    u = call.user
-    lowered = sql.lower()
-    wants_headers = "get_request_header" in lowered or "getvariable" in lowered
-    headers = tuple(sorted(call.headers.items())) if wants_headers else ()
-    return (u.username, u.user_id, u.email, u.provider, u.display_name, u.external_token, headers)
-
-
 def _clean_error(exc: Exception) -> str:
     text = str(exc).strip()
-    return text.split("\n\nLINE", 1)[0] if text else type(exc).__name__
-
-
-class _Conn:
-    """A worker thread's connection and the user context last set on it."""
-
-    __slots__ = ("con", "context_key")
-
-    def __init__(self, con: duckdb.DuckDBPyConnection):
-        self.con = con
-        self.context_key: tuple | None = None
+    text = text.split("\n\nLINE", 1)[0] if text else type(exc).__name__
+    # a Python caller function's refusal arrives wrapped in DuckDB's UDF error; show just the reason
+    marker = "Python exception occurred while executing the UDF: "
+    if marker in text:
+        text = text.split(marker, 1)[1].split(": ", 1)[-1]
+    return text
 
 
 class DuckDBEngine(Engine):
     dialect = "duckdb"
 
-    def __init__(self, db: duckdb.DuckDBPyConnection, pool_size: int, label: str):
+    def __init__(self, db: duckdb.DuckDBPyConnection, pool_size: int, label: str,
+                 per_caller: int | None = None):
         self._db = db
         self._label = label
         self._local = threading.local()
-        self._conns: list[_Conn] = []
+        self._conns: list[duckdb.DuckDBPyConnection] = []
         self._lock = threading.Lock()
         self._watchdog = Watchdog()
         self._pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="sqlgate-db")
         self._worker_threads: set[int] = set()
+        self._pool_size = pool_size
+        self._per_caller = per_caller
+        self._admission: Admission | None = None  # made on the event loop of the first call
+        self._loop: asyncio.AbstractEventLoop | None = None
+        duckdb_identity.register(db)
+        self.guard = DuckDBGuard.for_connection(db)
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -115,8 +93,10 @@ class DuckDBEngine(Engine):
         config: dict[str, Any] = dict(_HARDENING)
         if cfg.threads:
             config["threads"] = cfg.threads
-        if cfg.memory_limit:
-            config["memory_limit"] = cfg.memory_limit
+        config["memory_limit"] = cfg.memory_limit
+        # no spilling unless a directory is configured: DuckDB's default is next to the database
+        # (or the working directory for :memory:), which is nobody's decision
+        temp_directory = str(project.path(cfg.temp_directory)) if cfg.temp_directory else ""
         dirs, files = [], []
         for entry in cfg.allowed_paths:
             p = project.path(entry).resolve()
@@ -128,60 +108,53 @@ class DuckDBEngine(Engine):
         try:
             if in_memory:
                 db = duckdb.connect(":memory:", config=config)
+                duckdb_identity.register(db)
                 if seed is not None:
                     db.execute(seed.read_text(encoding="utf-8"))
             else:
-                db = duckdb.connect(path, read_only=cfg.read_only,
-                                    config={**config, "enable_external_access": False,
-                                            "lock_configuration": True})
+                db = duckdb.connect(path, read_only=cfg.read_only, config=config)
         except duckdb.Error as exc:
             raise ConfigError(f"cannot open DuckDB database {path}: {_clean_error(exc)}",
                               where="sqlgate.yml (engine)") from None
-        if in_memory:
-            # seeded above with file access on (trusted project SQL); lock it down now
-            db.execute("SET enable_external_access = false")
-            db.execute("SET lock_configuration = true")
-        return cls(db, cfg.pool_size, path)
+        # in this order: temp_directory cannot change once external access is off, and nothing
+        # can change once the configuration is locked (the seed ran above with file access on)
+        db.execute("SET temp_directory = $1", [temp_directory])
+        # DuckDB draws a progress bar on stdout for long queries: on stdio that would corrupt MCP
+        # (a connection setting; cursors made from this connection inherit it)
+        db.execute("SET enable_progress_bar = false")
+        db.execute("SET enable_external_access = false")
+        db.execute("SET lock_configuration = true")
+        return cls(db, cfg.pool_size, path, cfg.max_concurrent_per_caller)
 
     # ------------------------------------------------------------------ connections
-    def _conn(self) -> _Conn:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
+    def _conn(self) -> duckdb.DuckDBPyConnection:
+        con = getattr(self._local, "con", None)
+        if con is None:
             with self._lock:
                 con = self._db.cursor()
                 self._worker_threads.add(threading.get_ident())
-            for macro in _CONTEXT_MACROS:
-                con.execute(macro)
-            conn = _Conn(con)
-            with self._lock:
-                self._conns.append(conn)
-            self._local.conn = conn
-        return conn
-
-    def _apply_context(self, conn: _Conn, call: CallContext, sql: str) -> None:
-        key = _context_key(call, sql)
-        if key == conn.context_key:
-            return
-        u = call.user
-        headers = key[-1]
-        conn.con.execute(_SET_CONTEXT, {
-            "u": u.username, "i": u.user_id, "e": u.email, "p": u.provider, "d": u.display_name,
-            "t": u.external_token, "hk": [k for k, _ in headers], "hv": [v for _, v in headers],
-        })
-        conn.context_key = key
+                self._conns.append(con)
+            self._local.con = con
+        return con
 
     # ------------------------------------------------------------------ execution
     def _run(self, sql: str, params: dict[str, Any] | None, call: CallContext, limits: Limits,
-             slot: dict[str, Any] | None = None) -> QueryResult:
-        conn = self._conn()
+             deadline: float, trusted: bool, slot: dict[str, Any] | None = None) -> QueryResult:
+        con = self._conn()
         if slot is not None:
-            slot["conn"] = conn.con
-        self._apply_context(conn, call, sql)
-        ticket = self._watchdog.arm(limits.timeout_seconds, conn.con.interrupt)
+            slot["conn"] = con
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise QueryTimeout(f"query not started within the {limits.timeout_seconds:g} s timeout")
+        ticket = self._watchdog.arm(remaining, con.interrupt)
         try:
-            cur = conn.con.execute(sql, params) if params else conn.con.execute(sql)
-            description = cur.description
-            raw = cur.fetchmany(limits.max_rows + 1) if description is not None else []
+            with duckdb_identity.bound(call, trusted):
+                if not trusted:
+                    # the guard runs here, on the worker, so a big query never blocks the event loop
+                    sql = self.guard.check(sql, con).sql
+                cur = con.execute(sql, params) if params else con.execute(sql)
+                description = cur.description
+                raw = cur.fetchmany(limits.max_rows + 1) if description is not None else []
         except duckdb.InterruptException:
             fired = self._watchdog.disarm(ticket)
             if fired:
@@ -189,34 +162,58 @@ class DuckDBEngine(Engine):
                     f"query cancelled: it ran longer than the {limits.timeout_seconds:g} s timeout"
                 ) from None
             raise QueryFailed("query was interrupted") from None
+        except duckdb.OutOfMemoryException as exc:
+            self._watchdog.disarm(ticket)
+            raise QueryFailed(f"the query needs more memory than the engine may use (engine.memory_limit): "
+                              f"{_clean_error(exc)}") from None
         except duckdb.Error as exc:
             self._watchdog.disarm(ticket)
             raise QueryFailed(_clean_error(exc)) from None
+        except BaseException:
+            self._watchdog.disarm(ticket)
+            raise
         else:
             self._watchdog.disarm(ticket)
         if description is None:
             return QueryResult(columns=[], types=[], rows=[], limits=limits)
         return _shape(description, raw, limits)
 
+    async def _submit(self, sql: str, params: dict[str, Any] | None, call: CallContext, limits: Limits,
+                      trusted: bool) -> QueryResult:
+        deadline = time.monotonic() + limits.timeout_seconds  # one deadline: waiting counts too
+        if self._admission is None:
+            self._loop = asyncio.get_running_loop()
+            self._admission = Admission(self._pool_size, self._per_caller)
+        async with self._admission.slot(call.principal, deadline, limits.timeout_seconds):
+            loop = asyncio.get_running_loop()
+            slot: dict[str, Any] = {}
+            fut = loop.run_in_executor(self._pool, self._run, sql, params, call, limits, deadline, trusted, slot)
+            try:
+                return await fut
+            except asyncio.CancelledError:
+                # the client gave up (or the server is stopping): stop the statement too
+                con = slot.get("conn")
+                if con is not None:
+                    con.interrupt()
+                raise
+
     async def execute(self, sql: str, params: dict[str, Any] | None, call: CallContext,
                       limits: Limits) -> QueryResult:
-        loop = asyncio.get_running_loop()
-        slot: dict[str, Any] = {}
-        fut = loop.run_in_executor(self._pool, self._run, sql, params, call, limits, slot)
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            # the client gave up (or the server is stopping): stop the statement too
-            con = slot.get("conn")
-            if con is not None:
-                con.interrupt()
-            raise
+        return await self._submit(sql, params, call, limits, trusted=True)
+
+    async def run_untrusted(self, sql: str, call: CallContext, limits: Limits) -> QueryResult:
+        return await self._submit(sql, None, call, limits, trusted=False)
 
     def execute_blocking(self, sql: str, params: dict[str, Any] | None, call: CallContext,
                          limits: Limits) -> QueryResult:
+        deadline = time.monotonic() + limits.timeout_seconds
         if threading.get_ident() in self._worker_threads:
-            return self._run(sql, params, call, limits)
-        return self._pool.submit(self._run, sql, params, call, limits).result()
+            return self._run(sql, params, call, limits, deadline, True)
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            # a synchronous Python endpoint in a worker thread: take a slot like every other call
+            return asyncio.run_coroutine_threadsafe(self.execute(sql, params, call, limits), loop).result()
+        return self._pool.submit(self._run, sql, params, call, limits, deadline, True).result()
 
     # ------------------------------------------------------------------ catalog
     async def list_schemas(self, limits: Limits) -> QueryResult:
@@ -276,12 +273,16 @@ class DuckDBEngine(Engine):
         return entries
 
     async def close(self) -> None:
-        self._watchdog.stop()
-        self._pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
-            for conn in self._conns:
+            for con in self._conns:  # statements still running end now, so the pool can stop
                 with contextlib.suppress(duckdb.Error):
-                    conn.con.close()
+                    con.interrupt()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._watchdog.stop()
+        with self._lock:
+            for con in self._conns:
+                with contextlib.suppress(duckdb.Error):
+                    con.close()
             self._conns.clear()
         self._db.close()
 
@@ -291,6 +292,7 @@ def build_database(path: str, seed: Path) -> None:
     log.info("building %s from %s", path, seed)
     con = duckdb.connect(path)
     try:
+        duckdb_identity.register(con)  # views of the seed may use get_username() …
         con.execute(seed.read_text(encoding="utf-8"))
     except duckdb.Error as exc:
         con.close()

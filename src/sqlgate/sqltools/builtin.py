@@ -13,6 +13,7 @@ from sqlgate.components import SqlgateTool
 from sqlgate.config.models import SqlToolsConfig
 from sqlgate.context import CallContext
 from sqlgate.engine.base import Engine, Limits
+from sqlgate.engine.guard import check_length
 from sqlgate.errors import InvalidArguments
 from sqlgate.sqltools.search import search
 
@@ -108,9 +109,9 @@ def builtin_tools(engine: Engine, cfg: SqlToolsConfig, limits: Callable[[], Limi
     if cfg.query:
         async def query(args: dict[str, Any]) -> dict[str, Any]:
             sql = _string(args, "sql", required=True) or ""
-            engine.check_read_only(sql)
             lim = limits()
-            qr = await engine.execute(sql, None, call(), lim)
+            check_length(sql, lim.max_sql_length)
+            qr = await engine.run_untrusted(sql, call(), lim)
             out: dict[str, Any] = {"columns": qr.columns, "types": qr.types, "rows": qr.rows,
                                    "row_count": len(qr.rows), "truncated": qr.truncated}
             if qr.truncated:

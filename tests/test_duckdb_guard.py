@@ -1,0 +1,300 @@
+"""The DuckDB guard decides with DuckDB's own parser, and the engine runs only what it admitted.
+
+- A differential corpus (dollar-quote tags with every Unicode space class, nested comments,
+  quoting, semicolons inside strings and identifiers, E'' strings, multi-statement variants):
+  sqlgate admits a text exactly when DuckDB's `extract_statements` reads one allowed statement.
+- Whatever is admitted and run leaves the connection clean: no temp objects, variables or
+  replaced caller functions survive into the next call.
+- The caller functions read a per-call slot no SQL can write; the upstream token is out of reach
+  of the query tool by every route, and available to the project author's SQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import unicodedata
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from sqlgate.config.loader import load_project
+from sqlgate.context import CallContext, UserContext
+from sqlgate.engine import Limits, open_engine
+from sqlgate.engine.duckdb_guard import DENIED_VIEWS, SAFE_TABLE_FUNCTIONS, DuckDBGuard
+from sqlgate.errors import QueryFailed, QueryRefused
+from tests.conftest import EXAMPLE
+
+LIMITS = Limits(max_rows=100, max_bytes=200_000, timeout_seconds=10)
+
+# every Unicode space/separator, plus the ASCII and invisible characters parsers disagree on
+SPACES = sorted({chr(c) for c in range(0x110000) if unicodedata.category(chr(c)) in ("Zs", "Zl", "Zp")}
+                | set("\t\n\r\x0b\x0c\x85\u200b\ufeff\u180e\u2060"))
+PAYLOADS = [
+    "CREATE OR REPLACE TEMP MACRO get_username() AS 'mallory'",
+    "SET VARIABLE sqlgate_ctx = 'mallory'",
+    "CREATE TEMP VIEW customers AS SELECT 1 AS customer_id",
+    "DELETE FROM customers",
+    "PREPARE p AS SELECT 1",
+    "BEGIN TRANSACTION",
+]
+TEMPLATES = [
+    "SELECT $t{s}$ x $t{s}$; {p}",
+    "SELECT $a{s}b$ ; {p} ; $a{s}b$",
+    "SELECT ${s}$ ; {p} ; ${s}$",
+    "SELECT 1{s};{s}{p}",
+    "SELECT 1 --{s}\n; {p}",
+    "SELECT 1 /* /* */ ; {p}; -- */",
+    "SELECT 1 /* a /* b */ c */; {p}",
+    "SELECT 'a;{s}b'; {p}",
+    "SELECT E'a\\'; {p}; --'",
+    "SELECT 'a\\'; {p}; --'",
+    'SELECT "a;{s}b" FROM (SELECT 1 AS "a;{s}b"); {p}',
+    "SELECT $$;{s}$$; {p}",
+    "SELECT $x$ $$ ; $x$; {p}",
+    "SELECT $x$ ; {p}; $x$",
+    "SELECT 1{s}{p}",
+    "{p}",
+    "{s}{p}",
+    "/*{s}*/{p}",
+    "SELECT U&'\\0041;'; {p}",
+    "WITH c AS (SELECT 1) SELECT * FROM c; {p}",
+    "EXPLAIN SELECT 1; {p}",
+    "EXPLAIN {p}",
+    "SELECT 1;",
+    "SELECT $t{s}$;$t{s}$",
+    "SELECT 'x{s}' AS s",
+    "SELECT E'x\\'{s}' AS s",
+]
+
+
+def corpus() -> list[str]:
+    texts = []
+    for template in TEMPLATES:
+        for p in PAYLOADS:
+            for s in SPACES if "{s}" in template else [""]:
+                texts.append(template.format(s=s, p=p))
+    return sorted(set(texts))
+
+
+def oracle_allows(con: duckdb.DuckDBPyConnection, text: str) -> bool:
+    """DuckDB's own reading: exactly one statement, SELECT or EXPLAIN of a SELECT."""
+    try:
+        statements = con.extract_statements(text)
+    except duckdb.Error:
+        return False
+    if len(statements) != 1:
+        return False
+    kind = str(statements[0].type).rsplit(".", 1)[-1]
+    if kind == "SELECT":
+        return True
+    if kind == "EXPLAIN":
+        inner = statements[0].query.strip()[len("EXPLAIN"):]
+        try:
+            inner_statements = con.extract_statements(inner)
+        except duckdb.Error:
+            return False
+        return len(inner_statements) == 1 and str(inner_statements[0].type).endswith("SELECT")
+    return False
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("guard") / "project"
+    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    # a writable in-memory database: the guard alone must keep it unchanged
+    text = (root / "sqlgate.yml").read_text().replace("path: data/shop.duckdb", 'path: ":memory:"')
+    (root / "sqlgate.yml").write_text(text)
+    return root
+
+
+@pytest.fixture()
+async def engine(project, tmp_path):
+    eng = open_engine(load_project(project, env={"SQLGATE_CONFIG": str(tmp_path / "none.yml")}))
+    try:
+        yield eng
+    finally:
+        await eng.close()
+
+
+def test_differential_corpus_matches_duckdbs_own_parser():
+    con = duckdb.connect(":memory:")
+    con.execute("CREATE TABLE customers (customer_id INT)")
+    guard = DuckDBGuard.for_connection(con)
+    texts = corpus()
+    assert len(texts) > 2000
+    admitted = disagreements = 0
+    for text in texts:
+        try:
+            checked = guard.check(text, con)
+        except QueryRefused:
+            decided = False
+        else:
+            decided = True
+            admitted += 1
+            # what runs is one statement by DuckDB's reading, never the raw text when it differs
+            assert len(con.extract_statements(checked.sql)) == 1
+        if decided != oracle_allows(con, text):
+            disagreements += 1
+            pytest.fail(f"guard {'admitted' if decided else 'refused'} {text!r}, DuckDB's parser disagrees")
+    assert disagreements == 0
+    assert admitted > 50, "the corpus must contain admitted texts too, or it tests nothing"
+
+
+def _state(con: duckdb.DuckDBPyConnection) -> dict:
+    """What a poisoned connection would carry into the next call."""
+    return {
+        "variables": con.execute("SELECT count(*) FROM duckdb_variables()").fetchone()[0],
+        "temp_tables": con.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary").fetchone()[0],
+        "temp_views": con.execute(
+            "SELECT count(*) FROM duckdb_views() WHERE temporary AND NOT internal").fetchone()[0],
+        "temp_functions": con.execute(
+            "SELECT count(*) FROM duckdb_functions() WHERE database_name = 'temp' AND NOT internal").fetchone()[0],
+        "types": con.execute("SELECT count(*) FROM duckdb_types() WHERE NOT internal").fetchone()[0],
+        "prepared": con.execute("SELECT count(*) FROM duckdb_prepared_statements()").fetchone()[0],
+        "customers": con.execute("SELECT count(*) FROM customers").fetchone()[0],
+    }
+
+
+async def test_poisoning_attempts_leave_every_connection_clean(engine):
+    mallory = CallContext(user=UserContext(username="mallory"))
+    alice = CallContext(user=UserContext(username="alice"))
+    before = _state(engine._db.cursor())
+    attempts = [t for t in corpus() if "mallory" in t or "TEMP VIEW" in t or "DELETE" in t][:400]
+    attempts += [
+        "SELECT * FROM (PIVOT customers ON region USING count(*))",
+        "PIVOT customers ON region USING count(*)",
+        "WITH x AS (DELETE FROM customers RETURNING *) SELECT * FROM x",
+        "WITH x AS (UPDATE customers SET name = 'p' RETURNING *) SELECT count(*) FROM x",
+        "WITH x AS (INSERT INTO customers SELECT * FROM customers RETURNING *) SELECT count(*) FROM x",
+        "SELECT * FROM query('CREATE TEMP MACRO get_username() AS ''mallory''')",
+        "SELECT * FROM json_execute_serialized_sql(json_serialize_sql('SELECT 1'))",
+        "CALL enable_logging()", "SELECT * FROM enable_logging()", "SELECT * FROM truncate_duckdb_logs()",
+        "SELECT setseed(0.5)", "SELECT nextval('s')", "SUMMARIZE '/etc/passwd'",
+        "SELECT * FROM parquet_full_metadata('/etc/passwd')", "DEALLOCATE ALL", "RESET ALL",
+    ]
+    for text in attempts:
+        with contextlib.suppress(QueryRefused, QueryFailed):
+            await engine.run_untrusted(text, mallory, LIMITS)
+    # every worker connection, and a fresh one, is as it was; every later caller is themselves
+    for con in [*engine._conns, engine._db.cursor()]:
+        assert _state(con) == before
+    seen = await asyncio.gather(*(engine.run_untrusted("SELECT get_username()", alice, LIMITS) for _ in range(40)))
+    assert {qr.rows[0][0] for qr in seen} == {"alice"}
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT get_user_external_token()",
+    "SELECT main.get_user_external_token()",
+    'SELECT "GET_USER_EXTERNAL_TOKEN"()',
+    "SELECT system.main.get_user_external_token()",
+    "SELECT list_transform([1], lambda x: get_user_external_token())",
+    "SELECT getvariable('sqlgate_ctx')",
+    "SELECT * FROM duckdb_variables()",
+    "SELECT * FROM duckdb_variables",
+    "SELECT current_setting('sqlgate_ctx')",
+    "SELECT * FROM duckdb_functions() WHERE function_name LIKE 'get_user%' AND macro_definition LIKE '%tok%'",
+])
+async def test_query_tool_never_sees_the_upstream_token(engine, sql):
+    secret = "ghu_upstream-token-0123456789"
+    call = CallContext(user=UserContext(username="alice", external_token=secret))
+    try:
+        qr = await engine.run_untrusted(sql, call, LIMITS)
+    except (QueryRefused, QueryFailed) as exc:
+        assert secret not in str(exc)
+    else:
+        assert secret not in repr(qr.rows)
+
+
+async def test_a_view_cannot_launder_the_token_to_the_query_tool(project, tmp_path):
+    # the project author made a view that uses the token: the query tool still cannot read it
+    seed = project / "sql" / "seed.sql"
+    original = seed.read_text()
+    seed.write_text(original + "\nCREATE VIEW token_view AS SELECT get_user_external_token() AS t;\n")
+    try:
+        eng = open_engine(load_project(project, env={"SQLGATE_CONFIG": str(tmp_path / "none.yml")}))
+    except Exception:
+        seed.write_text(original)
+        raise
+    try:
+        call = CallContext(user=UserContext(username="alice", external_token="tok-123"))
+        with pytest.raises(QueryFailed, match="only available to SQL written by the project author"):
+            await eng.run_untrusted("SELECT * FROM token_view", call, LIMITS)
+        # the author's own SQL gets it
+        qr = await eng.execute("SELECT t FROM token_view", None, call, LIMITS)
+        assert qr.rows == [["tok-123"]]
+    finally:
+        await eng.close()
+        seed.write_text(original)
+
+
+async def test_identity_is_per_call_and_fails_closed_off_the_calling_thread(engine):
+    alice = CallContext(user=UserContext(username="alice", email="a@x.test", provider="jwt"),
+                        headers={"x-tenant": "t1"})
+    qr = await engine.run_untrusted(
+        "SELECT get_username(), get_user_email(), get_user_provider(), get_request_header('X-Tenant')",
+        alice, LIMITS)
+    assert qr.rows == [["alice", "a@x.test", "jwt", "t1"]]
+    # evaluated per row on DuckDB's own threads: no identity there, so an error, never a wrong answer
+    try:
+        qr = await engine.run_untrusted(
+            "SELECT count(*) FROM (SELECT list_transform(list(name), lambda x: x || get_username()) l "
+            "FROM customers GROUP BY region)", alice, LIMITS)
+    except QueryFailed as exc:
+        assert "compute it once" in str(exc)
+    anonymous = await engine.run_untrusted("SELECT get_username(), get_request_header('x-tenant')",
+                                           CallContext(), LIMITS)
+    assert anonymous.rows == [["", ""]]
+
+
+@pytest.mark.parametrize(("sql", "fragment"), [
+    ("SELECT * FROM read_csv('/etc/passwd')", "table function read_csv()"),
+    ("SELECT * FROM duckdb_settings()", "table function duckdb_settings()"),
+    ("SELECT current_setting('temp_directory')", "current_setting()"),
+    ("SELECT * FROM duckdb_databases()", "table function duckdb_databases()"),
+    ("SELECT * FROM duckdb_databases", "duckdb_databases is not available"),
+    ("SELECT * FROM pragma_database_list", "pragma_database_list is not available"),
+    ("SELECT * FROM pg_catalog.pg_settings", "pg_settings is not available"),
+    ("SELECT * FROM json_execute_serialized_sql('x')", "json_execute_serialized_sql()"),
+    ("SELECT * FROM enable_logging()", "enable_logging()"),
+    ("SELECT * FROM truncate_duckdb_logs()", "truncate_duckdb_logs()"),
+    ("SELECT * FROM parquet_full_metadata('x')", "parquet_full_metadata()"),
+    ("SUMMARIZE '/etc/passwd'", "reading files is not allowed"),
+    ("SELECT getenv('HOME')", "getenv()"),
+    ("SELECT setseed(0.1)", "setseed()"),
+    ("SELECT * FROM (PIVOT customers ON region USING count(*))", "PIVOT without an IN list"),
+    ("WITH x AS (DELETE FROM customers RETURNING *) SELECT * FROM x", "DELETE is not allowed"),
+    ("EXPLAIN ANALYZE DELETE FROM customers", "EXPLAIN of DELETE"),
+])
+async def test_refusals_name_the_problem(engine, sql, fragment):
+    with pytest.raises(QueryRefused) as info:
+        await engine.run_untrusted(sql, CallContext(), LIMITS)
+    assert fragment in str(info.value)
+
+
+def test_every_builtin_view_over_a_refused_table_function_is_refused():
+    """A DuckDB upgrade that adds such a view fails here until the lists are reviewed."""
+    con = duckdb.connect(":memory:")
+    guard = DuckDBGuard.for_connection(con)
+    table_functions = {r[0] for r in con.execute(
+        "SELECT DISTINCT function_name FROM duckdb_functions() WHERE function_type = 'table'").fetchall()}
+    refused = table_functions - SAFE_TABLE_FUNCTIONS
+    for name, sql in con.execute("SELECT view_name, sql FROM duckdb_views() WHERE internal").fetchall():
+        uses = {f for f in refused if f"{f}(" in sql}
+        if uses:
+            assert name in DENIED_VIEWS, f"built-in view {name} reads {uses}"
+            with pytest.raises(QueryRefused):
+                guard.check(f"SELECT * FROM {name}", con)
+
+
+async def test_allowed_reads_still_work(engine):
+    for sql in ["SELECT count(*) FROM customers", "DESCRIBE customers", "SHOW TABLES", "SUMMARIZE products",
+                "EXPLAIN SELECT 1", "EXPLAIN ANALYZE SELECT count(*) FROM orders", "VALUES (1)",
+                "FROM products SELECT count(*)", "SELECT * FROM range(3)",
+                "SELECT * FROM (PIVOT customers ON region IN ('EU', 'US') USING count(*)) LIMIT 1",
+                "SELECT random() < 2, uuid() IS NOT NULL",
+                "SELECT table_name FROM information_schema.tables LIMIT 1"]:
+        qr = await engine.run_untrusted(sql, CallContext(), LIMITS)
+        assert qr.columns, sql
