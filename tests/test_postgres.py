@@ -11,6 +11,7 @@ import asyncio
 import secrets
 import shutil
 import time
+from contextlib import contextmanager
 
 import httpx
 import psycopg
@@ -44,6 +45,13 @@ pytestmark = pytest.mark.skipif(not _pg_available(), reason="no PostgreSQL on 12
 
 @pytest.fixture(scope="module")
 def pg(tmp_path_factory):
+    with pg_database(tmp_path_factory) as info:
+        yield info
+
+
+@contextmanager
+def pg_database(tmp_path_factory):
+    """A fresh database (signed identity installed, RLS on accounts), roles and a project using it."""
     tag = secrets.token_hex(4)
     db, svc = f"sqlgate_t_{tag}", f"sqlgate_svc_{tag}"
     roles = {"alice": f"app_{tag}_alice", "bob": f"app_{tag}_bob"}

@@ -56,6 +56,8 @@ _ROLE_OK = re.compile(r"^[A-Za-z_][A-Za-z0-9_.@-]{0,62}$")
 _PINNED_OPTIONS = "-c standard_conforming_strings=on -c backslash_quote=safe_encoding"
 _CHUNK = 256  # rows per network chunk while streaming a result
 _BACKSTOP = 2.0  # seconds past the deadline before the client gives up on the server's timeout
+# SQLSTATEs of an outage rather than of the statement: connection exceptions, server shutting down
+_UNAVAILABLE = frozenset({"08000", "08001", "08003", "08004", "08006", "57P01", "57P02", "57P03"})
 
 
 class PostgresEngine(Engine):
@@ -211,7 +213,7 @@ class PostgresEngine(Engine):
         except psycopg.errors.QueryCanceled:
             raise _timeout(limits) from None
         except psycopg.Error as exc:
-            if conn.closed or conn.broken or (exc.sqlstate or "").startswith(("08", "57P")):
+            if conn.closed or conn.broken or exc.sqlstate in _UNAVAILABLE:
                 raise DatabaseUnavailable(f"database unavailable: {_clean(exc)}") from None
             raise QueryFailed(_clean(exc)) from None
 

@@ -176,6 +176,9 @@ def _walk(root: dict) -> None:
                     if why is not None:
                         raise QueryRefused(f"refused: {name} (attribute notation calls function "
                                            f"{name}(), which {why})")
+            elif key == "ParamRef":
+                raise QueryRefused("refused: parameters ($1 …) cannot be bound in the query tool; "
+                                   "write the values into the query")
             elif key == "RangeVar" and (value.get("schemaname") or "").lower() == _IDENTITY_SCHEMA:
                 raise QueryRefused("refused: the sqlgate schema's tables are internal")
             if isinstance(value, (dict, list)):
