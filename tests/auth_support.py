@@ -30,6 +30,15 @@ UPSTREAM_IDENTITY_TOOL = """tool:
              get_user_external_token() AS t
 """
 
+# uses the token without returning it: the shape of a real endpoint, for the no-token-in-logs tests
+HAS_UPSTREAM_TOKEN_TOOL = """tool:
+  name: has_upstream_token
+  description: Whether the caller's provider token reached the project's SQL (test only).
+  return: {type: boolean}
+  source:
+    code: SELECT length(get_user_external_token()) > 10 AS has_token
+"""
+
 
 def auth_project(tmp: Path, auth: dict[str, Any], port: int | None = None,
                  transport: dict[str, Any] | None = None) -> tuple[Path, dict[str, str], int]:
@@ -38,6 +47,7 @@ def auth_project(tmp: Path, auth: dict[str, Any], port: int | None = None,
     if not project.exists():
         shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("data", "__pycache__"))
         (project / "tools" / "upstream_identity.yml").write_text(UPSTREAM_IDENTITY_TOOL)
+        (project / "tools" / "has_upstream_token.yml").write_text(HAS_UPSTREAM_TOKEN_TOOL)
     port = port or free_port()
     auth = {"persistence": {"path": str(tmp / "oauth.db")}, **auth}
     profile = {"auth": auth, "transport": {"port": port, **(transport or {})}}
@@ -46,9 +56,10 @@ def auth_project(tmp: Path, auth: dict[str, Any], port: int | None = None,
     return project, isolated_env(tmp, SQLGATE_CONFIG=str(config)), port
 
 
-def start_auth_server(tmp: Path, auth: dict[str, Any], port: int | None = None, **kw):
+def start_auth_server(tmp: Path, auth: dict[str, Any], port: int | None = None,
+                      extra_env: dict[str, str] | None = None, **kw):
     project, env, port = auth_project(tmp, auth, port, **kw)
-    return start_server(project, tmp, env=env, port=port)
+    return start_server(project, tmp, env={**env, **(extra_env or {})}, port=port)
 
 
 class MemoryTokenStorage:

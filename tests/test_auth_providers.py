@@ -120,3 +120,32 @@ def test_user_info_is_cached_for_cache_ttl(tmp_path):
             assert fake.requests.count(("GET", "/v1/userinfo")) == before
         finally:
             stop_server(server)
+
+
+def test_upstream_token_never_in_logs_even_at_debug_level(tmp_path):
+    """The seed's promise: the provider's token is available to the project's SQL, and never logged."""
+    port = free_port()
+    with FakeGitHub("gh", "gh-secret", [f"http://127.0.0.1:{port}/github/callback"]) as fake:
+        server = start_auth_server(tmp_path, {"provider": "github", "github": {
+            "client_id": "gh", "client_secret": "gh-secret", **urls("github", fake.base_url)}}, port=port,
+            extra_env={"SQLGATE_LOG_LEVEL": "debug"})
+        try:
+            storage = MemoryTokenStorage()
+            browser = Browser("alice", "alice-password")
+            auth = oauth_client(server.url, browser, storage)
+            res = anyio.run(call_tool, server.url, auth, "has_upstream_token")
+            browser.close()
+            assert res.structured_content["result"] is True
+            for sql in ["SELECT get_user_external_token()", "SELECT * FROM duckdb_variables()",
+                        "SELECT getvariable('sqlgate_ctx')"]:
+                res = anyio.run(call_tool, server.url, oauth_client(server.url, Browser(), storage), "query",
+                                {"sql": sql})
+                assert all(tok not in str(res.content) for tok in fake.tokens)
+            logs = server.logs()
+        finally:
+            stop_server(server)
+    assert "DEBUG" in logs or "debug" in logs.lower(), "the server did not log at debug level"
+    assert fake.tokens, "the fake issued no token"
+    for token in fake.tokens:
+        assert token not in logs, "an upstream token reached the log"
+    assert storage.tokens.access_token not in logs

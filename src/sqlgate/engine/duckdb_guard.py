@@ -133,7 +133,8 @@ class DuckDBGuard(Guard):
 
     def _check_tree(self, text: str, con: duckdb.DuckDBPyConnection) -> None:
         try:
-            raw = con.execute("SELECT json_serialize_sql($1::VARCHAR)", [text]).fetchone()[0]
+            raw = con.execute("SELECT json_serialize_sql($1::VARCHAR, skip_null := true, skip_empty := true)",
+                              [text]).fetchone()[0]
             tree = json.loads(raw)
         except RecursionError:
             raise QueryRefused("the query is nested too deeply") from None
