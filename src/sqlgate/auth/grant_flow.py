@@ -39,7 +39,7 @@ from fastmcp.utilities.auth import parse_scopes
 from mcp.server.auth.provider import AuthorizationCode, RefreshToken, TokenError
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
-from sqlgate.auth.grants.base import GrantStore, token_hash
+from sqlgate.auth.grants.base import GrantStore, RefreshRecord, token_hash
 
 log = logging.getLogger("sqlgate.auth.grants")
 
@@ -56,6 +56,17 @@ def family_of(jti: str) -> str | None:
 
 def _jti(family_id: str) -> str:
     return f"{family_id}.{secrets.token_urlsafe(24)}"
+
+
+def refresh_verdict(found: RefreshRecord, now: float, race_window: float) -> str:
+    """"current" (may be rotated), "revoked", "race" (refuse, keep the family) or "reuse" (revoke it)."""
+    if found.revoked:
+        return "revoked"
+    if found.is_current:
+        return "current"
+    if found.generation == found.current_generation - 1 and now - found.rotated_at < race_window:
+        return "race"
+    return "reuse"
 
 
 class FamilyRefreshToken(RefreshToken):
@@ -188,16 +199,16 @@ class GrantFlow:
     async def load_refresh_token(self, client: OAuthClientInformationFull, refresh_token: str):
         now = time.time()
         found = await self._grants(self.grants.lookup_refresh, refresh_token, now)
-        if found is None or found.record.get("client_id") != client.client_id or found.revoked:
+        if found is None or found.record.get("client_id") != client.client_id:
             return None
-        if not found.is_current:
-            since = now - found.rotated_at
-            if found.generation == found.current_generation - 1 and since < self.refresh_race_window:
-                log.info("refresh token of grant family %s… presented %.1f s after its rotation: refused as a "
-                         "concurrent duplicate", found.family_id[:6], since)
-            else:
-                await self.revoke_family(found.family_id, f"a refresh token of generation {found.generation} was "
-                                                          f"reused (now at {found.current_generation})")
+        verdict = refresh_verdict(found, now, self.refresh_race_window)
+        if verdict == "race":
+            log.info("refresh token of grant family %s… presented %.1f s after its rotation: refused as a "
+                     "concurrent duplicate", found.family_id[:6], now - found.rotated_at)
+        elif verdict == "reuse":
+            await self.revoke_family(found.family_id, f"a refresh token of generation {found.generation} was "
+                                                      f"reused (now at {found.current_generation})")
+        if verdict != "current":
             return None
         return FamilyRefreshToken(token=refresh_token, client_id=client.client_id, scopes=found.record["scopes"],
                                   expires_at=int(found.record["expires_at"]), family_id=found.family_id,
