@@ -19,6 +19,7 @@ import pytest
 from tests.auth_support import MemoryTokenStorage, call_tool, oauth_client, start_auth_server
 from tests.browser import Browser
 from tests.conftest import free_port, stop_server
+from tests.fakes.base import Reply
 from tests.fakes.providers import FakeGoogle
 from tests.test_auth_flows import _authorize_by_hand, bearer_call, drop_stack, login, make_stack, result_of
 
@@ -133,9 +134,33 @@ def test_replaying_a_rotated_refresh_token_revokes_the_family(stack):
     assert refresh(base, client_id, newest["refresh_token"]).status_code == 400
 
 
-def test_parallel_refreshes_against_a_non_rotating_upstream_leave_one_grant(tmp_path):
+def test_revoking_a_refresh_token_ends_the_family(stack):
+    storage = login(stack, "alice")
+    base, client_id = stack["server"].base, storage.client.client_id
+    assert works(stack["server"].url, storage.tokens.access_token)
+    r = httpx.post(f"{base}/revoke", data={"token": storage.tokens.refresh_token, "client_id": client_id,
+                                           "token_type_hint": "refresh_token"})
+    assert r.status_code == 200, r.text
+    assert not works(stack["server"].url, storage.tokens.access_token)
+    assert refresh(base, client_id, storage.tokens.refresh_token).status_code == 400
+
+
+class FlakyGoogle(FakeGoogle):
+    """The Google-like fake (non-rotating refresh tokens) whose refreshes can be made to fail."""
+
+    down = False
+
+    def token(self, req):
+        if self.down and req.form.get("grant_type") == "refresh_token":
+            return Reply.json({"error": "temporarily_unavailable", "error_description": "try later"}, 503)
+        return super().token(req)
+
+
+@pytest.fixture
+def google(tmp_path):
+    """(fake, server, storage): alice logged in through the official client."""
     port = free_port()
-    with FakeGoogle("google-client", "google-secret", [f"http://127.0.0.1:{port}/google/callback"]) as fake:
+    with FlakyGoogle("google-client", "google-secret", [f"http://127.0.0.1:{port}/google/callback"]) as fake:
         base_url = fake.base_url
         server = start_auth_server(tmp_path, {
             "provider": "google", "refresh_race_window_seconds": WINDOW,
@@ -147,15 +172,33 @@ def test_parallel_refreshes_against_a_non_rotating_upstream_leave_one_grant(tmp_
             res = anyio.run(call_tool, server.url, oauth_client(server.url, Browser("alice", "alice-password"),
                                                                 storage), "whoami")
             assert not res.is_error, res.content
-            client_id = storage.client.client_id
-            winner = one_winner(at_once(8, lambda http: refresh(server.base, client_id,
-                                                                storage.tokens.refresh_token, http)))
-            upstream_refreshes = [r for r in fake.seen if r.form.get("grant_type") == "refresh_token"]
-            assert len(upstream_refreshes) == 1  # the claim comes before the upstream call
-            fresh = winner.json()
-            ok = bearer_call(server.url, fresh["access_token"])
-            assert result_of(ok)["result"]["structuredContent"]["result"]["username"] == "alice@example.test"
-            again = refresh(server.base, client_id, fresh["refresh_token"])
-            assert again.status_code == 200, again.text
+            yield fake, server, storage
         finally:
             stop_server(server)
+
+
+def test_failed_upstream_refresh_leaves_the_token_usable(google):
+    fake, server, storage = google
+    client_id = storage.client.client_id
+    fake.down = True
+    failed = refresh(server.base, client_id, storage.tokens.refresh_token)
+    assert failed.status_code == 503 and failed.headers["retry-after"] == "5", failed.text
+    assert failed.json()["error"] == "temporarily_unavailable"
+    fake.down = False  # the claim was undone: the same token refreshes once the provider is back
+    ok = refresh(server.base, client_id, storage.tokens.refresh_token)
+    assert ok.status_code == 200, ok.text
+    assert bearer_call(server.url, ok.json()["access_token"]).status_code == 200
+
+
+def test_parallel_refreshes_against_a_non_rotating_upstream_leave_one_grant(google):
+    fake, server, storage = google
+    client_id = storage.client.client_id
+    winner = one_winner(at_once(8, lambda http: refresh(server.base, client_id,
+                                                        storage.tokens.refresh_token, http)))
+    upstream_refreshes = [r for r in fake.seen if r.form.get("grant_type") == "refresh_token"]
+    assert len(upstream_refreshes) == 1  # the claim comes before the upstream call
+    fresh = winner.json()
+    ok = bearer_call(server.url, fresh["access_token"])
+    assert result_of(ok)["result"]["structuredContent"]["result"]["username"] == "alice@example.test"
+    again = refresh(server.base, client_id, fresh["refresh_token"])
+    assert again.status_code == 200, again.text

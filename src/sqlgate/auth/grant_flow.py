@@ -14,7 +14,8 @@ single-use and rotation steps with the grant store's atomic operations:
 - A refresh claims the next generation with a compare-and-set *before* going upstream, so one
   of N concurrent refreshes proceeds and the IdP sees one refresh, not N (a rotating IdP would
   otherwise treat the duplicates as reuse and kill the grant). If the upstream call fails for a
-  reason other than a rejected grant, the claim is undone and the client may retry.
+  reason other than a rejected grant, the claim is undone and the client may retry; an
+  unreachable or failing provider is `UpstreamUnavailable` (HTTP 503 at /token, see proxy.py).
 - Presenting an older generation revokes the family (RFC 9700 §4.14.2) — except the
   immediately previous one within `refresh_race_window` seconds of its rotation: that is a
   client's concurrent refresh losing the race (refused, nothing revoked).
@@ -28,6 +29,7 @@ import time
 from typing import Any
 
 import anyio
+import httpx2
 from fastmcp.server.auth.oauth_proxy.models import (
     DEFAULT_ACCESS_TOKEN_EXPIRY_SECONDS,
     ClientCode,
@@ -67,6 +69,16 @@ def refresh_verdict(found: RefreshRecord, now: float, race_window: float) -> str
     if found.generation == found.current_generation - 1 and now - found.rotated_at < race_window:
         return "race"
     return "reuse"
+
+
+class UpstreamUnavailable(Exception):
+    """The provider could not refresh right now (unreachable, 5xx, or said so); nothing was spent."""
+
+
+def _unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, OAuthError):
+        return exc.error in ("temporarily_unavailable", "server_error")
+    return isinstance(exc, httpx2.HTTPError | ValueError)  # transport errors, 5xx, a non-JSON reply
 
 
 class FamilyRefreshToken(RefreshToken):
@@ -239,9 +251,13 @@ class GrantFlow:
             raise TokenError("invalid_grant", "refresh token was already used")
         try:
             response = await self._refresh_upstream(upstream, scopes)
-        except BaseException:
+        except BaseException as exc:
             # not the client's fault: step back so the token it holds still works
             await self._grants(self.grants.undo_rotation, family, generation, new_hash)
+            if _unavailable(exc):
+                log.warning("upstream refresh for grant family %s… failed (%s); the client may retry",
+                            family[:6], type(exc).__name__)
+                raise UpstreamUnavailable() from exc
             raise
         if response is None:
             await self.revoke_family(family, "the upstream provider rejected its refresh token")

@@ -13,6 +13,7 @@ What it changes and why:
   operations (grant_flow.py explains what replaces OAuthProxy's read-then-delete and why).
 - `invalid_grant` at /token is HTTP 400 (RFC 6749 §5.2). FastMCP turns it into 401, reading the
   MCP rule for *resource* requests ("invalid or expired tokens → 401") into the token endpoint.
+  A provider outage during a refresh is 503 `temporarily_unavailable` with Retry-After, not 500.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ from mcp.server.auth.routes import cors_middleware
 from mcp.server.auth.settings import RevocationOptions
 from mcp.shared.auth import OAuthClientInformationFull
 from pydantic import AnyUrl
+from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from sqlgate.auth.config import AuthConfig, ClientConfig
-from sqlgate.auth.grant_flow import FamilyRefreshToken, GrantFlow
+from sqlgate.auth.grant_flow import FamilyRefreshToken, GrantFlow, UpstreamUnavailable
 from sqlgate.auth.store import OAuthState
 from sqlgate.auth.upstream import Endpoints, UserInfoVerifier
 
@@ -59,10 +61,16 @@ def _signing_key(secret: str) -> bytes:
 
 
 class InvalidGrantIs400(TokenHandler):
-    """FastMCP's token handler (invalid_client fix kept) with invalid_grant back at HTTP 400."""
+    """FastMCP's token handler (invalid_client fix kept) with invalid_grant back at HTTP 400, and a
+    provider outage during refresh as 503 temporarily_unavailable + Retry-After instead of a 500."""
 
     async def handle(self, request):
-        response = await super().handle(request)
+        try:
+            response = await super().handle(request)
+        except UpstreamUnavailable:
+            return JSONResponse({"error": "temporarily_unavailable",
+                                 "error_description": "the identity provider could not be reached; retry later"},
+                                status_code=503, headers={"Retry-After": "5", "Cache-Control": "no-store"})
         if response.status_code == 401 and b'"invalid_grant"' in bytes(response.body):
             response.status_code = 400
         return response
