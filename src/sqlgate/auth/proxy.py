@@ -60,7 +60,7 @@ def _signing_key(secret: str) -> bytes:
     return hashlib.sha256(b"sqlgate-token-signing\x00" + secret.encode()).digest()
 
 
-class InvalidGrantIs400(TokenHandler):
+class SqlgateTokenHandler(TokenHandler):
     """FastMCP's token handler (invalid_client fix kept) with invalid_grant back at HTTP 400, and a
     provider outage during refresh as 503 temporarily_unavailable + Retry-After instead of a 500."""
 
@@ -119,7 +119,7 @@ class SqlgateOAuthProxy(GrantFlow, OAuthProxy):
         self.use_grant_store()
 
     def get_routes(self, mcp_path: str | None = None):
-        token = Route("/token", endpoint=cors_middleware(InvalidGrantIs400(self, ClientAuthenticator(self)).handle,
+        token = Route("/token", endpoint=cors_middleware(SqlgateTokenHandler(self, ClientAuthenticator(self)).handle,
                                                          ["POST", "OPTIONS"]), methods=["POST", "OPTIONS"])
         return [token if isinstance(r, Route) and r.path == "/token" else r for r in super().get_routes(mcp_path)]
 
