@@ -245,3 +245,14 @@ async def test_postgres_state_serves_fastmcp_kv_encrypted():
             assert "gho_supersecret" not in repr(con.execute("SELECT * FROM sqlgate_oauth_kv").fetchall())
         state.close()
         second.close()
+
+
+async def test_memory_state_has_the_same_semantics():
+    state = open_state(PersistenceConfig(type="memory"))
+    await state.kv.put("client-1", {"name": "x"}, collection="c")
+    assert await state.kv.get("client-1", collection="c") == {"name": "x"}
+    now = time.time()
+    state.grants.put_code(token_hash("c"), "fam", state.grants.seal({"v": 1}), now + 60)
+    assert state.grants.consume_code("c", now, now + 60).record == {"v": 1}
+    assert state.grants.consume_code("c", now, now + 60) is None
+    state.close()
