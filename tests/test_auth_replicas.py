@@ -2,11 +2,13 @@
 PostgreSQL database (replicas) — with the same public base URL, as behind a load balancer.
 
 A token issued by one is served by the other, and single use holds across them: parallel code
-redemptions and refreshes split between the two servers still have exactly one winner.
+redemptions and refreshes split between the two servers still have exactly one winner. After a
+kill -9 of one, the other serves and refreshes every grant.
 """
 
 from __future__ import annotations
 
+import signal
 from contextlib import nullcontext
 
 import pytest
@@ -61,4 +63,11 @@ def test_two_servers_share_grants_and_single_use(pair):
     fresh = one_winner(at_once(8, lambda http: refresh(servers[next(turn)].base, client_id,
                                                        storage.tokens.refresh_token, http))).json()
     assert works(a.url, fresh["access_token"]) and works(b.url, fresh["access_token"])
-    assert refresh(b.base, client_id, fresh["refresh_token"]).status_code == 200
+
+    # kill -9 the first: the second keeps serving and refreshing what the first issued
+    a.proc.send_signal(signal.SIGKILL)
+    a.proc.wait(10)
+    assert works(b.url, fresh["access_token"])
+    again = refresh(b.base, client_id, fresh["refresh_token"])
+    assert again.status_code == 200, again.text
+    assert works(b.url, again.json()["access_token"])
