@@ -105,6 +105,14 @@ def test_proxy_mode_from_env(project, tmp_path):
             stop_server(server)
 
 
+# a proxy configuration that needs no upstream to start (the state store is opened at start-up)
+PROXY = {"SQLGATE_AUTH_MODE": "proxy",
+         "SQLGATE_AUTH_UPSTREAM_CLIENT_ID": "a", "SQLGATE_AUTH_UPSTREAM_CLIENT_SECRET": "b",
+         "SQLGATE_AUTH_UPSTREAM_AUTHORIZATION_ENDPOINT": "http://127.0.0.1:9/authorize",
+         "SQLGATE_AUTH_UPSTREAM_TOKEN_ENDPOINT": "http://127.0.0.1:9/token",
+         "SQLGATE_AUTH_UPSTREAM_USERINFO_ENDPOINT": "http://127.0.0.1:9/userinfo"}
+
+
 @pytest.mark.parametrize(("env", "message"), [
     ({"SQLGATE_AUTH_MODE": "jwtt"}, "SQLGATE_AUTH_MODE='jwtt' is not one of"),
     ({"SQLGATE_AUTH_MODE": "jwt"}, "needs SQLGATE_AUTH_PUBLIC_KEY or SQLGATE_AUTH_JWKS_URI or SQLGATE_AUTH_SECRET"),
@@ -115,12 +123,17 @@ def test_proxy_mode_from_env(project, tmp_path):
      "needs SQLGATE_AUTH_UPSTREAM_CLIENT_SECRET"),
     ({"SQLGATE_AUTH_MODE": "proxy", "SQLGATE_AUTH_UPSTREAM_CLIENT_ID": "a", "SQLGATE_AUTH_UPSTREAM_CLIENT_SECRET": "b",
       "SQLGATE_AUTH_EXTRA_TOKEN_PARAMS": "{nope"}, "SQLGATE_AUTH_EXTRA_TOKEN_PARAMS is not valid JSON"),
+    ({**PROXY, "SQLGATE_AUTH_PERSISTENCE_TYPE": "postgres"},
+     "persistence type postgres needs dsn and encryption_key (env: SQLGATE_AUTH_PERSISTENCE_DSN"),
+    ({**PROXY, "SQLGATE_AUTH_PERSISTENCE_TYPE": "postgres", "SQLGATE_AUTH_ENCRYPTION_KEY": "k",
+      "SQLGATE_AUTH_PERSISTENCE_DSN": "postgresql://sqlgate:pw-not-shown@127.0.0.1:1/oauth"},
+     "cannot open the OAuth state database user=sqlgate dbname=oauth host=127.0.0.1 port=1"),
 ])
 def test_env_mistakes_stop_the_server(project, tmp_path, env, message):
     proc = subprocess.run([sys.executable, "-m", "sqlgate", "serve", "-p", str(project), "--transport", "http"],
                           capture_output=True, text=True, env=isolated_env(tmp_path, **env), timeout=60)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.stderr and "pw-not-shown" not in proc.stderr
 
 
 def test_config_show_masks_secrets(project, tmp_path):

@@ -75,13 +75,31 @@ class ClientConfig(Strict):
 
 
 class PersistenceConfig(Strict):
-    type: Literal["sqlite", "memory"] = "sqlite"
-    # default: ~/.sqlgate/oauth.db
+    """Where OAuth state (clients, codes, grants, tokens) lives: see auth/store.py."""
+
+    type: Literal["sqlite", "postgres", "memory"] = "sqlite"
+    # sqlite: default ~/.sqlgate/oauth.db
     path: str | None = None
-    # Fernet key (urlsafe base64, 32 bytes) or any passphrase; default: generated into a 0600
-    # key file beside the database
+    # postgres: a libpq DSN or URL, e.g. postgresql://sqlgate@db.internal/sqlgate
+    dsn: str | None = None
+    # Fernet key (urlsafe base64, 32 bytes) or any passphrase; sqlite default: generated into a
+    # 0600 key file beside the database; postgres: required (every replica needs the same one)
     encryption_key: str | None = None
     cleanup_interval_seconds: int = Field(default=600, ge=10)
+
+    @model_validator(mode="after")
+    def _backend(self) -> PersistenceConfig:
+        if self.type == "postgres":
+            missing = [k for k in ("dsn", "encryption_key") if not getattr(self, k)]
+            if missing:
+                raise ValueError(f"persistence type postgres needs {' and '.join(missing)} (env: "
+                                 + ", ".join("SQLGATE_AUTH_" + {"dsn": "PERSISTENCE_DSN",
+                                                                "encryption_key": "ENCRYPTION_KEY"}[k]
+                                             for k in missing)
+                                 + "); replicas must share the encryption key")
+        elif self.dsn:
+            raise ValueError(f"persistence.dsn is only used with type postgres (type is {self.type})")
+        return self
 
 
 class JWTConfig(Strict):
@@ -179,6 +197,9 @@ class AuthConfig(Strict):
     consent: bool = True
     access_token_ttl: int = Field(default=3600, ge=5)
     refresh_token_ttl: int = Field(default=30 * 86400, ge=300)
+    # seconds after a refresh in which the just-replaced refresh token is refused without revoking
+    # the grant (a client's concurrent refreshes); any other reuse revokes it (RFC 9700 §4.14.2)
+    refresh_race_window_seconds: float = Field(default=2.0, ge=0, le=60)
 
     @field_validator("allowed_redirect_uris")
     @classmethod
@@ -238,6 +259,10 @@ class AuthConfig(Strict):
                 client["client_secret"] = "***"
         if data.get("persistence", {}).get("encryption_key"):
             data["persistence"]["encryption_key"] = "***"
+        if data.get("persistence", {}).get("dsn"):
+            from sqlgate.auth.grants.postgres import redacted
+
+            data["persistence"]["dsn"] = redacted(data["persistence"]["dsn"])
         for section, key in (("jwt", "secret"), ("introspection", "client_secret")):
             if data.get(section, {}).get(key):
                 data[section][key] = "***"

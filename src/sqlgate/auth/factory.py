@@ -62,7 +62,7 @@ def _proxy(auth: AuthConfig, base_url: str):
     provider = SqlgateOAuthProxy(auth=auth, endpoints=endpoints, verifier=verifier, state=state,
                                  base_url=base_url)
     log.info("OAuth: %s upstream, issuer %s, callback %s%s, state in %s", auth.provider, base_url, base_url,
-             endpoints.callback_path, auth.persistence.type if state.sqlite is None else state.sqlite.path)
+             endpoints.callback_path, f"{auth.persistence.type} ({state.grants.location})")
     return provider
 
 

@@ -9,6 +9,11 @@ What it changes and why:
 - Revocation (RFC 7009) is always on and ends the whole grant locally — access and refresh
   token alike — even for providers without a revocation endpoint (GitHub).
 - Pre-registered clients come from configuration (public or confidential), never from storage.
+- Single use and rotation: codes and refresh tokens live in the grant store with atomic
+  operations (grant_flow.py explains what replaces OAuthProxy's read-then-delete and why).
+- `invalid_grant` at /token is HTTP 400 (RFC 6749 §5.2). FastMCP turns it into 401, reading the
+  MCP rule for *resource* requests ("invalid or expired tokens → 401") into the token endpoint.
+  A provider outage during a refresh is 503 `temporarily_unavailable` with Retry-After, not 500.
 """
 
 from __future__ import annotations
@@ -18,16 +23,21 @@ import hashlib
 import logging
 from typing import Any
 
-from fastmcp.server.auth.auth import AccessToken
+from fastmcp.server.auth.auth import AccessToken, TokenHandler
 from fastmcp.server.auth.oauth_proxy import OAuthProxy
 from fastmcp.server.auth.oauth_proxy.models import ProxyDCRClient
 from mcp.server.auth.handlers import revoke as _sdk_revoke
+from mcp.server.auth.middleware.client_auth import ClientAuthenticator
 from mcp.server.auth.provider import RefreshToken
+from mcp.server.auth.routes import cors_middleware
 from mcp.server.auth.settings import RevocationOptions
 from mcp.shared.auth import OAuthClientInformationFull
 from pydantic import AnyUrl
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from sqlgate.auth.config import AuthConfig, ClientConfig
+from sqlgate.auth.grant_flow import FamilyRefreshToken, GrantFlow, UpstreamUnavailable
 from sqlgate.auth.store import OAuthState
 from sqlgate.auth.upstream import Endpoints, UserInfoVerifier
 
@@ -50,7 +60,23 @@ def _signing_key(secret: str) -> bytes:
     return hashlib.sha256(b"sqlgate-token-signing\x00" + secret.encode()).digest()
 
 
-class SqlgateOAuthProxy(OAuthProxy):
+class SqlgateTokenHandler(TokenHandler):
+    """FastMCP's token handler (invalid_client fix kept) with invalid_grant back at HTTP 400, and a
+    provider outage during refresh as 503 temporarily_unavailable + Retry-After instead of a 500."""
+
+    async def handle(self, request):
+        try:
+            response = await super().handle(request)
+        except UpstreamUnavailable:
+            return JSONResponse({"error": "temporarily_unavailable",
+                                 "error_description": "the identity provider could not be reached; retry later"},
+                                status_code=503, headers={"Retry-After": "5", "Cache-Control": "no-store"})
+        if response.status_code == 401 and b'"invalid_grant"' in bytes(response.body):
+            response.status_code = 400
+        return response
+
+
+class SqlgateOAuthProxy(GrantFlow, OAuthProxy):
     def __init__(self, *, auth: AuthConfig, endpoints: Endpoints, verifier: UserInfoVerifier,
                  state: OAuthState, base_url: str):
         cfg = auth.provider_config()
@@ -88,6 +114,14 @@ class SqlgateOAuthProxy(OAuthProxy):
         self._config_clients = {c.client_id: c for c in auth.clients}
         self._mcp_scopes = list(auth.scopes)
         self.state = state
+        self.grants = state.grants
+        self.refresh_race_window = auth.refresh_race_window_seconds
+        self.use_grant_store()
+
+    def get_routes(self, mcp_path: str | None = None):
+        token = Route("/token", endpoint=cors_middleware(SqlgateTokenHandler(self, ClientAuthenticator(self)).handle,
+                                                         ["POST", "OPTIONS"]), methods=["POST", "OPTIONS"])
+        return [token if isinstance(r, Route) and r.path == "/token" else r for r in super().get_routes(mcp_path)]
 
     # ---------------------------------------------------------------- scopes
     def _build_upstream_authorize_url(self, txn_id: str, transaction: dict[str, Any]) -> str:
@@ -178,15 +212,20 @@ class SqlgateOAuthProxy(OAuthProxy):
 
     # ---------------------------------------------------------------- revocation
     async def revoke_token(self, token: AccessToken | RefreshToken) -> None:
-        """End the whole grant: its upstream token set and every token mapped to it."""
+        """End the whole grant: its family, its upstream token set and every token mapped to it."""
+        use = "refresh" if isinstance(token, RefreshToken) else "access"
         try:
-            use = "refresh" if isinstance(token, RefreshToken) else "access"
             payload = self.jwt_issuer.verify_token(token.token, expected_token_use=use)
         except Exception:
             payload = None
         await super().revoke_token(token)  # upstream revocation where the provider has one
         if payload is None:
             return
+        family = token.family_id if isinstance(token, FamilyRefreshToken) else self.family_of_token(token.token, use)
+        if family is not None:
+            await self.revoke_family(family, f"a {use} token was revoked by client {payload.get('client_id')}")
+            return
+        # a token from before grant families: end what its mapping points at
         mapping = await self._jti_mapping_store.get(key=payload["jti"])
         await self._jti_mapping_store.delete(key=payload["jti"])
         if mapping is not None:

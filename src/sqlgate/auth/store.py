@@ -1,11 +1,15 @@
-"""OAuth state in SQLite: clients, grants, refresh and upstream tokens survive restarts.
+"""Opening the OAuth state: the grant store backend from `auth.persistence`, its key, its errors.
 
-- The database file is created 0600 (its directory 0700) before SQLite touches it.
-- Values are Fernet-encrypted (FastMCP's FernetEncryptionWrapper around this store): no token,
-  secret or e-mail address is readable in the file. Keys are ids and hashes, not secrets.
-- The key comes from configuration; without one, a key is generated once into a 0600 key file
-  beside the database (and the log says so), so a restart can still read what was written.
-- Expired rows are deleted periodically; reads never return an expired entry.
+- `sqlite` (default): one file, created 0600 in a 0700 directory; several processes on one
+  machine may share it. `postgres`: a DSN; several replicas share the database. `memory`: the
+  SQLite backend on `:memory:` (tests, throw-away servers).
+- Values are Fernet-encrypted: the grant store seals its own records, and FastMCP's key-value
+  state goes through FernetEncryptionWrapper. No token, secret or e-mail address is readable in
+  the file or the tables; keys are ids and hashes, not secrets.
+- The key comes from configuration. For SQLite without one, a key is generated once into a 0600
+  key file beside the database (and the log says so). PostgreSQL needs a configured key: replicas
+  must share it (it also derives the token-signing key).
+- A store that cannot be opened is a start-up error naming the path or DSN and the fix.
 """
 
 from __future__ import annotations
@@ -13,101 +17,21 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-import os
 import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import anyio
 from cryptography.fernet import Fernet
-from key_value.aio._utils.managed_entry import ManagedEntry
-from key_value.aio.errors import DeserializationError
 from key_value.aio.protocols import AsyncKeyValue
-from key_value.aio.stores.base import BaseStore
-from key_value.aio.stores.memory import MemoryStore
 from key_value.aio.wrappers.encryption import FernetEncryptionWrapper
 
+from sqlgate.auth.grants.base import GrantStore
+from sqlgate.auth.grants.kv import GrantKeyValue
+from sqlgate.auth.grants.sqlite import MEMORY, SqliteGrantStore, create_private_file
 from sqlgate.errors import ConfigError
 
 log = logging.getLogger("sqlgate.auth.store")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS kv (
-    collection TEXT NOT NULL,
-    key        TEXT NOT NULL,
-    document   TEXT NOT NULL,
-    expires_at REAL,
-    PRIMARY KEY (collection, key)
-);
-CREATE INDEX IF NOT EXISTS kv_expires ON kv (expires_at) WHERE expires_at IS NOT NULL;
-"""
-
-
-def _create_private_file(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    os.close(fd)
-    os.chmod(path, 0o600)  # an existing file created by someone else's umask is tightened too
-
-
-class SqliteStore(BaseStore):
-    """A py-key-value store on one SQLite file (stdlib sqlite3, calls run off the event loop)."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(stable_api=True)
-        self.path = path
-        _create_private_file(path)
-        self._lock = threading.Lock()
-        self._con = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._con.execute("PRAGMA journal_mode=WAL")
-        self._con.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process kills
-        self._con.executescript(_SCHEMA)
-        for suffix in ("-wal", "-shm"):
-            side = Path(f"{path}{suffix}")
-            if side.exists():
-                os.chmod(side, 0o600)
-
-    def _run(self, sql: str, params: tuple = ()) -> list[tuple]:
-        with self._lock:
-            return self._con.execute(sql, params).fetchall()
-
-    async def _get_managed_entry(self, *, key: str, collection: str) -> ManagedEntry | None:
-        rows = await anyio.to_thread.run_sync(
-            self._run, "SELECT document FROM kv WHERE collection = ? AND key = ? "
-                       "AND (expires_at IS NULL OR expires_at > ?)", (collection, key, time.time()))
-        if not rows:
-            return None
-        try:
-            return self._serialization_adapter.load_json(rows[0][0])
-        except DeserializationError:
-            return None
-
-    async def _put_managed_entry(self, *, key: str, collection: str, managed_entry: ManagedEntry) -> None:
-        document = self._serialization_adapter.dump_json(entry=managed_entry, key=key, collection=collection)
-        expires = managed_entry.expires_at.timestamp() if managed_entry.expires_at else None
-        await anyio.to_thread.run_sync(
-            self._run, "INSERT INTO kv (collection, key, document, expires_at) VALUES (?, ?, ?, ?) "
-                       "ON CONFLICT (collection, key) DO UPDATE SET document = excluded.document, "
-                       "expires_at = excluded.expires_at", (collection, key, document, expires))
-
-    async def _delete_managed_entry(self, *, key: str, collection: str) -> bool:
-        def delete() -> bool:
-            with self._lock:
-                return self._con.execute("DELETE FROM kv WHERE collection = ? AND key = ?",
-                                         (collection, key)).rowcount > 0
-
-        return await anyio.to_thread.run_sync(delete)
-
-    def delete_expired(self) -> int:
-        with self._lock:
-            return self._con.execute("DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ?",
-                                     (time.time(),)).rowcount
-
-    def close(self) -> None:
-        with self._lock:
-            self._con.close()
 
 
 def fernet_for(secret: str) -> Fernet:
@@ -125,7 +49,7 @@ def load_or_create_key(key_file: Path) -> str:
         if mode & 0o077:
             raise ConfigError(f"key file {key_file} is readable by others (mode {mode:o}); chmod 600 it")
         return key_file.read_text(encoding="ascii").strip()
-    _create_private_file(key_file)
+    create_private_file(key_file)
     key = Fernet.generate_key().decode("ascii")
     key_file.write_text(key + "\n", encoding="ascii")
     log.warning("no persistence.encryption_key configured: generated one into %s (mode 0600); keep it "
@@ -134,35 +58,50 @@ def load_or_create_key(key_file: Path) -> str:
 
 
 class OAuthState:
-    """The encrypted store handed to the OAuth proxy, plus what it needs to run."""
+    """The grant store, FastMCP's encrypted key-value view of it, and the secret they derive from."""
 
-    def __init__(self, kv: AsyncKeyValue, secret: str, sqlite: SqliteStore | None):
-        self.kv = kv
+    def __init__(self, grants: GrantStore, secret: str):
+        self.grants = grants
         self.secret = secret  # also the root of the token-signing key: restarts keep tokens valid
-        self.sqlite = sqlite
+        # undecryptable values (e.g. after a key change) read as missing: clients simply log in again
+        self.kv: AsyncKeyValue = FernetEncryptionWrapper(GrantKeyValue(grants), fernet=fernet_for(secret),
+                                                         raise_on_decryption_error=False)
 
     def cleanup(self) -> int:
-        return self.sqlite.delete_expired() if self.sqlite is not None else 0
+        return self.grants.delete_expired(time.time())
 
     def close(self) -> None:
-        if self.sqlite is not None:
-            self.sqlite.close()
+        self.grants.close()
 
 
 def open_state(persistence: Any) -> OAuthState:
     """Build the OAuth state store from `auth.persistence`."""
     if persistence.type == "memory":
         secret = persistence.encryption_key or Fernet.generate_key().decode("ascii")
-        kv: AsyncKeyValue = MemoryStore()
-        return OAuthState(FernetEncryptionWrapper(kv, fernet=fernet_for(secret), raise_on_decryption_error=False),
-                          secret, None)
+        return OAuthState(SqliteGrantStore(MEMORY, fernet_for(secret)), secret)
+    if persistence.type == "postgres":
+        return OAuthState(_open_postgres(persistence), persistence.encryption_key)
     path = Path(persistence.path).expanduser() if persistence.path else Path.home() / ".sqlgate" / "oauth.db"
-    secret = persistence.encryption_key or load_or_create_key(path.with_name(path.name + ".key"))
     try:
-        sqlite = SqliteStore(path)
+        secret = persistence.encryption_key or load_or_create_key(path.with_name(path.name + ".key"))
+        return OAuthState(SqliteGrantStore(path, fernet_for(secret)), secret)
     except (OSError, sqlite3.Error) as exc:
-        raise ConfigError(f"cannot open the OAuth state database {path}: {exc}",
+        raise ConfigError(f"cannot open the OAuth state database {path}: {exc}. Make its directory writable by "
+                          "this user, or point auth.persistence.path (SQLGATE_AUTH_STATE_PATH) elsewhere",
                           where="auth.persistence.path") from None
-    # undecryptable rows (e.g. after a key change) read as missing: clients simply log in again
-    wrapped = FernetEncryptionWrapper(sqlite, fernet=fernet_for(secret), raise_on_decryption_error=False)
-    return OAuthState(wrapped, secret, sqlite)
+
+
+def _open_postgres(persistence: Any) -> GrantStore:
+    import psycopg
+    from psycopg_pool import PoolTimeout
+
+    from sqlgate.auth.grants.postgres import PostgresGrantStore, redacted
+
+    try:
+        return PostgresGrantStore(persistence.dsn, fernet_for(persistence.encryption_key))
+    except (psycopg.Error, PoolTimeout) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot open the OAuth state database {redacted(persistence.dsn)}: {reason}. Check that "
+                          "PostgreSQL is reachable and the database exists and this role may create tables in it, "
+                          "or fix auth.persistence.dsn (SQLGATE_AUTH_PERSISTENCE_DSN)",
+                          where="auth.persistence.dsn") from None

@@ -62,6 +62,8 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "SERVICE_DOCUMENTATION_URL": ("", "service_documentation_url"),
     "ALLOWED_CLIENT_REDIRECT_URIS": ("", "allowed_redirect_uris"),
     "STATE_PATH": ("persistence", "path"),
+    "PERSISTENCE_TYPE": ("persistence", "type"),
+    "PERSISTENCE_DSN": ("persistence", "dsn"),
     "ENCRYPTION_KEY": ("persistence", "encryption_key"),
 }
 _JSON = {"EXTRA_AUTHORIZE_PARAMS", "EXTRA_TOKEN_PARAMS"}

@@ -1,0 +1,1 @@
+"""OAuth state with atomic operations: the GrantStore interface (base.py) and one module per backend."""

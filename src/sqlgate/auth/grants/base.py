@@ -1,0 +1,162 @@
+"""The grant store: every piece of OAuth state sqlgate issues, behind one small interface.
+
+The operations that decide who wins a race are single SQL statements or single transactions in
+the backend, never read-then-write in Python, so they hold across threads, processes and (with
+PostgreSQL) machines:
+
+- `consume_code` takes an authorization code away (`DELETE … RETURNING`) and, in the same
+  transaction, remembers it as spent with the grant family it started: exactly one redemption
+  wins; a later presentation is recognisable as a replay (RFC 6749 §4.1.2).
+- A refresh token belongs to a *family* (one grant) with a generation counter. `rotate_refresh`
+  is a compare-and-set on that counter (`UPDATE … WHERE generation = expected`), so exactly one
+  of N concurrent refreshes of one token moves the family on; rows of older generations stay so
+  that their reuse is detected and can revoke the family (RFC 9700 §4.14.2).
+- `revoke_family` is a marker that outlives the tokens it kills; it may even precede the
+  family's first tokens (a code replayed while its winner is still issuing).
+
+Alongside, a plain key-value table holds what FastMCP's OAuthProxy keeps (clients, transactions,
+consent CSRF tokens, upstream token sets, JTI mappings), so one backend serves all of it.
+
+Keys are SHA-256 hashes of codes and tokens (a copied database holds no usable code or token);
+records are Fernet-encrypted JSON (`seal` / `unseal`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken
+
+
+def token_hash(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class CodeRecord:
+    family_id: str  # the grant family the code starts when redeemed
+    record: dict[str, Any]  # decrypted payload (FastMCP's ClientCode)
+
+
+@dataclass(frozen=True)
+class RefreshRecord:
+    family_id: str
+    generation: int  # the generation this token was issued at
+    current_generation: int  # the family's generation now
+    revoked: bool
+    rotated_at: float  # when the family last moved on (seconds since the epoch)
+    expires_at: float
+    record: dict[str, Any]  # decrypted payload (client_id, scopes, …)
+
+    @property
+    def is_current(self) -> bool:
+        return not self.revoked and self.generation == self.current_generation
+
+
+class GrantStore(ABC):
+    """One backend (a file of its own). Methods are blocking; call them off the event loop."""
+
+    def __init__(self, fernet: Fernet) -> None:
+        self._fernet = fernet
+
+    # ------------------------------------------------------------------ sealing
+    def seal(self, record: dict[str, Any]) -> str:
+        return self._fernet.encrypt(json.dumps(record, separators=(",", ":")).encode()).decode("ascii")
+
+    def unseal(self, sealed: str) -> dict[str, Any] | None:
+        """The record, or None when it was written under another key (reads as missing)."""
+        try:
+            return json.loads(self._fernet.decrypt(sealed.encode("ascii")))
+        except (InvalidToken, ValueError):
+            return None
+
+    # ------------------------------------------------------------------ key-value (FastMCP's state)
+    @abstractmethod
+    def kv_get(self, collection: str, key: str, now: float) -> str | None:
+        """The document unless missing or expired."""
+
+    @abstractmethod
+    def kv_put(self, collection: str, key: str, document: str, expires_at: float | None) -> None: ...
+
+    @abstractmethod
+    def kv_delete(self, collection: str, key: str) -> bool: ...
+
+    # ------------------------------------------------------------------ authorization codes
+    @abstractmethod
+    def put_code(self, code_hash: str, family_id: str, sealed: str, expires_at: float) -> None: ...
+
+    @abstractmethod
+    def peek_code(self, code_hash: str, now: float) -> tuple[str, str] | None:
+        """(family_id, sealed) of an unexpired, unspent code, without taking it."""
+
+    @abstractmethod
+    def take_code(self, code_hash: str, now: float, spent_until: float) -> tuple[str, str] | None:
+        """Atomically delete the code and record it as spent; (family_id, sealed) for the one winner."""
+
+    @abstractmethod
+    def spent_code_family(self, code_hash: str, now: float) -> str | None:
+        """The family a spent code started (for replay revocation), or None."""
+
+    # ------------------------------------------------------------------ refresh families
+    @abstractmethod
+    def issue_family(self, family_id: str, expires_at: float,
+                     refresh_hash: str | None, sealed: str | None, now: float) -> None:
+        """Create the family at generation 1 with its first refresh token (if any).
+
+        A family already marked revoked stays revoked (its tokens are dead on arrival)."""
+
+    @abstractmethod
+    def find_refresh(self, refresh_hash: str, now: float) -> tuple[str, int, int, bool, float, float, str] | None:
+        """(family_id, generation, current_generation, revoked, rotated_at, expires_at, sealed)."""
+
+    @abstractmethod
+    def rotate_refresh(self, family_id: str, expected_generation: int, refresh_hash: str, sealed: str,
+                       expires_at: float, now: float) -> int | None:
+        """Compare-and-set: move the family from `expected_generation` to the next one and record the
+        new refresh token, in one transaction. The new generation, or None if another request won
+        (or the family is revoked)."""
+
+    @abstractmethod
+    def undo_rotation(self, family_id: str, generation: int, refresh_hash: str) -> bool:
+        """Step back from `generation` (just won by this caller) when the refresh could not be
+        completed, so the client may retry with the token it holds."""
+
+    @abstractmethod
+    def revoke_family(self, family_id: str, until: float, now: float) -> None: ...
+
+    @abstractmethod
+    def is_family_revoked(self, family_id: str, now: float) -> bool: ...
+
+    # ------------------------------------------------------------------ upkeep
+    @abstractmethod
+    def delete_expired(self, now: float) -> int: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where the state lives, for logs (a path, or a DSN without its password)."""
+
+    # ------------------------------------------------------------------ typed conveniences
+    def consume_code(self, code: str, now: float, spent_until: float) -> CodeRecord | None:
+        taken = self.take_code(token_hash(code), now, spent_until)
+        if taken is None:
+            return None
+        record = self.unseal(taken[1])
+        return CodeRecord(taken[0], record) if record is not None else None
+
+    def lookup_refresh(self, token: str, now: float) -> RefreshRecord | None:
+        found = self.find_refresh(token_hash(token), now)
+        if found is None:
+            return None
+        family_id, generation, current, revoked, rotated_at, expires_at, sealed = found
+        record = self.unseal(sealed)
+        if record is None:
+            return None
+        return RefreshRecord(family_id, generation, current, revoked, rotated_at, expires_at, record)

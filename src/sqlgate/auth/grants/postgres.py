@@ -1,0 +1,195 @@
+"""The grant store on PostgreSQL (psycopg 3): several replicas share one database.
+
+Each decision is one transaction at READ COMMITTED, which is enough because the deciding
+statement re-checks its own condition on the row it locks:
+- a code is taken with `DELETE … RETURNING`: a concurrent second DELETE of the same row waits
+  for the first to commit, then finds nothing;
+- rotation is `UPDATE … WHERE generation = %s RETURNING`: a concurrent second UPDATE waits,
+  re-evaluates the WHERE against the committed row, and matches nothing.
+Tables are prefixed `sqlgate_oauth_` so the database may be shared with other applications;
+they are created at start-up under an advisory lock (replicas may start together).
+"""
+
+from __future__ import annotations
+
+import psycopg
+from cryptography.fernet import Fernet
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool
+
+from sqlgate.auth.grants.base import GrantStore
+
+P = "sqlgate_oauth_"
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {P}kv (
+    collection text NOT NULL,
+    key        text NOT NULL,
+    document   text NOT NULL,
+    expires_at double precision,
+    PRIMARY KEY (collection, key)
+);
+CREATE INDEX IF NOT EXISTS {P}kv_expires ON {P}kv (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS {P}codes (
+    code_hash  text PRIMARY KEY,
+    family_id  text NOT NULL,
+    sealed     text NOT NULL,
+    expires_at double precision NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {P}spent_codes (
+    code_hash  text PRIMARY KEY,
+    family_id  text NOT NULL,
+    expires_at double precision NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {P}families (
+    family_id  text PRIMARY KEY,
+    generation integer NOT NULL,
+    revoked    boolean NOT NULL DEFAULT false,
+    rotated_at double precision NOT NULL,
+    expires_at double precision NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {P}refresh_tokens (
+    token_hash text PRIMARY KEY,
+    family_id  text NOT NULL,
+    generation integer NOT NULL,
+    sealed     text NOT NULL,
+    expires_at double precision NOT NULL
+);
+CREATE INDEX IF NOT EXISTS {P}refresh_tokens_family ON {P}refresh_tokens (family_id);
+"""
+
+
+def redacted(dsn: str) -> str:
+    """The DSN without its password, for logs and error messages."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<unparseable DSN>"
+    params.pop("password", None)
+    return make_conninfo(**params)
+
+
+class PostgresGrantStore(GrantStore):
+    def __init__(self, dsn: str, fernet: Fernet, *, max_connections: int = 10, connect_timeout: float = 10) -> None:
+        super().__init__(fernet)
+        self._where = redacted(dsn)
+        # one direct connection first: its error names the real cause (host, auth, database)
+        with psycopg.connect(dsn, connect_timeout=int(connect_timeout)) as con:
+            con.execute("SELECT pg_advisory_xact_lock(hashtext('sqlgate_oauth_schema'))")
+            con.execute(_SCHEMA)
+        self._pool = ConnectionPool(dsn, min_size=1, max_size=max_connections, timeout=connect_timeout,
+                                    kwargs={"connect_timeout": int(connect_timeout)}, open=False)
+        self._pool.open(wait=True, timeout=connect_timeout)
+
+    @property
+    def location(self) -> str:
+        return self._where
+
+    def _one(self, sql: str, params: tuple) -> tuple | None:
+        with self._pool.connection() as con:  # one transaction, committed on exit
+            return con.execute(sql, params).fetchone()
+
+    def _count(self, sql: str, params: tuple) -> int:
+        with self._pool.connection() as con:
+            return con.execute(sql, params).rowcount
+
+    # ------------------------------------------------------------------ key-value
+    def kv_get(self, collection, key, now):
+        row = self._one(f"SELECT document FROM {P}kv WHERE collection = %s AND key = %s "
+                        "AND (expires_at IS NULL OR expires_at > %s)", (collection, key, now))
+        return row[0] if row else None
+
+    def kv_put(self, collection, key, document, expires_at):
+        self._count(f"INSERT INTO {P}kv (collection, key, document, expires_at) VALUES (%s, %s, %s, %s) "
+                    "ON CONFLICT (collection, key) DO UPDATE SET document = excluded.document, "
+                    "expires_at = excluded.expires_at", (collection, key, document, expires_at))
+
+    def kv_delete(self, collection, key):
+        return self._count(f"DELETE FROM {P}kv WHERE collection = %s AND key = %s", (collection, key)) > 0
+
+    # ------------------------------------------------------------------ codes
+    def put_code(self, code_hash, family_id, sealed, expires_at):
+        self._count(f"INSERT INTO {P}codes (code_hash, family_id, sealed, expires_at) VALUES (%s, %s, %s, %s)",
+                    (code_hash, family_id, sealed, expires_at))
+
+    def peek_code(self, code_hash, now):
+        row = self._one(f"SELECT family_id, sealed FROM {P}codes WHERE code_hash = %s AND expires_at > %s",
+                        (code_hash, now))
+        return (row[0], row[1]) if row else None
+
+    def take_code(self, code_hash, now, spent_until):
+        with self._pool.connection() as con:
+            row = con.execute(f"DELETE FROM {P}codes WHERE code_hash = %s RETURNING family_id, sealed, expires_at",
+                              (code_hash,)).fetchone()
+            if row is None or row[2] <= now:
+                return None
+            con.execute(f"INSERT INTO {P}spent_codes (code_hash, family_id, expires_at) VALUES (%s, %s, %s) "
+                        "ON CONFLICT (code_hash) DO UPDATE SET family_id = excluded.family_id, "
+                        "expires_at = excluded.expires_at", (code_hash, row[0], spent_until))
+            return row[0], row[1]
+
+    def spent_code_family(self, code_hash, now):
+        row = self._one(f"SELECT family_id FROM {P}spent_codes WHERE code_hash = %s AND expires_at > %s",
+                        (code_hash, now))
+        return row[0] if row else None
+
+    # ------------------------------------------------------------------ families
+    def issue_family(self, family_id, expires_at, refresh_hash, sealed, now):
+        with self._pool.connection() as con:
+            con.execute(f"INSERT INTO {P}families (family_id, generation, revoked, rotated_at, "
+                        "expires_at) VALUES (%s, 1, false, %s, %s) ON CONFLICT (family_id) DO UPDATE SET "
+                        f"generation = 1, "
+                        f"expires_at = greatest({P}families.expires_at, excluded.expires_at)",
+                        (family_id, now, expires_at))
+            if refresh_hash is not None:
+                con.execute(f"INSERT INTO {P}refresh_tokens (token_hash, family_id, generation, sealed, expires_at) "
+                            "VALUES (%s, %s, 1, %s, %s)", (refresh_hash, family_id, sealed, expires_at))
+
+    def find_refresh(self, refresh_hash, now):
+        row = self._one(f"SELECT r.family_id, r.generation, f.generation, f.revoked, f.rotated_at, r.expires_at, "
+                        f"r.sealed FROM {P}refresh_tokens r JOIN {P}families f ON f.family_id = r.family_id "
+                        "WHERE r.token_hash = %s AND r.expires_at > %s", (refresh_hash, now))
+        return tuple(row) if row else None
+
+    def rotate_refresh(self, family_id, expected_generation, refresh_hash, sealed, expires_at, now):
+        with self._pool.connection() as con:
+            row = con.execute(f"UPDATE {P}families SET generation = generation + 1, rotated_at = %s, "
+                              "expires_at = greatest(expires_at, %s) "
+                              "WHERE family_id = %s AND generation = %s AND NOT revoked RETURNING generation",
+                              (now, expires_at, family_id, expected_generation)).fetchone()
+            if row is None:
+                return None
+            con.execute(f"INSERT INTO {P}refresh_tokens (token_hash, family_id, generation, sealed, expires_at) "
+                        "VALUES (%s, %s, %s, %s, %s)", (refresh_hash, family_id, row[0], sealed, expires_at))
+            return row[0]
+
+    def undo_rotation(self, family_id, generation, refresh_hash):
+        with self._pool.connection() as con:
+            row = con.execute(f"UPDATE {P}families SET generation = generation - 1 "
+                              "WHERE family_id = %s AND generation = %s AND NOT revoked RETURNING 1",
+                              (family_id, generation)).fetchone()
+            if row is None:
+                return False
+            con.execute(f"DELETE FROM {P}refresh_tokens WHERE token_hash = %s", (refresh_hash,))
+            return True
+
+    def revoke_family(self, family_id, until, now):
+        self._count(f"INSERT INTO {P}families (family_id, generation, revoked, rotated_at, expires_at) "
+                    "VALUES (%s, 0, true, %s, %s) ON CONFLICT (family_id) DO UPDATE SET revoked = true, "
+                    f"expires_at = greatest({P}families.expires_at, excluded.expires_at)", (family_id, now, until))
+
+    def is_family_revoked(self, family_id, now):
+        row = self._one(f"SELECT revoked FROM {P}families WHERE family_id = %s", (family_id,))
+        return bool(row and row[0])
+
+    # ------------------------------------------------------------------ upkeep
+    def delete_expired(self, now):
+        removed = 0
+        with self._pool.connection() as con:
+            removed += con.execute(f"DELETE FROM {P}kv WHERE expires_at IS NOT NULL AND expires_at <= %s",
+                                   (now,)).rowcount
+            for table in ("codes", "spent_codes", "refresh_tokens", "families"):
+                removed += con.execute(f"DELETE FROM {P}{table} WHERE expires_at <= %s", (now,)).rowcount
+        return removed
+
+    def close(self):
+        self._pool.close()

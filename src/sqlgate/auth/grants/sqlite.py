@@ -1,0 +1,219 @@
+"""The grant store on one SQLite file (the default): several processes on one machine share it.
+
+- WAL journal, so readers never block the writer; a 10 s busy timeout, so a process waits for
+  another's write instead of failing with "database is locked".
+- Every decision is one `BEGIN IMMEDIATE` transaction: it takes SQLite's single write lock before
+  reading, so no other process can slip in between the read and the write. Codes are taken with
+  `DELETE … RETURNING` (SQLite ≥ 3.35).
+- The file is created 0600 (its directory 0700) before SQLite opens it; SQLite gives the -wal and
+  -shm files the database file's mode.
+- `:memory:` gives the same semantics in one process (persistence.type: memory).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from cryptography.fernet import Fernet
+
+from sqlgate.auth.grants.base import GrantStore
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+    collection TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    document   TEXT NOT NULL,
+    expires_at REAL,
+    PRIMARY KEY (collection, key)
+);
+CREATE INDEX IF NOT EXISTS kv_expires ON kv (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS codes (
+    code_hash  TEXT PRIMARY KEY,
+    family_id  TEXT NOT NULL,
+    sealed     TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS spent_codes (
+    code_hash  TEXT PRIMARY KEY,
+    family_id  TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS families (
+    family_id  TEXT PRIMARY KEY,
+    generation INTEGER NOT NULL,
+    revoked    INTEGER NOT NULL DEFAULT 0,
+    rotated_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS refresh_tokens (
+    token_hash TEXT PRIMARY KEY,
+    family_id  TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    sealed     TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS refresh_tokens_family ON refresh_tokens (family_id);
+"""
+
+MEMORY = ":memory:"
+
+
+def create_private_file(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)  # an existing file created under someone else's umask is tightened too
+
+
+class SqliteGrantStore(GrantStore):
+    def __init__(self, path: Path | str, fernet: Fernet) -> None:
+        super().__init__(fernet)
+        self.path = path
+        if str(path) != MEMORY:
+            create_private_file(Path(path))
+        # one connection per store; the lock serialises this process's threads on it, and SQLite's
+        # own locking serialises processes
+        self._lock = threading.Lock()
+        self._con = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=10)
+        if str(path) != MEMORY:
+            self._con.execute("PRAGMA journal_mode=WAL")
+            self._con.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process kills
+            for suffix in ("-wal", "-shm"):
+                side = Path(f"{path}{suffix}")
+                if side.exists():
+                    os.chmod(side, 0o600)
+        with self._lock:
+            self._con.executescript(_SCHEMA)
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction holding SQLite's write lock from its first statement."""
+        with self._lock:
+            self._con.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._con
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
+            self._con.execute("COMMIT")
+
+    def _read(self, sql: str, params: tuple) -> tuple | None:
+        with self._lock:
+            return self._con.execute(sql, params).fetchone()
+
+    # ------------------------------------------------------------------ key-value
+    def kv_get(self, collection, key, now):
+        row = self._read("SELECT document FROM kv WHERE collection = ? AND key = ? "
+                         "AND (expires_at IS NULL OR expires_at > ?)", (collection, key, now))
+        return row[0] if row else None
+
+    def kv_put(self, collection, key, document, expires_at):
+        with self._write() as con:
+            con.execute("INSERT INTO kv (collection, key, document, expires_at) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (collection, key) DO UPDATE SET document = excluded.document, "
+                        "expires_at = excluded.expires_at", (collection, key, document, expires_at))
+
+    def kv_delete(self, collection, key):
+        with self._write() as con:
+            return con.execute("DELETE FROM kv WHERE collection = ? AND key = ?", (collection, key)).rowcount > 0
+
+    # ------------------------------------------------------------------ codes
+    def put_code(self, code_hash, family_id, sealed, expires_at):
+        with self._write() as con:
+            con.execute("INSERT INTO codes (code_hash, family_id, sealed, expires_at) VALUES (?, ?, ?, ?)",
+                        (code_hash, family_id, sealed, expires_at))
+
+    def peek_code(self, code_hash, now):
+        row = self._read("SELECT family_id, sealed FROM codes WHERE code_hash = ? AND expires_at > ?",
+                         (code_hash, now))
+        return (row[0], row[1]) if row else None
+
+    def take_code(self, code_hash, now, spent_until):
+        with self._write() as con:
+            row = con.execute("DELETE FROM codes WHERE code_hash = ? RETURNING family_id, sealed, expires_at",
+                              (code_hash,)).fetchone()
+            if row is None or row[2] <= now:
+                return None
+            con.execute("INSERT OR REPLACE INTO spent_codes (code_hash, family_id, expires_at) VALUES (?, ?, ?)",
+                        (code_hash, row[0], spent_until))
+            return row[0], row[1]
+
+    def spent_code_family(self, code_hash, now):
+        row = self._read("SELECT family_id FROM spent_codes WHERE code_hash = ? AND expires_at > ?",
+                         (code_hash, now))
+        return row[0] if row else None
+
+    # ------------------------------------------------------------------ families
+    def issue_family(self, family_id, expires_at, refresh_hash, sealed, now):
+        with self._write() as con:
+            con.execute("INSERT INTO families (family_id, generation, revoked, rotated_at, expires_at) "
+                        "VALUES (?, 1, 0, ?, ?) ON CONFLICT (family_id) DO UPDATE SET "
+                        "generation = 1, "
+                        "expires_at = max(families.expires_at, excluded.expires_at)",
+                        (family_id, now, expires_at))
+            if refresh_hash is not None:
+                con.execute("INSERT INTO refresh_tokens (token_hash, family_id, generation, sealed, expires_at) "
+                            "VALUES (?, ?, 1, ?, ?)", (refresh_hash, family_id, sealed, expires_at))
+
+    def find_refresh(self, refresh_hash, now):
+        row = self._read("SELECT r.family_id, r.generation, f.generation, f.revoked, f.rotated_at, r.expires_at, "
+                         "r.sealed FROM refresh_tokens r JOIN families f ON f.family_id = r.family_id "
+                         "WHERE r.token_hash = ? AND r.expires_at > ?", (refresh_hash, now))
+        if row is None:
+            return None
+        return row[0], row[1], row[2], bool(row[3]), row[4], row[5], row[6]
+
+    def rotate_refresh(self, family_id, expected_generation, refresh_hash, sealed, expires_at, now):
+        with self._write() as con:
+            row = con.execute("UPDATE families SET generation = generation + 1, rotated_at = ?, "
+                              "expires_at = max(expires_at, ?) "
+                              "WHERE family_id = ? AND generation = ? AND revoked = 0 RETURNING generation",
+                              (now, expires_at, family_id, expected_generation)).fetchone()
+            if row is None:
+                return None
+            con.execute("INSERT INTO refresh_tokens (token_hash, family_id, generation, sealed, expires_at) "
+                        "VALUES (?, ?, ?, ?, ?)", (refresh_hash, family_id, row[0], sealed, expires_at))
+            return row[0]
+
+    def undo_rotation(self, family_id, generation, refresh_hash):
+        with self._write() as con:
+            row = con.execute("UPDATE families SET generation = generation - 1 "
+                              "WHERE family_id = ? AND generation = ? AND revoked = 0 RETURNING 1",
+                              (family_id, generation)).fetchone()
+            if row is None:
+                return False
+            con.execute("DELETE FROM refresh_tokens WHERE token_hash = ?", (refresh_hash,))
+            return True
+
+    def revoke_family(self, family_id, until, now):
+        with self._write() as con:
+            con.execute("INSERT INTO families (family_id, generation, revoked, rotated_at, expires_at) "
+                        "VALUES (?, 0, 1, ?, ?) ON CONFLICT (family_id) DO UPDATE SET revoked = 1, "
+                        "expires_at = max(families.expires_at, excluded.expires_at)", (family_id, now, until))
+
+    def is_family_revoked(self, family_id, now):
+        row = self._read("SELECT revoked FROM families WHERE family_id = ?", (family_id,))
+        return bool(row and row[0])
+
+    # ------------------------------------------------------------------ upkeep
+    def delete_expired(self, now):
+        removed = 0
+        with self._write() as con:
+            removed += con.execute("DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ?",
+                                   (now,)).rowcount
+            for table in ("codes", "spent_codes", "refresh_tokens", "families"):
+                removed += con.execute(f"DELETE FROM {table} WHERE expires_at <= ?", (now,)).rowcount
+        return removed
+
+    def close(self):
+        with self._lock:
+            self._con.close()

@@ -1,0 +1,204 @@
+"""Single use and rotation end to end: the running server, the real OIDC provider (rotating refresh
+tokens) and the Google-like fake (non-rotating), tokens from the official mcp client.
+
+- N parallel redemptions of one code: exactly one 200, the rest 400 invalid_grant; the
+  duplicates count as replays and revoke what the code issued (RFC 6749 §4.1.2).
+- N parallel refreshes of one refresh token: exactly one 200, one upstream refresh, and that
+  grant keeps working (the losers are concurrent duplicates, not reuse).
+- A rotated refresh token presented again later revokes the whole family (RFC 9700 §4.14.2).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import anyio
+import httpx
+import pytest
+
+from tests.auth_support import MemoryTokenStorage, call_tool, oauth_client, start_auth_server
+from tests.browser import Browser
+from tests.conftest import free_port, stop_server
+from tests.fakes.base import Reply
+from tests.fakes.providers import FakeGoogle
+from tests.test_auth_flows import _authorize_by_hand, bearer_call, drop_stack, login, make_stack, result_of
+
+WINDOW = 1.0  # refresh_race_window_seconds of these servers
+
+
+def at_once(n: int, send) -> list[httpx.Response]:
+    """send(client) from n threads released together."""
+    gate = threading.Barrier(n)
+    replies: list = [None] * n
+
+    def run(i: int) -> None:
+        with httpx.Client(timeout=30) as http:
+            gate.wait()
+            replies[i] = send(http)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return replies
+
+
+def one_winner(replies: list[httpx.Response]) -> httpx.Response:
+    codes = sorted(r.status_code for r in replies)
+    assert codes == [200] + [400] * (len(replies) - 1), [(r.status_code, r.text[:120]) for r in replies]
+    assert all(r.json()["error"] == "invalid_grant" for r in replies if r.status_code == 400)
+    return next(r for r in replies if r.status_code == 200)
+
+
+def works(url: str, access_token: str) -> bool:
+    r = bearer_call(url, access_token)
+    if r.status_code == 401:
+        assert 'error="invalid_token"' in r.headers["www-authenticate"]
+        return False
+    assert result_of(r)["result"]["structuredContent"]["result"]["username"] == "alice", r.text
+    return True
+
+
+def refresh(base: str, client_id: str, token: str, http: httpx.Client | None = None) -> httpx.Response:
+    form = {"grant_type": "refresh_token", "refresh_token": token, "client_id": client_id}
+    return (http or httpx).post(f"{base}/token", data=form)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    built = make_stack("oidc", tmp_path_factory.mktemp("grants"), refresh_race_window_seconds=WINDOW)
+    yield built
+    drop_stack(built)
+
+
+def _code(stack, redirect: str) -> tuple[str, dict]:
+    base = stack["server"].base
+    client_id = httpx.post(f"{base}/register", json={"redirect_uris": [redirect],
+                                                     "token_endpoint_auth_method": "none"}).json()["client_id"]
+    code, verifier = _authorize_by_hand(base, client_id, redirect, "sqlgate:access")
+    return client_id, {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect,
+                       "client_id": client_id, "code_verifier": verifier}
+
+
+def test_parallel_redemptions_of_one_code_have_one_winner(stack):
+    _, form = _code(stack, "http://127.0.0.1:45990/callback")
+    winner = one_winner(at_once(10, lambda http: http.post(f"{stack['server'].base}/token", data=form)))
+    # the nine duplicates were replays of a spent code: what it issued is revoked
+    assert not works(stack["server"].url, winner.json()["access_token"])
+    again = refresh(stack["server"].base, form["client_id"], winner.json()["refresh_token"])
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+
+
+def test_replayed_code_revokes_the_grant_it_issued(stack):
+    base = stack["server"].base
+    client_id, form = _code(stack, "http://127.0.0.1:45991/callback")
+    first = httpx.post(f"{base}/token", data=form)
+    assert first.status_code == 200, first.text
+    assert works(stack["server"].url, first.json()["access_token"])
+    replay = httpx.post(f"{base}/token", data=form)
+    assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
+    assert not works(stack["server"].url, first.json()["access_token"])
+    assert refresh(base, client_id, first.json()["refresh_token"]).status_code == 400
+
+
+def test_parallel_refreshes_against_the_rotating_idp_leave_one_grant(stack):
+    storage = login(stack, "alice")
+    base, client_id = stack["server"].base, storage.client.client_id
+    winner = one_winner(at_once(8, lambda http: refresh(base, client_id, storage.tokens.refresh_token, http)))
+    fresh = winner.json()
+    assert works(stack["server"].url, fresh["access_token"])
+    # one upstream refresh happened: had several gone upstream, the IdP would have revoked the grant
+    again = refresh(base, client_id, fresh["refresh_token"])
+    assert again.status_code == 200, again.text
+    assert works(stack["server"].url, again.json()["access_token"])
+
+
+def test_replaying_a_rotated_refresh_token_revokes_the_family(stack):
+    import time
+
+    storage = login(stack, "alice")
+    base, client_id, url = stack["server"].base, storage.client.client_id, stack["server"].url
+    old = storage.tokens.refresh_token
+    first = refresh(base, client_id, old)
+    assert first.status_code == 200, first.text
+    second = refresh(base, client_id, first.json()["refresh_token"])
+    assert second.status_code == 200, second.text
+    newest = second.json()
+    assert works(url, newest["access_token"])
+    time.sleep(WINDOW + 0.5)  # past the window in which a duplicate counts as a concurrent refresh
+    replay = refresh(base, client_id, first.json()["refresh_token"])
+    assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
+    assert not works(url, newest["access_token"])
+    assert not works(url, storage.tokens.access_token)  # the first access token was of the same family
+    assert refresh(base, client_id, newest["refresh_token"]).status_code == 400
+
+
+def test_revoking_a_refresh_token_ends_the_family(stack):
+    storage = login(stack, "alice")
+    base, client_id = stack["server"].base, storage.client.client_id
+    assert works(stack["server"].url, storage.tokens.access_token)
+    r = httpx.post(f"{base}/revoke", data={"token": storage.tokens.refresh_token, "client_id": client_id,
+                                           "token_type_hint": "refresh_token"})
+    assert r.status_code == 200, r.text
+    assert not works(stack["server"].url, storage.tokens.access_token)
+    assert refresh(base, client_id, storage.tokens.refresh_token).status_code == 400
+
+
+class FlakyGoogle(FakeGoogle):
+    """The Google-like fake (non-rotating refresh tokens) whose refreshes can be made to fail."""
+
+    down = False
+
+    def token(self, req):
+        if self.down and req.form.get("grant_type") == "refresh_token":
+            return Reply.json({"error": "temporarily_unavailable", "error_description": "try later"}, 503)
+        return super().token(req)
+
+
+@pytest.fixture
+def google(tmp_path):
+    """(fake, server, storage): alice logged in through the official client."""
+    port = free_port()
+    with FlakyGoogle("google-client", "google-secret", [f"http://127.0.0.1:{port}/google/callback"]) as fake:
+        base_url = fake.base_url
+        server = start_auth_server(tmp_path, {
+            "provider": "google", "refresh_race_window_seconds": WINDOW,
+            "google": {"client_id": "google-client", "client_secret": "google-secret",
+                       "auth_url": f"{base_url}/o/oauth2/v2/auth", "token_url": f"{base_url}/token",
+                       "userinfo_url": f"{base_url}/v1/userinfo", "revoke_url": f"{base_url}/revoke"}}, port=port)
+        try:
+            storage = MemoryTokenStorage()
+            res = anyio.run(call_tool, server.url, oauth_client(server.url, Browser("alice", "alice-password"),
+                                                                storage), "whoami")
+            assert not res.is_error, res.content
+            yield fake, server, storage
+        finally:
+            stop_server(server)
+
+
+def test_failed_upstream_refresh_leaves_the_token_usable(google):
+    fake, server, storage = google
+    client_id = storage.client.client_id
+    fake.down = True
+    failed = refresh(server.base, client_id, storage.tokens.refresh_token)
+    assert failed.status_code == 503 and failed.headers["retry-after"] == "5", failed.text
+    assert failed.json()["error"] == "temporarily_unavailable"
+    fake.down = False  # the claim was undone: the same token refreshes once the provider is back
+    ok = refresh(server.base, client_id, storage.tokens.refresh_token)
+    assert ok.status_code == 200, ok.text
+    assert bearer_call(server.url, ok.json()["access_token"]).status_code == 200
+
+
+def test_parallel_refreshes_against_a_non_rotating_upstream_leave_one_grant(google):
+    fake, server, storage = google
+    client_id = storage.client.client_id
+    winner = one_winner(at_once(8, lambda http: refresh(server.base, client_id,
+                                                        storage.tokens.refresh_token, http)))
+    upstream_refreshes = [r for r in fake.seen if r.form.get("grant_type") == "refresh_token"]
+    assert len(upstream_refreshes) == 1  # the claim comes before the upstream call
+    fresh = winner.json()
+    ok = bearer_call(server.url, fresh["access_token"])
+    assert result_of(ok)["result"]["structuredContent"]["result"]["username"] == "alice@example.test"
+    again = refresh(server.base, client_id, fresh["refresh_token"])
+    assert again.status_code == 200, again.text

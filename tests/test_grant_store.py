@@ -1,0 +1,258 @@
+"""The grant store's atomic operations on both backends (a real SQLite file, a real PostgreSQL).
+
+Races are real: every thread opens its own store (its own connection), and the two-process test
+runs two OS processes against the same file or database.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sqlgate.auth.config import PersistenceConfig
+from sqlgate.auth.grant_flow import refresh_verdict
+from sqlgate.auth.grants.base import RefreshRecord, token_hash
+from sqlgate.auth.store import open_state
+from sqlgate.errors import ConfigError
+from tests.conftest import ROOT
+from tests.grant_backends import KEY, open_store, postgres_available, postgres_database
+
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.skipif(
+    not postgres_available(), reason="no PostgreSQL on 127.0.0.1:5432"))]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, tmp_path):
+    """(kind, location): where stores of this backend are opened."""
+    if request.param == "sqlite":
+        yield "sqlite", str(tmp_path / "state" / "oauth.db")
+    else:
+        with postgres_database() as dsn:
+            yield "postgres", dsn
+
+
+@pytest.fixture
+def store(backend):
+    s = open_store(*backend)
+    yield s
+    s.close()
+
+
+def parallel(n: int, backend, work) -> list:
+    """Run work(store, i) in n threads, each with its own store, released together."""
+    stores = [open_store(*backend) for _ in range(n)]
+    gate = threading.Barrier(n)
+    results: list = [None] * n
+
+    def run(i: int) -> None:
+        gate.wait()
+        results[i] = work(stores[i], i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for s in stores:
+        s.close()
+    return results
+
+
+def issue(store, family="fam1", token="refresh-1", now=None):
+    now = now or time.time()
+    store.issue_family(family, now + 600, token_hash(token), store.seal({"client_id": "c1", "scopes": ["s"]}), now)
+
+
+# ---------------------------------------------------------------------- codes
+def test_one_of_many_threads_consumes_a_code(store, backend):
+    now = time.time()
+    store.put_code(token_hash("the-code"), "fam1", store.seal({"code": "the-code", "scopes": ["s"]}), now + 300)
+    results = parallel(12, backend, lambda s, i: s.consume_code("the-code", time.time(), time.time() + 600))
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1, results
+    assert winners[0].family_id == "fam1" and winners[0].record == {"code": "the-code", "scopes": ["s"]}
+    # spent: a later presentation finds the family it started, for replay revocation
+    assert store.spent_code_family(token_hash("the-code"), time.time()) == "fam1"
+    assert store.consume_code("the-code", time.time(), time.time() + 600) is None
+    assert store.peek_code(token_hash("the-code"), time.time()) is None
+
+
+def test_two_processes_never_both_consume_a_code(store, backend):
+    n = 300
+    now = time.time()
+    for i in range(n):
+        store.put_code(token_hash(f"code-{i}"), f"fam-{i}", store.seal({"i": i}), now + 300)
+    start = time.time() + 4  # both racers are imported and connected by then
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.grant_backends", *backend, KEY, str(start), str(n)],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
+    won = [set(out.split()) for out, _ in outputs]
+    assert won[0].isdisjoint(won[1]), sorted(won[0] & won[1])[:5]
+    assert won[0] | won[1] == {f"code-{i}" for i in range(n)}
+    assert won[0] and won[1], "the processes did not actually race"
+
+
+def test_expired_code_is_not_redeemable(store):
+    now = time.time()
+    store.put_code(token_hash("old"), "fam1", store.seal({}), now - 1)
+    assert store.peek_code(token_hash("old"), now) is None
+    assert store.consume_code("old", now, now + 600) is None
+    assert store.spent_code_family(token_hash("old"), now) is None  # expiry is not a replay
+
+
+# ---------------------------------------------------------------------- refresh families
+def test_rotation_is_compare_and_set(store, backend):
+    issue(store)
+    results = parallel(12, backend, lambda s, i: s.rotate_refresh(
+        "fam1", 1, token_hash(f"refresh-2-{i}"), s.seal({"client_id": "c1", "scopes": ["s"]}), time.time() + 600,
+        time.time()))
+    assert sorted(results, key=lambda r: r or 0) == [None] * 11 + [2]
+    winner = results.index(2)
+    now = time.time()
+    assert store.lookup_refresh(f"refresh-2-{winner}", now).is_current
+    for i in range(12):  # the losers' tokens were never recorded
+        if i != winner:
+            assert store.lookup_refresh(f"refresh-2-{i}", now) is None
+    old = store.lookup_refresh("refresh-1", now)
+    assert (old.generation, old.current_generation, old.is_current) == (1, 2, False)
+    # a second rotation from the stale generation loses too
+    assert store.rotate_refresh("fam1", 1, token_hash("x"), store.seal({}), now + 600, now) is None
+
+
+def test_undo_rotation_gives_the_old_token_back(store):
+    issue(store)
+    now = time.time()
+    assert store.rotate_refresh("fam1", 1, token_hash("refresh-2"), store.seal({}), now + 600, now) == 2
+    assert store.undo_rotation("fam1", 2, token_hash("refresh-2"))
+    assert store.lookup_refresh("refresh-1", now).is_current
+    assert store.lookup_refresh("refresh-2", now) is None
+    assert not store.undo_rotation("fam1", 2, token_hash("refresh-2"))  # only from the generation it won
+
+
+def test_revoked_family_cannot_rotate_and_says_so(store):
+    issue(store)
+    now = time.time()
+    assert not store.is_family_revoked("fam1", now)
+    store.revoke_family("fam1", now + 600, now)
+    assert store.is_family_revoked("fam1", now)
+    assert store.rotate_refresh("fam1", 1, token_hash("refresh-2"), store.seal({}), now + 600, now) is None
+    assert store.lookup_refresh("refresh-1", now).revoked
+
+
+def test_revocation_before_issue_wins(store):
+    """A code replayed while its winner is still issuing: the family is born revoked."""
+    now = time.time()
+    store.revoke_family("fam1", now + 600, now)
+    issue(store)
+    assert store.is_family_revoked("fam1", now) and store.lookup_refresh("refresh-1", now).revoked
+
+
+def test_reuse_verdicts():
+    def found(generation, current, rotated_ago, revoked=False):
+        return RefreshRecord("f", generation, current, revoked, 1000 - rotated_ago, 2000, {})
+
+    assert refresh_verdict(found(3, 3, 50), 1000, 2) == "current"
+    assert refresh_verdict(found(2, 3, 0.5), 1000, 2) == "race"  # a concurrent refresh lost
+    assert refresh_verdict(found(2, 3, 5), 1000, 2) == "reuse"  # a replay: revoke the family
+    assert refresh_verdict(found(1, 3, 0.5), 1000, 2) == "reuse"  # two generations back is never a race
+    assert refresh_verdict(found(3, 3, 0, revoked=True), 1000, 2) == "revoked"
+
+
+# ---------------------------------------------------------------------- at rest, upkeep
+def test_records_are_sealed_and_keys_are_hashes(store, backend):
+    now = time.time()
+    store.put_code(token_hash("code-secret"), "fam1", store.seal({"idp": "upstream-secret"}), now + 300)
+    issue(store, token="refresh-secret")
+    kind, location = backend
+    if kind == "sqlite":
+        raw = b"".join(p.read_bytes() for p in Path(location).parent.iterdir())
+    else:
+        import psycopg
+
+        with psycopg.connect(location) as con:
+            raw = repr([con.execute(f"SELECT * FROM sqlgate_oauth_{t}").fetchall()
+                        for t in ("codes", "refresh_tokens", "families")]).encode()
+    for secret in (b"code-secret", b"upstream-secret", b"refresh-secret"):
+        assert secret not in raw
+
+
+def test_wrong_key_reads_records_as_missing(store, backend):
+    issue(store)
+    other = open_store(*backend, key="another key")
+    assert other.lookup_refresh("refresh-1", time.time()) is None
+    other.close()
+
+
+def test_expired_rows_are_cleaned_up(store):
+    now = time.time()
+    store.put_code(token_hash("a"), "f", store.seal({}), now - 1)
+    store.kv_put("c", "k", "{}", now - 1)
+    store.kv_put("c", "keep", "{}", None)
+    issue(store, family="gone", token="r-gone", now=now - 700)
+    assert store.delete_expired(now) == 4  # the code, the kv row, the family and its refresh token
+    assert store.kv_get("c", "keep", now) == "{}"
+
+
+# ---------------------------------------------------------------------- opening
+def test_sqlite_file_and_directory_are_private(tmp_path):
+    state = open_state(PersistenceConfig(path=str(tmp_path / "d" / "oauth.db"), encryption_key="k"))
+    state.close()
+    assert (tmp_path / "d" / "oauth.db").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o700
+
+
+def test_unopenable_sqlite_path_names_path_and_fix(tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    bad = tmp_path / "file" / "oauth.db"
+    with pytest.raises(ConfigError) as err:
+        open_state(PersistenceConfig(path=str(bad), encryption_key="k"))
+    assert str(bad) in err.value.message and "SQLGATE_AUTH_STATE_PATH" in err.value.message
+
+
+def test_unreachable_postgres_names_dsn_without_password_and_fix():
+    dsn = "postgresql://sqlgate:hunter2@127.0.0.1:1/oauth"
+    with pytest.raises(ConfigError) as err:
+        open_state(PersistenceConfig(type="postgres", dsn=dsn, encryption_key="k"))
+    message = err.value.message
+    assert "127.0.0.1" in message and "port=1" in message and "hunter2" not in message
+    assert "SQLGATE_AUTH_PERSISTENCE_DSN" in message
+
+
+def test_postgres_needs_dsn_and_shared_key():
+    with pytest.raises(ValueError, match="needs dsn and encryption_key"):
+        PersistenceConfig(type="postgres")
+    with pytest.raises(ValueError, match="only used with type postgres"):
+        PersistenceConfig(dsn="postgresql://x@y/z")
+
+
+@pytest.mark.skipif(not postgres_available(), reason="no PostgreSQL on 127.0.0.1:5432")
+async def test_postgres_state_serves_fastmcp_kv_encrypted():
+    with postgres_database() as dsn:
+        state = open_state(PersistenceConfig(type="postgres", dsn=dsn, encryption_key="shared key"))
+        await state.kv.put("client-1", {"token": "gho_supersecret"}, collection="c")
+        assert await state.kv.get("client-1", collection="c") == {"token": "gho_supersecret"}
+        second = open_state(PersistenceConfig(type="postgres", dsn=dsn, encryption_key="shared key"))
+        assert await second.kv.get("client-1", collection="c") == {"token": "gho_supersecret"}  # another replica
+        import psycopg
+
+        with psycopg.connect(dsn) as con:
+            assert "gho_supersecret" not in repr(con.execute("SELECT * FROM sqlgate_oauth_kv").fetchall())
+        state.close()
+        second.close()
+
+
+async def test_memory_state_has_the_same_semantics():
+    state = open_state(PersistenceConfig(type="memory"))
+    await state.kv.put("client-1", {"name": "x"}, collection="c")
+    assert await state.kv.get("client-1", collection="c") == {"name": "x"}
+    now = time.time()
+    state.grants.put_code(token_hash("c"), "fam", state.grants.seal({"v": 1}), now + 60)
+    assert state.grants.consume_code("c", now, now + 60).record == {"v": 1}
+    assert state.grants.consume_code("c", now, now + 60) is None
+    state.close()
