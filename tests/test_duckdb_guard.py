@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import time
 import unicodedata
 from pathlib import Path
 
@@ -298,3 +299,109 @@ async def test_allowed_reads_still_work(engine):
                 "SELECT table_name FROM information_schema.tables LIMIT 1"]:
         qr = await engine.run_untrusted(sql, CallContext(), LIMITS)
         assert qr.columns, sql
+
+
+# ---------------------------------------------------------------- found by attacking the guard
+
+TABLE_WRAPPERS = ["SELECT * FROM unnest([{e}])", "SELECT * FROM range(({e}) IS NULL::INT)",
+                  "SELECT * FROM generate_series(1, length(({e})::VARCHAR))", "SELECT * FROM json_each(({e})::VARCHAR)",
+                  "SELECT * FROM repeat(({e})::VARCHAR, 1)"]
+HIDDEN = ["current_setting('secret_directory')", "(SELECT list(path) FROM duckdb_databases())",
+          "(SELECT list(x) FROM query('SELECT 1 AS x'))", "setseed(0.42)", "(SELECT count(*) FROM read_blob('x'))",
+          "getenv('HOME')", "get_user_external_token()"]
+
+
+@pytest.mark.parametrize("wrapper", TABLE_WRAPPERS)
+@pytest.mark.parametrize("hidden", HIDDEN)
+def test_table_function_arguments_are_checked_too(wrapper, hidden):
+    con = duckdb.connect(":memory:")
+    guard = DuckDBGuard.for_connection(con)
+    with pytest.raises(QueryRefused):
+        guard.check(wrapper.format(e=hidden), con)
+
+
+@pytest.mark.parametrize("sql", ["SHOW allowed_paths", "SHOW secret_directory", "SHOW memory_limit",
+                                 "SELECT * FROM (SHOW temp_directory)"])
+def test_show_cannot_read_settings(sql):
+    con = duckdb.connect(":memory:")
+    with pytest.raises(QueryRefused, match="setting"):
+        DuckDBGuard.for_connection(con).check(sql, con)
+
+
+def test_builtin_macros_over_refused_functions_are_refused():
+    """Macros expand after the check: any whose body calls a refused function is refused itself."""
+    con = duckdb.connect(":memory:")
+    guard = DuckDBGuard.for_connection(con)
+    table_functions = {r[0] for r in con.execute(
+        "SELECT DISTINCT function_name FROM duckdb_functions() WHERE function_type = 'table'").fetchall()}
+    refused = (table_functions - SAFE_TABLE_FUNCTIONS) | {"sleep_ms", "setseed", "nextval", "current_setting",
+                                                          "query_table", "query", "getenv"}
+    checked = 0
+    for name, kind, body in con.execute(
+            "SELECT DISTINCT function_name, function_type, macro_definition FROM duckdb_functions() "
+            "WHERE function_type IN ('macro', 'table_macro') AND internal").fetchall():
+        if not any(f"{r}(" in body for r in refused):
+            continue
+        checked += 1
+        sql = f"SELECT * FROM {name}('x')" if kind == "table_macro" else f"SELECT {name}('x')"
+        with pytest.raises(QueryRefused):
+            guard.check(sql, con)
+    assert checked >= 3  # pg_sleep, get_block_size, histogram … exist in DuckDB 2
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT map_type_id_to_pg_oid(map_type_id_to_pg_oid(map_type_id_to_pg_oid(map_type_id_to_pg_oid("
+    "map_type_id_to_pg_oid(1)))))",
+    " UNION ALL ".join(["SELECT 1"] * 5000),
+])
+def test_queries_that_explode_in_the_planner_are_refused_fast(sql):
+    con = duckdb.connect(":memory:")
+    guard = DuckDBGuard.for_connection(con)
+    started = time.perf_counter()
+    with pytest.raises(QueryRefused, match="too complex"):
+        guard.check(sql, con)
+    assert time.perf_counter() - started < 5
+
+
+async def test_unknown_statement_types_are_refused_not_crashed(engine):
+    with pytest.raises(QueryRefused, match="not allowed"):
+        await engine.run_untrusted("UPDATE EXTENSIONS", CallContext(), LIMITS)
+
+
+async def test_fetching_stops_when_the_answer_is_full(engine):
+    limits = Limits(max_rows=1000, max_bytes=200_000, timeout_seconds=10)
+    started = time.perf_counter()
+    qr = await engine.run_untrusted("SELECT range(60000) AS r FROM range(1001)", CallContext(), limits)
+    assert qr.truncated and qr.truncated_by == "max_bytes"
+    assert time.perf_counter() - started < 5
+    qr = await engine.run_untrusted("SELECT repeat('x', 2000000) AS big FROM range(1001)", CallContext(), limits)
+    assert qr.truncated and qr.rows == []
+
+
+async def test_half_fetched_results_do_not_hold_memory(engine):
+    limits = Limits(max_rows=10, max_bytes=100_000, timeout_seconds=20)
+    for _ in range(4):
+        qr = await engine.run_untrusted("SELECT i FROM range(5000000) t(i) ORDER BY i DESC", CallContext(), limits)
+        assert qr.truncated
+    used = engine._db.execute("SELECT sum(memory_usage_bytes) FROM duckdb_memory()").fetchone()[0]
+    assert used < 50 * 2**20, f"{used / 2**20:.0f} MiB still held after the calls returned"
+
+
+async def test_long_texts_are_not_kept_in_the_decision_cache(engine):
+    before = len(engine.guard._cache)
+    for i in range(5):
+        await engine.run_untrusted(f"SELECT {i} AS n, length('{'x' * 20000}') AS l", CallContext(), LIMITS)
+    assert len(engine.guard._cache) == before
+
+
+async def test_request_headers_that_carry_credentials_are_not_for_the_query_tool(engine):
+    call = CallContext(headers={"x-forwarded-access-token": "idp-token-123", "x-api-key": "k-1",
+                                "x-tenant": "t1"})
+    qr = await engine.run_untrusted("SELECT get_request_header('x-tenant')", call, LIMITS)
+    assert qr.rows == [["t1"]]
+    for name in ("x-forwarded-access-token", "X-Api-Key"):
+        with pytest.raises(QueryFailed, match="may carry credentials"):
+            await engine.run_untrusted(f"SELECT get_request_header('{name}')", call, LIMITS)
+    # the project author's SQL may read them
+    qr = await engine.execute("SELECT get_request_header('x-forwarded-access-token')", None, call, LIMITS)
+    assert qr.rows == [["idp-token-123"]]

@@ -16,15 +16,19 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from joserfc import jwt
+from joserfc.jwk import OctKey
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 
 from sqlgate.components import MAX_ERROR_CHARS
 from sqlgate.config.loader import load_project
 from sqlgate.context import CallContext, UserContext
 from sqlgate.engine import Limits, open_engine
 from sqlgate.errors import QueryFailed, QueryTimeout
-from tests.conftest import EXAMPLE, isolated_env, start_server, stop_server
+from tests.auth_support import start_auth_server
+from tests.conftest import EXAMPLE, free_port, isolated_env, start_server, stop_server
 
 # a statement that runs until the deadline interrupts it
 SLOW = "SELECT count(*) FROM range(100000000000) a WHERE a % 7 = 3"
@@ -39,8 +43,10 @@ def _project(root: Path, engine_extra: str = "") -> Path:
 
 
 @asynccontextmanager
-async def mcp_session(url: str):
-    async with streamable_http_client(url) as (read, write), ClientSession(read, write) as session:
+async def mcp_session(url: str, headers: dict[str, str] | None = None):
+    async with create_mcp_http_client(headers=headers) as http, \
+            streamable_http_client(url, http_client=http) as (read, write), \
+            ClientSession(read, write) as session:
         await session.initialize()
         yield session
 
@@ -80,22 +86,36 @@ async def test_oversize_sql_is_refused_fast_and_nobody_waits(busy_server):
     assert statistics.median(probes) < 0.1, probes
 
 
-async def test_one_callers_slow_queries_leave_room_for_others(busy_server):
-    url = busy_server.url
-    async with mcp_session(url) as greedy, mcp_session(url) as other:
-        flood = [asyncio.create_task(greedy.call_tool("query", {"sql": SLOW})) for _ in range(20)]
-        await asyncio.sleep(0.3)  # the flood holds its share of the pool now
-        started = time.perf_counter()
-        res = await other.call_tool("query", {"sql": "SELECT 42"})
-        waited = time.perf_counter() - started
-        assert res.structured_content["rows"] == [[42]]
-        assert waited < 1.0, f"another caller waited {waited:.2f} s behind someone else's queries"
-        outcomes = await asyncio.gather(*flood)
-    # every flooding call got an answer within its own deadline: cancelled or not started in time
-    for out in outcomes:
-        assert out.is_error
-        text = out.content[0].text
-        assert "timeout" in text, text
+async def test_one_users_slow_queries_leave_room_for_others(tmp_path):
+    secret = "engine-limits-shared-secret-0123456789abcdef"
+    port = free_port()
+    server = start_auth_server(tmp_path, {"jwt": {"secret": secret, "algorithms": ["HS256"],
+                                                  "issuer": "https://issuer.test"}}, port=port,
+                               extra_env={"SQLGATE_QUERY_TIMEOUT": "2", "SQLGATE_DB_POOL_SIZE": "4",
+                                          "SQLGATE_DB_MAX_CONCURRENT_PER_CALLER": "2"})
+
+    def bearer(name: str) -> dict[str, str]:
+        claims = {"iss": "https://issuer.test", "aud": server.url, "sub": name, "preferred_username": name,
+                  "exp": int(time.time()) + 600}
+        return {"Authorization": "Bearer " + jwt.encode({"alg": "HS256"}, claims, OctKey.import_key(secret.encode()))}
+
+    try:
+        async with mcp_session(server.url, bearer("greedy")) as greedy, \
+                mcp_session(server.url, bearer("other")) as other:
+            flood = [asyncio.create_task(greedy.call_tool("query", {"sql": SLOW})) for _ in range(20)]
+            await asyncio.sleep(0.3)  # the flood holds its share of the pool now
+            started = time.perf_counter()
+            res = await other.call_tool("query", {"sql": "SELECT 42"})
+            waited = time.perf_counter() - started
+            assert res.structured_content["rows"] == [[42]]
+            assert waited < 1.0, f"another user waited {waited:.2f} s behind someone else's queries"
+            outcomes = await asyncio.gather(*flood)
+        # every flooding call got an answer within its own deadline: cancelled or not started in time
+        for out in outcomes:
+            assert out.is_error
+            assert "timeout" in out.content[0].text, out.content[0].text
+    finally:
+        stop_server(server)
 
 
 async def test_queued_calls_keep_their_own_deadline(tmp_path):

@@ -68,18 +68,20 @@ class CallContext:
     user: UserContext = ANONYMOUS
     # request headers, lower-cased names; the Authorization header is never kept here
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # the client's network address over HTTP (after a trusted proxy's X-Forwarded-For), else ""
+    client: str = ""
 
     def header(self, name: str) -> str:
         return self.headers.get(name.lower(), "")
 
     @property
     def principal(self) -> str:
-        """Whose share of the database this call uses: the user, else the MCP session."""
+        """Whose share of the database this call uses: the user, else the client's address (a
+        client can open many MCP sessions, but not many addresses)."""
         u = self.user
         if u.username or u.user_id:
             return f"user:{u.provider}:{u.user_id or u.username}"
-        session = self.headers.get("mcp-session-id")
-        return f"session:{session}" if session else "anonymous"
+        return f"address:{self.client}" if self.client else "anonymous"
 
 
 _pinned: ContextVar[CallContext | None] = ContextVar("sqlgate_call", default=None)
@@ -102,17 +104,12 @@ def current_call() -> CallContext:
         return pinned
     from sqlgate.auth.identity import current_user  # local: auth is optional at import time
 
-    headers = _request_headers()
-    return CallContext(user=current_user(), headers=headers)
-
-
-def _request_headers() -> Mapping[str, str]:
     try:
         from fastmcp.server.dependencies import get_http_request
 
         request = get_http_request()
-    except RuntimeError:
-        return MappingProxyType({})  # stdio: there is no HTTP request
-    return MappingProxyType(
-        {k.lower(): v for k, v in request.headers.items() if k.lower() not in _DROP_HEADERS}
-    )
+    except RuntimeError:  # stdio: there is no HTTP request
+        return CallContext(user=current_user())
+    headers = MappingProxyType({k.lower(): v for k, v in request.headers.items() if k.lower() not in _DROP_HEADERS})
+    client = request.client.host if request.client else ""
+    return CallContext(user=current_user(), headers=headers, client=client)

@@ -54,29 +54,55 @@ class QueryResult:
         )
 
 
+class RowShaper:
+    """Fetched rows -> JSON-ready rows, capped at max_rows and max_bytes (UTF-8) of the whole answer.
+
+    Fed batch by batch, so an engine stops fetching (and converting) as soon as the answer is full:
+    a thousand rows of megabyte values are never all turned into Python objects.
+    """
+
+    def __init__(self, columns: list[str], types: list[str], limits: Limits):
+        import json
+
+        self.columns, self.types, self.limits = columns, types, limits
+        self.rows: list[list[Any]] = []
+        self.truncated_by: str | None = None
+        self._dumps = json.dumps
+        # the whole answer counts: column names and types too (an alias can be as long as the SQL)
+        self._budget = limits.max_bytes - len(self._dumps([columns, types], ensure_ascii=False).encode("utf-8"))
+        if self._budget < 0:
+            raise QueryFailed(f"the result's column names and types alone exceed the {limits.max_bytes}-byte "
+                              "result limit; select fewer columns or give them shorter names")
+
+    @property
+    def full(self) -> bool:
+        return self.truncated_by is not None
+
+    def add(self, batch: list[tuple] | list[list[Any]]) -> None:
+        from sqlgate.engine.values import to_json
+
+        dumps = self._dumps
+        for record in batch:
+            if len(self.rows) >= self.limits.max_rows:
+                self.truncated_by = "max_rows"  # a row beyond max_rows exists
+                return
+            row = [to_json(v) for v in record]
+            self._budget -= len(dumps(row, ensure_ascii=False).encode("utf-8")) + 1
+            if self._budget < 0:
+                self.truncated_by = "max_bytes"
+                return
+            self.rows.append(row)
+
+    def result(self) -> QueryResult:
+        return QueryResult(columns=self.columns, types=self.types, rows=self.rows, truncated=self.full,
+                           truncated_by=self.truncated_by, limits=self.limits)
+
+
 def shape_rows(columns: list[str], types: list[str], raw: list[tuple], limits: Limits) -> QueryResult:
-    """Fetched rows -> JSON-ready QueryResult, capped at max_rows and max_bytes (UTF-8)."""
-    import json
-
-    from sqlgate.engine.values import to_json
-
-    rows: list[list[Any]] = []
-    truncated_by = "max_rows" if len(raw) > limits.max_rows else None
-    dumps = json.dumps
-    # the whole answer counts: column names and types too (an alias can be as long as the SQL)
-    budget = limits.max_bytes - len(dumps([columns, types], ensure_ascii=False).encode("utf-8"))
-    if budget < 0:
-        raise QueryFailed(f"the result's column names and types alone exceed the {limits.max_bytes}-byte "
-                          "result limit; select fewer columns or give them shorter names")
-    for record in raw[: limits.max_rows]:
-        row = [to_json(v) for v in record]
-        budget -= len(dumps(row, ensure_ascii=False).encode("utf-8")) + 1
-        if budget < 0:
-            truncated_by = "max_bytes"
-            break
-        rows.append(row)
-    return QueryResult(columns=columns, types=types, rows=rows, truncated=truncated_by is not None,
-                       truncated_by=truncated_by, limits=limits)
+    """All fetched rows at once (at most max_rows + 1 of them) -> a capped QueryResult."""
+    shaper = RowShaper(columns, types, limits)
+    shaper.add(raw)
+    return shaper.result()
 
 
 class Engine(abc.ABC):

@@ -29,7 +29,7 @@ import duckdb
 from sqlgate.context import CallContext
 from sqlgate.engine import duckdb_identity
 from sqlgate.engine.admission import Admission
-from sqlgate.engine.base import Engine, Limits, QueryResult, shape_rows
+from sqlgate.engine.base import Engine, Limits, QueryResult, RowShaper
 from sqlgate.engine.duckdb_guard import DuckDBGuard
 from sqlgate.engine.watchdog import Watchdog
 from sqlgate.errors import ConfigError, QueryFailed, QueryTimeout
@@ -140,43 +140,56 @@ class DuckDBEngine(Engine):
     # ------------------------------------------------------------------ execution
     def _run(self, sql: str, params: dict[str, Any] | None, call: CallContext, limits: Limits,
              deadline: float, trusted: bool, slot: dict[str, Any] | None = None) -> QueryResult:
-        con = self._conn()
+        # a cursor of its own per call: closing it frees a half-fetched result, and interrupting it
+        # (timeout, cancelled client) can only ever stop this call
+        cur = self._conn().cursor()
         if slot is not None:
-            slot["conn"] = con
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise QueryTimeout(f"query not started within the {limits.timeout_seconds:g} s timeout")
-        ticket = self._watchdog.arm(remaining, con.interrupt)
+            slot["cursor"] = cur
         try:
-            with duckdb_identity.bound(call, trusted):
-                if not trusted:
-                    # the guard runs here, on the worker, so a big query never blocks the event loop
-                    sql = self.guard.check(sql, con).sql
-                cur = con.execute(sql, params) if params else con.execute(sql)
-                description = cur.description
-                raw = cur.fetchmany(limits.max_rows + 1) if description is not None else []
-        except duckdb.InterruptException:
-            fired = self._watchdog.disarm(ticket)
-            if fired:
-                raise QueryTimeout(
-                    f"query cancelled: it ran longer than the {limits.timeout_seconds:g} s timeout"
-                ) from None
-            raise QueryFailed("query was interrupted") from None
-        except duckdb.OutOfMemoryException as exc:
-            self._watchdog.disarm(ticket)
-            raise QueryFailed(f"the query needs more memory than the engine may use (engine.memory_limit): "
-                              f"{_clean_error(exc)}") from None
-        except duckdb.Error as exc:
-            self._watchdog.disarm(ticket)
-            raise QueryFailed(_clean_error(exc)) from None
-        except BaseException:
-            self._watchdog.disarm(ticket)
-            raise
-        else:
-            self._watchdog.disarm(ticket)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise QueryTimeout(f"query not started within the {limits.timeout_seconds:g} s timeout")
+            ticket = self._watchdog.arm(remaining, cur.interrupt)
+            try:
+                with duckdb_identity.bound(call, trusted):
+                    if not trusted:
+                        # the guard runs here, on the worker, so a big query never blocks the event loop
+                        sql = self.guard.check(sql, cur).sql
+                    cur.execute(sql, params) if params else cur.execute(sql)
+                    return self._fetch(cur, limits, deadline)
+            except duckdb.InterruptException:
+                if self._watchdog.disarm(ticket):
+                    raise QueryTimeout(
+                        f"query cancelled: it ran longer than the {limits.timeout_seconds:g} s timeout") from None
+                raise QueryFailed("query was interrupted") from None
+            except duckdb.OutOfMemoryException as exc:
+                raise QueryFailed("the query needs more memory than the engine may use (engine.memory_limit): "
+                                  f"{_clean_error(exc)}") from None
+            except duckdb.Error as exc:
+                raise QueryFailed(_clean_error(exc)) from None
+            finally:
+                self._watchdog.disarm(ticket)
+        finally:
+            with contextlib.suppress(duckdb.Error):
+                cur.close()
+
+    @staticmethod
+    def _fetch(cur: duckdb.DuckDBPyConnection, limits: Limits, deadline: float) -> QueryResult:
+        """Fetch in growing batches until the answer is full, so huge rows stop early."""
+        description = cur.description
         if description is None:
             return QueryResult(columns=[], types=[], rows=[], limits=limits)
-        return _shape(description, raw, limits)
+        shaper = RowShaper([d[0] for d in description], [str(d[1]) for d in description], limits)
+        batch = 16
+        while not shaper.full:
+            rows = cur.fetchmany(batch)
+            if not rows:
+                break
+            shaper.add(rows)
+            if time.monotonic() > deadline:
+                raise QueryTimeout(f"query cancelled: it ran longer than the {limits.timeout_seconds:g} s timeout")
+            batch = min(batch * 4, 1024)
+        return shaper.result()
 
     async def _submit(self, sql: str, params: dict[str, Any] | None, call: CallContext, limits: Limits,
                       trusted: bool) -> QueryResult:
@@ -189,12 +202,16 @@ class DuckDBEngine(Engine):
             slot: dict[str, Any] = {}
             fut = loop.run_in_executor(self._pool, self._run, sql, params, call, limits, deadline, trusted, slot)
             try:
-                return await fut
+                return await asyncio.shield(fut)
             except asyncio.CancelledError:
-                # the client gave up (or the server is stopping): stop the statement too
-                con = slot.get("conn")
-                if con is not None:
-                    con.interrupt()
+                # the client gave up (or the server is stopping): stop this call's statement, and keep
+                # its connection slot until the worker is really free again
+                cur = slot.get("cursor")
+                if cur is not None:
+                    with contextlib.suppress(duckdb.Error):
+                        cur.interrupt()
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(fut, 5)
                 raise
 
     async def execute(self, sql: str, params: dict[str, Any] | None, call: CallContext,
@@ -299,7 +316,3 @@ def build_database(path: str, seed: Path) -> None:
         Path(path).unlink(missing_ok=True)
         raise ConfigError(f"seed SQL failed: {_clean_error(exc)}", where=str(seed)) from None
     con.close()
-
-
-def _shape(description: list[tuple], raw: list[tuple], limits: Limits) -> QueryResult:
-    return shape_rows([d[0] for d in description], [str(d[1]) for d in description], raw, limits)

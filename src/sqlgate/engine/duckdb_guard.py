@@ -33,8 +33,7 @@ SAFE_TABLE_FUNCTIONS = frozenset({
     "duckdb_columns", "duckdb_constraints", "duckdb_dependencies", "duckdb_functions", "duckdb_indexes",
     "duckdb_keywords", "duckdb_schemas", "duckdb_sequences", "duckdb_tables", "duckdb_types",
     "duckdb_views", "duckdb_optimizers", "pragma_table_info", "pragma_show", "pragma_version",
-    "pragma_collations", "icu_calendar_names", "pg_timezone_names", "histogram", "histogram_values",
-    "test_all_types", "summary",
+    "pragma_collations", "icu_calendar_names", "pg_timezone_names", "test_all_types", "summary",
 })
 # Scalar functions refused on top of the engine's own side-effect list: they read the server's
 # environment or settings (paths), or reach what the AI client must never see.
@@ -53,9 +52,15 @@ DENIED_VIEWS = frozenset({
 # Query nodes a read may contain; anything else (INSERT/UPDATE/DELETE/MERGE nodes of a writable CTE
 # …) is refused. An allow-list, so a node type added by a later DuckDB is refused until reviewed.
 READ_NODES = frozenset({"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NODE", "CTE_NODE"})
+# How big a query may become once DuckDB has expanded its macros (nodes of the parse tree, each
+# macro argument counted as often as the macro body uses it): five nested calls of a built-in macro
+# that uses its parameter 17 times are 123 characters of SQL and gigabytes of planner memory.
+MAX_EXPANDED_NODES = 60_000
+_QUERY_NODE_WEIGHT = 20
 _FILE_LIKE = re.compile(r"[/\\:*?]|\.[A-Za-z0-9]{1,8}$")
 _EXPLAIN_WORDS = ("explain", "analyze", "analyse")
 _CACHE_SIZE = 1024
+_CACHE_MAX_TEXT = 4096
 
 _PIVOT_HINT = ("PIVOT without an IN list (it creates a type first; list the values instead: "
                "PIVOT t ON col IN ('a', 'b') USING …)")
@@ -64,21 +69,41 @@ _PIVOT_HINT = ("PIVOT without an IN list (it creates a type first; list the valu
 class DuckDBGuard(Guard):
     """Decides with the connection it is given (the worker's own), so the parser is the executor's."""
 
-    def __init__(self, side_effect_functions: frozenset[str], project_table_macros: frozenset[str]):
-        self._denied = (side_effect_functions - _HARMLESS_SIDE_EFFECTS) | DENIED_FUNCTIONS
+    def __init__(self, side_effect_functions: frozenset[str], project_table_macros: frozenset[str],
+                 table_functions: frozenset[str] = frozenset(), settings: frozenset[str] = frozenset(),
+                 macros: dict[str, tuple[str, list[int]]] | None = None):
+        """`macros`: name -> (definition text, how often the body uses each parameter)."""
         self._tables = SAFE_TABLE_FUNCTIONS | project_table_macros
+        denied = (side_effect_functions - _HARMLESS_SIDE_EFFECTS) | DENIED_FUNCTIONS
+        refused = denied | (table_functions - self._tables)
+        macros = macros or {}
+        # macros are expanded after this check: one whose body calls a refused function
+        # (pg_sleep -> sleep_ms, get_block_size -> pragma_database_size …) is refused itself
+        self._denied = denied | {name for name, (body, _) in macros.items() if _calls_any(body, refused)}
+        self._fanout = {name: fan for name, (_, fan) in macros.items()}
+        self._settings = settings
         self._cache: OrderedDict[str, CheckedStatement] = OrderedDict()
         self._lock = threading.Lock()
 
     @classmethod
     def for_connection(cls, con: duckdb.DuckDBPyConnection) -> DuckDBGuard:
-        """Read the engine's own function lists once, at open."""
-        side_effects = {r[0].lower() for r in con.execute(
-            "SELECT DISTINCT function_name FROM duckdb_functions() WHERE has_side_effects").fetchall()}
-        macros = {r[0].lower() for r in con.execute(
-            "SELECT DISTINCT function_name FROM duckdb_functions() "
-            "WHERE function_type = 'table_macro' AND NOT internal").fetchall()}
-        return cls(frozenset(side_effects), frozenset(macros))
+        """Read the engine's own function, macro and setting lists once, at open."""
+        def names(where: str) -> frozenset[str]:
+            return frozenset(r[0].lower() for r in con.execute(
+                f"SELECT DISTINCT function_name FROM duckdb_functions() WHERE {where}").fetchall())
+
+        macros: dict[str, tuple[str, list[int]]] = {}
+        for name, params, body in con.execute(
+                "SELECT function_name, parameters, macro_definition FROM duckdb_functions() "
+                "WHERE function_type IN ('macro', 'table_macro') AND macro_definition IS NOT NULL").fetchall():
+            fan = [max(1, len(re.findall(rf"\b{re.escape(p)}\b", body))) for p in (params or [])]
+            seen_body, seen_fan = macros.get(name.lower(), ("", []))  # overloads: keep the widest
+            width = max(len(fan), len(seen_fan))
+            fan = [max(a, b) for a, b in zip(fan + [1] * width, seen_fan + [1] * width, strict=False)][:width]
+            macros[name.lower()] = (seen_body + "\n" + body, fan)
+        settings = frozenset(r[0].lower() for r in con.execute("SELECT name FROM duckdb_settings()").fetchall())
+        return cls(names("has_side_effects"), names("function_type = 'table_macro' AND NOT internal"),
+                   names("function_type = 'table'"), settings, macros)
 
     def check(self, sql: str, con: duckdb.DuckDBPyConnection | None = None) -> CheckedStatement:  # type: ignore[override]
         with self._lock:
@@ -89,6 +114,8 @@ class DuckDBGuard(Guard):
         if con is None:
             raise RuntimeError("the DuckDB guard needs the connection that will execute the statement")
         checked = self._decide(sql, con)
+        if len(sql) > _CACHE_MAX_TEXT:
+            return checked  # long texts are rare and would make the cache hold megabytes
         with self._lock:
             self._cache[sql] = checked
             if len(self._cache) > _CACHE_SIZE:
@@ -99,6 +126,8 @@ class DuckDBGuard(Guard):
     def _decide(self, sql: str, con: duckdb.DuckDBPyConnection) -> CheckedStatement:
         statement = _one_statement(sql, con)
         kind = _type_name(statement)
+        if kind == "UNKNOWN":
+            raise QueryRefused("this statement is not allowed: only read-only queries are accepted")
         if kind == "SELECT":
             self._check_tree(statement.query, con)
             return CheckedStatement(sql=statement.query, kind="SELECT")
@@ -168,10 +197,7 @@ class DuckDBGuard(Guard):
                         f"table function {name}() is not allowed in read-only queries (files, other "
                         "databases, logs and server settings are off limits); query the database's "
                         "tables and views")
-                stack.append(fn.get("children"))
-                stack.append(node.get("subquery"))
-                continue
-            if node.get("class") == "FUNCTION":
+            elif node.get("class") == "FUNCTION":
                 name = str(node.get("function_name", "")).lower()
                 if name == "get_user_external_token":
                     raise QueryRefused(NOT_FOR_QUERIES)
@@ -180,8 +206,59 @@ class DuckDBGuard(Guard):
                         f"function {name}() is not allowed in read-only queries (it changes state, reads "
                         "the server's environment or settings, or is reserved for the project's own SQL)")
             elif kind in ("BASE_TABLE", "SHOW_REF"):
-                _check_table_name(str(node.get("table_name") or ""))
+                table = str(node.get("table_name") or "")
+                # SHOW <name> of something that is no table reads a setting (SHOW allowed_paths …)
+                if kind == "SHOW_REF" and table.lower() in self._settings:
+                    raise QueryRefused(f"SHOW {table} reads a server setting, which is not available in "
+                                       "read-only queries")
+                _check_table_name(table)
+            # every child, table-function arguments included: nothing is passed over unvisited
             stack.extend(v for v in node.values() if isinstance(v, dict | list))
+        if self._expanded_size(root) > MAX_EXPANDED_NODES:
+            raise QueryRefused(f"the query is too complex once its macros are expanded (more than "
+                               f"{MAX_EXPANDED_NODES:,} parse-tree nodes); simplify it or split it up")
+
+    def _expanded_size(self, root: object) -> int:
+        """Parse-tree nodes after macro expansion: a macro argument counts once per use in the body."""
+        sizes: dict[int, int] = {}
+        stack: list[tuple[object, bool]] = [(root, False)]
+        while stack:
+            node, done = stack.pop()
+            if isinstance(node, list):
+                children = node
+            elif isinstance(node, dict):
+                children = [v for v in node.values() if isinstance(v, dict | list)]
+            else:
+                continue
+            if not done:
+                stack.append((node, True))
+                stack.extend((c, False) for c in children)
+                continue
+            total = sum(sizes.get(id(c), 0) for c in children)
+            if isinstance(node, dict):
+                # a query node costs the planner far more than an expression (5,000 UNION ALL
+                # branches of 95 kB took a gigabyte to plan)
+                total += _QUERY_NODE_WEIGHT if node.get("type") in READ_NODES else 1
+                fan = self._fanout.get(str(node.get("function_name", "")).lower()) \
+                    if node.get("class") == "FUNCTION" else None
+                if fan:
+                    for i, arg in enumerate(_arguments(node)):
+                        weight = fan[i] if i < len(fan) else 1
+                        total += (weight - 1) * sizes.get(id(arg), 0)
+            sizes[id(node)] = min(total, 1 << 40)
+        return sizes.get(id(root), 0)
+
+
+def _arguments(call: dict) -> list:
+    """A function call's argument expressions (DuckDB 2 nests each under `arguments[i].expression`)."""
+    args = call.get("arguments")
+    if isinstance(args, list):
+        return [a.get("expression") if isinstance(a, dict) and "expression" in a else a for a in args]
+    return list(call.get("children") or [])
+
+
+def _calls_any(body: str, names: frozenset[str]) -> bool:
+    return any(re.search(rf"\b{re.escape(n)}\s*\(", body) for n in names)
 
 
 def _check_table_name(name: str) -> None:
@@ -222,7 +299,11 @@ def _label(text: str, kind: str) -> str:
 
 
 def _type_name(statement) -> str:
-    return str(statement.type).rsplit(".", 1)[-1].removesuffix("_STATEMENT")
+    try:
+        kind = statement.type
+    except ValueError:  # a statement type the Python package does not know (UPDATE EXTENSIONS …)
+        return "UNKNOWN"
+    return str(kind).rsplit(".", 1)[-1].removesuffix("_STATEMENT")
 
 
 def _first_line(exc: BaseException) -> str:

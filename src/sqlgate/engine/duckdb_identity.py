@@ -19,6 +19,7 @@ through a view, a macro …).
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -80,8 +81,24 @@ def _external_token() -> str:
     return slot.call.user.external_token or ""
 
 
+# Headers that carry credentials in common deployments (oauth2-proxy's X-Forwarded-Access-Token,
+# API keys, Cloudflare Access assertions …): the project author's SQL may read them, the AI
+# client's SQL may not.
+_SECRET_HEADER = re.compile(r"auth|token|key|secret|cookie|session|jwt|assertion|signature|password|"
+                            r"credential|csrf", re.IGNORECASE)
+
+
 def _request_header(name: str | None) -> str:
-    return _slot().call.header(name or "")
+    slot = getattr(_local, "slot", None)
+    secret = bool(_SECRET_HEADER.search(name or ""))
+    if slot is None and secret:  # a deferred refusal, re-evaluated off the calling thread (see above)
+        raise PermissionError(f"request header {name!r} may carry credentials and is only available to SQL "
+                              "written by the project author")
+    slot = _slot()
+    if not slot.trusted and secret:
+        raise PermissionError(f"request header {name!r} may carry credentials and is only available to SQL "
+                              "written by the project author")
+    return slot.call.header(name or "")
 
 
 FUNCTIONS = {

@@ -13,6 +13,8 @@ import threading
 import time
 from collections.abc import Callable
 
+_REFIRE_SECONDS = 0.1
+
 
 class Watchdog:
     def __init__(self) -> None:
@@ -63,3 +65,6 @@ class Watchdog:
                 self._live[ticket] = True
                 with contextlib.suppress(Exception):
                     fire()
+                # An interrupt that lands before the statement has started is forgotten when it
+                # starts: keep interrupting until the call disarms its ticket.
+                heapq.heappush(self._heap, (time.monotonic() + _REFIRE_SECONDS, ticket, fire))

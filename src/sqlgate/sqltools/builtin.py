@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import anyio
+
 from sqlgate.components import SqlgateTool
 from sqlgate.config.models import SqlToolsConfig
 from sqlgate.context import CallContext
@@ -17,6 +19,8 @@ from sqlgate.engine.guard import check_length
 from sqlgate.errors import InvalidArguments
 from sqlgate.sqltools.search import search
 
+MAX_KEYWORDS_CHARS = 1000
+MAX_KEYWORDS_TERMS = 32
 READ_ONLY = {"readOnlyHint": True, "destructiveHint": False, "idempotentHint": True, "openWorldHint": False}
 
 
@@ -89,10 +93,14 @@ def builtin_tools(engine: Engine, cfg: SqlToolsConfig, limits: Callable[[], Limi
     if cfg.search_objects:
         async def search_objects(args: dict[str, Any]) -> dict[str, Any]:
             keywords = _string(args, "keywords", required=True) or ""
+            if len(keywords) > MAX_KEYWORDS_CHARS or len(keywords.split()) > MAX_KEYWORDS_TERMS:
+                raise InvalidArguments(f"`keywords` is limited to {MAX_KEYWORDS_TERMS} words and "
+                                       f"{MAX_KEYWORDS_CHARS} characters")
             limit = args.get("limit", 20)
             if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 100:
                 raise InvalidArguments("`limit` must be an integer from 1 to 100")
-            hits = search(await engine.catalog_entries(), keywords, limit)
+            # ranking costs words x catalog entries: off the event loop, so nobody else waits
+            hits = await anyio.to_thread.run_sync(search, await engine.catalog_entries(), keywords, limit)
             return {"items": hits, "truncated": False}
 
         tools.append(SqlgateTool.create(
@@ -100,7 +108,8 @@ def builtin_tools(engine: Engine, cfg: SqlToolsConfig, limits: Callable[[], Limi
             description="Find tables, views and columns by keywords in their names and comments "
                         "(ranked best first). Use it when you do not know where some data lives.",
             parameters=_obj({
-                "keywords": {"type": "string", "description": "Words to look for, e.g. 'customer email'."},
+                "keywords": {"type": "string", "maxLength": MAX_KEYWORDS_CHARS,
+                             "description": "Words to look for, e.g. 'customer email'."},
                 "limit": {"type": "integer", "description": "Maximum hits.", "default": 20,
                           "minimum": 1, "maximum": 100},
             }, ["keywords"]),
