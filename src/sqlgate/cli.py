@@ -97,20 +97,33 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (http).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (http); 0 picks a free one.")] = None,
     log_level: Annotated[str, typer.Option(envvar="SQLGATE_LOG_LEVEL")] = "info",
+    workers: Annotated[int, typer.Option(min=1, max=64, envvar="SQLGATE_WORKERS",
+                                         help="Worker processes sharing the port (http; stateless).")] = 1,
 ) -> None:
     """Serve the project's tools, resources and prompts over MCP."""
     from sqlgate.serve import serve as run_server
+    from sqlgate.serve import serve_workers
     from sqlgate.server import build_app
 
     if transport not in ("stdio", "http"):
         _fail(SqlgateError(f"unknown transport {transport!r}: use stdio or http"))
+    if workers > 1 and transport != "http":
+        _fail(SqlgateError("--workers needs --transport http (stdio serves one client)"))
     _setup_logging(log_level)
     try:
         loaded = _load(project, profile).with_transport(host=host, port=port)
+        # built here also with workers: it validates everything and builds the database once,
+        # before the workers start (they would race to build it)
         application = build_app(loaded)
     except SqlgateError as exc:
         _fail(exc)
     t = loaded.settings.transport
+    if workers > 1:
+        import asyncio
+
+        asyncio.run(application.engine.close())
+        serve_workers(application, str(loaded.root), profile, t.host, t.port, log_level.lower(), workers)
+        return
     run_server(application, transport, t.host, t.port, log_level.lower())
 
 

@@ -45,6 +45,11 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "SQLGATE_BASE_URL": ("transport", "base_url"),
     "SQLGATE_SCHEME": ("transport", "scheme"),
     "SQLGATE_TRUST_PROXY": ("transport", "trust_proxy"),
+    "SQLGATE_STATELESS": ("transport", "stateless"),
+    "SQLGATE_JSON_RESPONSE": ("transport", "json_response"),
+    "SQLGATE_MAX_SESSIONS": ("transport", "max_sessions"),
+    "SQLGATE_MAX_SESSIONS_PER_CLIENT": ("transport", "max_sessions_per_client"),
+    "SQLGATE_SESSION_IDLE_TIMEOUT": ("transport", "session_idle_timeout"),
     "SQLGATE_AUDIT_PATH": ("audit", "path"),
 }
 

@@ -111,6 +111,16 @@ class TransportConfig(Strict):
     host_origin_protection: bool | None = None
     allowed_hosts: list[str] = Field(default_factory=list)
     allowed_origins: list[str] = Field(default_factory=list)
+    # no MCP sessions: every request stands alone, so replicas behind a plain round-robin load
+    # balancer (or `serve --workers N`) need no sticky sessions
+    stateless: bool = False
+    # answer POSTs with one JSON body instead of an SSE stream (for JSON-only clients)
+    json_response: bool = False
+    # MCP sessions: a ceiling for the server, a share per client (token principal or address), and
+    # how long an idle session lives
+    max_sessions: int = Field(default=10_000, ge=1)
+    max_sessions_per_client: int = Field(default=100, ge=1)
+    session_idle_timeout: float = Field(default=600, gt=0)
 
     @field_validator("path")
     @classmethod

@@ -1,0 +1,178 @@
+"""How the HTTP server runs: session limits per client, idle expiry, stateless and JSON modes,
+several worker processes, and a SIGTERM that lets calls in flight finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from joserfc import jwt
+from joserfc.jwk import OctKey
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+
+from tests.auth_support import start_auth_server
+from tests.conftest import EXAMPLE, free_port, isolated_env, start_server, stop_server
+
+HEADERS = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"}
+INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+SECRET = "serve-modes-shared-secret-0123456789abcdef"
+
+
+def _project(tmp: Path) -> Path:
+    project = tmp / "project"
+    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    (project / "python" / "slow.py").write_text(
+        "import pathlib, time, uuid\n\n\ndef slow(seconds: float, marker_dir: str = '') -> dict:\n"
+        "    if marker_dir:\n        (pathlib.Path(marker_dir) / uuid.uuid4().hex).touch()\n"
+        "    time.sleep(seconds)\n    return {'slept': seconds}\n")
+    (project / "tools" / "slow.yml").write_text(
+        "tool:\n  name: slow\n  description: sleeps\n  parameters:\n    - name: seconds\n      type: number\n"
+        "      description: how long\n    - name: marker_dir\n      type: string\n      description: where to "
+        "say it started\n      default: ''\n  source:\n    file: ../python/slow.py\n")
+    return project
+
+
+def open_session(url: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.post(url, json=INIT, headers={**HEADERS, **(headers or {})}, timeout=10)
+
+
+@asynccontextmanager
+async def mcp_session(url: str, headers: dict[str, str] | None = None):
+    async with create_mcp_http_client(headers=headers) as http, \
+            streamable_http_client(url, http_client=http) as (read, write), \
+            ClientSession(read, write) as session:
+        await session.initialize()
+        yield session
+
+
+def test_sessions_are_capped_per_client_and_expire_when_idle(tmp_path):
+    port = free_port()
+    server = start_auth_server(tmp_path, {"jwt": {"secret": SECRET, "algorithms": ["HS256"],
+                                                  "issuer": "https://issuer.test"}}, port=port,
+                               extra_env={"SQLGATE_MAX_SESSIONS_PER_CLIENT": "3",
+                                          "SQLGATE_SESSION_IDLE_TIMEOUT": "2"})
+
+    def bearer(name: str) -> dict[str, str]:
+        claims = {"iss": "https://issuer.test", "aud": server.url, "sub": name, "preferred_username": name,
+                  "exp": int(time.time()) + 600}
+        return {"Authorization": "Bearer " + jwt.encode({"alg": "HS256"}, claims, OctKey.import_key(SECRET.encode()))}
+
+    try:
+        greedy = [open_session(server.url, bearer("greedy")) for _ in range(3)]
+        assert all(r.status_code == 200 and r.headers.get("mcp-session-id") for r in greedy)
+        refused = open_session(server.url, bearer("greedy"))
+        assert refused.status_code == 429
+        assert int(refused.headers["retry-after"]) >= 1
+        assert "too many open MCP sessions for this client (limit 3)" in refused.json()["error"]["message"]
+        # another user is not locked out by someone else's sessions
+        assert open_session(server.url, bearer("polite")).status_code == 200
+        # closing one session makes room again
+        sid = greedy[0].headers["mcp-session-id"]
+        closed = httpx.delete(server.url, headers={**HEADERS, **bearer("greedy"), "Mcp-Session-Id": sid})
+        assert closed.status_code in (200, 204)
+        assert open_session(server.url, bearer("greedy")).status_code == 200
+        # idle sessions end after session_idle_timeout, and their slots are free again
+        time.sleep(3.5)
+        stale_id = greedy[1].headers["mcp-session-id"]
+        stale = httpx.post(server.url, json={"jsonrpc": "2.0", "id": 5, "method": "ping"},
+                           headers={**HEADERS, **bearer("greedy"), "Mcp-Session-Id": stale_id})
+        assert stale.status_code == 404
+        assert all(open_session(server.url, bearer("greedy")).status_code == 200 for _ in range(3))
+    finally:
+        stop_server(server)
+
+
+async def test_stateless_json_mode_works_with_the_official_client(tmp_path):
+    project = _project(tmp_path)
+    server = start_server(project, tmp_path, env=isolated_env(tmp_path, SQLGATE_STATELESS="true",
+                                                               SQLGATE_JSON_RESPONSE="true"))
+    try:
+        raw = open_session(server.url)
+        assert raw.status_code == 200
+        assert raw.headers["content-type"].startswith("application/json")
+        assert "mcp-session-id" not in raw.headers
+        async with mcp_session(server.url) as s:
+            res = await s.call_tool("query", {"sql": "SELECT 7 AS n"})
+            assert res.structured_content["rows"] == [[7]]
+    finally:
+        stop_server(server)
+
+
+async def test_two_workers_share_the_port(tmp_path):
+    project = _project(tmp_path)
+    server = start_server(project, tmp_path, args=["--workers", "2"], timeout=60)
+    try:
+        master = psutil.Process(server.proc.pid)
+        deadline = time.monotonic() + 30
+        workers: list[psutil.Process] = []
+        while time.monotonic() < deadline:
+            workers = [c for c in master.children(recursive=True) if "multiprocessing" not in " ".join(c.cmdline())
+                       or "spawn_main" in " ".join(c.cmdline())]
+            if len(workers) >= 2:
+                break
+            await asyncio.sleep(0.2)
+        assert len(workers) >= 2, master.children(recursive=True)
+
+        async def calls(n: int) -> list[int]:
+            async with mcp_session(server.url) as s:
+                out = []
+                for i in range(n):
+                    res = await s.call_tool("query", {"sql": f"SELECT {i} AS i"})
+                    out.append(res.structured_content["rows"][0][0])
+                return out
+
+        results = await asyncio.gather(*(calls(10) for _ in range(6)))
+        assert all(r == list(range(10)) for r in results)
+        busy = [w for w in workers if w.cpu_times().user + w.cpu_times().system > 0.5]
+        assert len(busy) >= 2, "both workers should have served calls"
+    finally:
+        stop_server(server)
+
+
+async def test_sigterm_lets_calls_in_flight_finish(tmp_path):
+    project = _project(tmp_path)
+    server = start_server(project, tmp_path)
+    try:
+        async def one() -> object:
+            result = None
+            try:
+                async with mcp_session(server.url) as s:
+                    # as real clients do; the official client otherwise lists tools right after the
+                    # answer (to validate it against the output schema), which a stopping server refuses
+                    await s.list_tools()
+                    result = await s.call_tool("slow", {"seconds": 2.5, "marker_dir": str(markers)})
+            except Exception:  # closing the session after the server is gone may fail
+                pass
+            return result
+
+        markers = tmp_path / "started"
+        markers.mkdir()
+        tasks = [asyncio.create_task(one()) for _ in range(8)]
+        deadline = time.monotonic() + 20
+        while len(list(markers.iterdir())) < 8 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(list(markers.iterdir())) == 8, "the eight calls did not all start"
+        server.proc.send_signal(signal.SIGTERM)
+        results = await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        for res in results:
+            assert res is not None, "a call in flight was dropped without an answer"
+            assert res.structured_content["result"] == {"slept": 2.5}, res
+        # uvicorn re-raises the signal once drained, so the exit status says "terminated by SIGTERM"
+        assert server.proc.wait(20) in (0, -signal.SIGTERM)
+        # and it refused new work while draining: the port is closed afterwards
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"{server.base}/healthz", timeout=2)
+    finally:
+        if server.proc.poll() is None:
+            stop_server(server)
