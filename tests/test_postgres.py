@@ -92,11 +92,13 @@ def pg_database(tmp_path_factory):
     dsn = f"postgresql://{svc}@127.0.0.1:5432/{db}"
     (project / "sqlgate.yml").write_text(f"name: pgshop\nengine:\n  type: postgres\n  dsn: {dsn}\n  pool_size: 4\n"
                                          f"  identity_key: {IDENTITY_KEY}\n")
-    yield {"db": db, "svc": svc, "roles": roles, "tag": tag, "project": project, "dsn": dsn, "tmp": tmp}
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
-        for role in [*roles.values(), svc]:
-            admin.execute(f"DROP ROLE IF EXISTS {role}")
+    try:
+        yield {"db": db, "svc": svc, "roles": roles, "tag": tag, "project": project, "dsn": dsn, "tmp": tmp}
+    finally:
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+            for role in [*roles.values(), svc]:
+                admin.execute(f"DROP ROLE IF EXISTS {role}")
 
 
 def _engine(pg, env=None):

@@ -302,12 +302,18 @@ async def _fetch(conn: psycopg.AsyncConnection, text: str, params: dict[str, Any
     raw: list[tuple] = []
     cap = limits.max_rows + 1
     size = 0  # a lower bound of the rows' JSON size: stop once it alone passes max_bytes
-    async with aclosing(cur.stream(text, params, size=min(cap, _CHUNK))) as rows:
-        async for row in rows:
-            raw.append(row)
-            size += sum(len(v) if isinstance(v, (str, bytes)) else 1 for v in row)
-            if len(raw) >= cap or size > limits.max_bytes:
-                break
+    try:
+        async with aclosing(cur.stream(text, params, size=min(cap, _CHUNK))) as rows:
+            async for row in rows:
+                raw.append(row)
+                size += sum(len(v) if isinstance(v, (str, bytes)) else 1 for v in row)
+                if len(raw) >= cap or size > limits.max_bytes:
+                    break
+    except psycopg.ProgrammingError as exc:
+        if exc.sqlstate is not None:  # a server error (class 42 …), not psycopg's "no result"
+            raise
+        # endpoint SQL that returns no rows at all (a utility statement): an empty result
+        return QueryResult(columns=[], types=[], rows=[], limits=limits)
     if cur.description is not None:
         columns = [d.name for d in cur.description]
         oids = [d.type_code for d in cur.description]
