@@ -76,6 +76,7 @@ class PostgresEngine(Engine):
         self._pool: AsyncConnectionPool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sql_cache: dict[str, tuple[str, bool]] = {}
+        self._tasks: set[asyncio.Task] = set()  # connections being given back, pool checks
 
     @classmethod
     def open(cls, project) -> PostgresEngine:
@@ -182,11 +183,18 @@ class PostgresEngine(Engine):
                 return await self._run(conn, text, params, call, role, limits, deadline, read_only)
             except DatabaseUnavailable:
                 # other idle connections are probably dead too: let the pool test them now
-                asyncio.get_running_loop().create_task(pool.check())
+                self._background(pool.check())
                 raise
             finally:
-                await _finish(conn)
-                await pool.putconn(conn)
+                # ROLLBACK and the pool's reset (DISCARD ALL) run after the answer has gone out: the
+                # pool hands the connection to nobody before its reset is done, so this only takes
+                # two round trips off the caller's latency, not a guarantee off the next caller
+                self._background(_give_back(pool, conn))
+
+    def _background(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _run(self, conn: psycopg.AsyncConnection, text: str, params: dict[str, Any] | None,
                    call: CallContext, role: str | None, limits: Limits, deadline: float,
@@ -290,6 +298,8 @@ class PostgresEngine(Engine):
         return entries
 
     async def close(self) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=5)
         if self._pool is not None:
             await self._pool.close(timeout=5)
 
@@ -324,6 +334,11 @@ async def _fetch(conn: psycopg.AsyncConnection, text: str, params: dict[str, Any
         columns = [res.fname(i).decode("utf-8") for i in range(res.nfields)]
         oids = [res.ftype(i) for i in range(res.nfields)]
     return shape_rows(columns, [_type_name(conn, oid) for oid in oids], raw, limits)
+
+
+async def _give_back(pool: AsyncConnectionPool, conn: psycopg.AsyncConnection) -> None:
+    await _finish(conn)
+    await pool.putconn(conn)  # runs _reset, or discards the connection if that fails
 
 
 async def _finish(conn: psycopg.AsyncConnection) -> None:
