@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from sqlgate.context import CallContext, UserContext
-from sqlgate.engine.postgres_identity import SignedIdentity, identity_sql, install, key_pads
+from sqlgate.engine.postgres_identity import SignedIdentity, identity_sql, install, key_pads, main
 from sqlgate.errors import ConfigError, QueryFailed, QueryRefused
 from tests.test_postgres import IDENTITY_KEY, LIMITS, _as, _engine, pg_database
 from tests.test_postgres import pytestmark as _pg_only
@@ -218,9 +218,15 @@ async def test_signed_mode_needs_the_installed_functions(pg, tmp_path_factory):
             admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 
 
-def test_install_is_idempotent_and_the_sql_is_reviewable(pg):
+def test_install_is_idempotent_and_the_sql_is_reviewable(pg, capsys, monkeypatch):
     install(pg["admin"], IDENTITY_KEY)  # second run over the fixture's install
-    assert "SECURITY DEFINER" in identity_sql() and "search_path = pg_catalog, pg_temp" in identity_sql()
+    # the command line, with the key from the project's engine.identity_key
+    monkeypatch.setenv("SQLGATE_CONFIG", str(pg["tmp"] / "no-user-config.yml"))
+    assert main(["install", "--admin-dsn", pg["admin"], "-p", str(pg["project"])]) == 0
+    assert main(["sql"]) == 0
+    printed = capsys.readouterr().out
+    assert "installed" in printed and "SECURITY DEFINER" in printed
+    assert "search_path = pg_catalog, pg_temp" in identity_sql()
     with psycopg.connect(pg["admin"]) as admin:
         assert admin.execute("SELECT count(*) FROM sqlgate.identity_key").fetchone()[0] == 1
 
