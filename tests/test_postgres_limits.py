@@ -23,7 +23,7 @@ from sqlgate.engine import Limits, open_engine
 from sqlgate.engine.postgres_identity import install
 from sqlgate.errors import ConfigError, DatabaseUnavailable, QueryTimeout
 from tests.conftest import free_port, isolated_env
-from tests.test_postgres import IDENTITY_KEY, _as, _engine, pg_database
+from tests.test_postgres import IDENTITY_KEY, LIMITS, _as, _engine, pg_database
 from tests.test_postgres import pytestmark as _pg_only
 
 pytestmark = _pg_only
@@ -163,3 +163,18 @@ async def test_outage_answers_database_unavailable_and_recovers(pg, cluster, tmp
     with pytest.raises(ConfigError, match="cannot connect to PostgreSQL"):
         open_engine(load_project(project, env=isolated_env(tmp_path)))
     assert time.monotonic() - started < 6
+
+
+async def test_huge_result_is_cut_while_streaming(pg):
+    """100 000 rows of 1 MB each would be 100 GB: the stream stops at the byte limit and the statement
+    is cancelled, so neither sqlgate's memory nor the call's time follows the result's size."""
+    engine = _engine(pg)
+    try:
+        limits = Limits(max_rows=1000, max_bytes=3_500_000, timeout_seconds=20)
+        result, took = await _timed(engine.run_untrusted(
+            "SELECT g, repeat('x', 1000000) AS big FROM generate_series(1, 100000) g", _as("alice"), limits))
+        assert result.truncated and result.truncated_by == "max_bytes" and len(result.rows) == 3
+        assert took < 5
+        assert (await engine.run_untrusted("SELECT 1", _as("alice"), LIMITS)).rows == [[1]]  # connection fine
+    finally:
+        await engine.close()

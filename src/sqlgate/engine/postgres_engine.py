@@ -36,7 +36,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlgate.context import CallContext
 from sqlgate.endpoints.sqlparams import to_pyformat
 from sqlgate.engine.admission import Admission
-from sqlgate.engine.base import Engine, Limits, QueryResult, shape_rows
+from sqlgate.engine.base import Engine, Limits, QueryResult, RowShaper
 from sqlgate.engine.postgres_checks import service_role_problems
 from sqlgate.engine.postgres_guard import PostgresGuard
 from sqlgate.engine.postgres_identity import (
@@ -306,34 +306,35 @@ class PostgresEngine(Engine):
 
 async def _fetch(conn: psycopg.AsyncConnection, text: str, params: dict[str, Any] | None,
                  limits: Limits) -> QueryResult:
-    """Stream the statement's rows, stopping (and cancelling it) once the limits are reached, so
-    a huge result never lands in memory whole."""
+    """Stream the statement's rows into a RowShaper, stopping (and cancelling the statement) as soon
+    as the answer is full, so a huge result never lands in memory whole."""
     cur = conn.cursor()
-    raw: list[tuple] = []
-    cap = limits.max_rows + 1
-    size = 0  # a lower bound of the rows' JSON size: stop once it alone passes max_bytes
+    shaper: RowShaper | None = None
     try:
-        async with aclosing(cur.stream(text, params, size=min(cap, _CHUNK))) as rows:
+        async with aclosing(cur.stream(text, params, size=min(limits.max_rows + 1, _CHUNK))) as rows:
             async for row in rows:
-                raw.append(row)
-                size += sum(len(v) if isinstance(v, (str, bytes)) else 1 for v in row)
-                if len(raw) >= cap or size > limits.max_bytes:
+                if shaper is None:
+                    assert cur.description is not None
+                    shaper = _shaper(conn, [(d.name, d.type_code) for d in cur.description], limits)
+                shaper.add((row,))
+                if shaper.full:
                     break
     except psycopg.ProgrammingError as exc:
         if exc.sqlstate is not None:  # a server error (class 42 …), not psycopg's "no result"
             raise
         # endpoint SQL that returns no rows at all (a utility statement): an empty result
         return QueryResult(columns=[], types=[], rows=[], limits=limits)
-    if cur.description is not None:
-        columns = [d.name for d in cur.description]
-        oids = [d.type_code for d in cur.description]
-    else:  # no rows: psycopg's stream() keeps no description; ask for the (still open) portal's
+    if shaper is None:  # no rows: psycopg's stream() keeps no description; ask the (still open) portal
         res = await asyncio.to_thread(conn.pgconn.describe_portal, b"")
         if res.status != pq.ExecStatus.COMMAND_OK:
             raise QueryFailed("could not describe the result")
-        columns = [res.fname(i).decode("utf-8") for i in range(res.nfields)]
-        oids = [res.ftype(i) for i in range(res.nfields)]
-    return shape_rows(columns, [_type_name(conn, oid) for oid in oids], raw, limits)
+        fields = [(res.fname(i).decode("utf-8"), res.ftype(i)) for i in range(res.nfields)]
+        shaper = _shaper(conn, fields, limits)
+    return shaper.result()
+
+
+def _shaper(conn: psycopg.AsyncConnection, fields: list[tuple[str, int]], limits: Limits) -> RowShaper:
+    return RowShaper([name for name, _ in fields], [_type_name(conn, oid) for _, oid in fields], limits)
 
 
 async def _give_back(pool: AsyncConnectionPool, conn: psycopg.AsyncConnection) -> None:
