@@ -99,6 +99,12 @@ def pg(tmp_path_factory):
     ("SELECT 1 " + "+ (1 " * 2000 + ")" * 2000, "nested too deeply|not valid"),
     ("SELECT 'unterminated", "not valid PostgreSQL"),
     ("SELECT $1", "parameters"),
+    ("SELECT (a).pg_sleep FROM accounts a", "attribute notation"),
+    ("SELECT query FROM pg_catalog.pg_stat_activity", "other callers' queries"),
+    ("SELECT * FROM pg_stat_get_activity(NULL)", "other callers' queries"),
+    ("SELECT * FROM pg_stat_statements", "other callers' queries"),
+    ("SELECT http_get('http://169.254.169.254/')", "reaches other servers"),
+    ("SELECT pg_background_launch('delete from accounts')", "executes SQL text"),
 ])
 def test_refused(sql, fragment):
     with pytest.raises(QueryRefused, match=fragment):

@@ -44,7 +44,10 @@ def _deny(why: str, *names: str) -> None:
 
 
 _deny("executes SQL text", "query_to_xml*", "cursor_to_xml*", "table_to_xml*", "database_to_xml*",
-      "schema_to_xml*", "ts_stat", "dblink*", "postgres_fdw_*")
+      "schema_to_xml*", "ts_stat", "pg_background*")
+_deny("reaches other servers", "dblink*", "postgres_fdw_*", "http", "http_*")
+_deny("shows other callers' queries", "pg_stat_get_activity", "pg_stat_get_backend_activity",
+      "pg_stat_statements")
 _deny("changes settings or roles", "set_config")
 _deny("signals other backends", "pg_terminate_backend", "pg_cancel_backend", "pg_signal_backend",
       "pg_log_backend_memory_contexts", "pg_reload_conf", "pg_rotate_logfile*", "pg_promote")
@@ -61,6 +64,11 @@ _deny("assigns sequence values or transaction ids", "nextval", "setval", "txid_c
 # sqlgate's identity machinery (postgres_identity.sql): only its public accessors may be called
 _deny("is internal to sqlgate's identity", "_identity", "_sqlgate*")
 _IDENTITY_SCHEMA = "sqlgate"
+# views refused by name: every caller shares the service role, so these would show one caller the
+# SQL text of the others' running (or past) queries
+_DENY_RELATIONS = {"pg_stat_activity": "shows other callers' queries",
+                   "pg_stat_statements": "shows other callers' queries",
+                   "pg_stat_statements_info": "shows other callers' queries"}
 IDENTITY_ACCESSORS = frozenset({"username", "user_id", "user_email", "user_provider", "user_display_name",
                                 "claims"})
 
@@ -179,8 +187,20 @@ def _walk(root: dict) -> None:
             elif key == "ParamRef":
                 raise QueryRefused("refused: parameters ($1 …) cannot be bound in the query tool; "
                                    "write the values into the query")
-            elif key == "RangeVar" and (value.get("schemaname") or "").lower() == _IDENTITY_SCHEMA:
-                raise QueryRefused("refused: the sqlgate schema's tables are internal")
+            elif key == "A_Indirection":
+                # `(t).f` is function-call syntax for f(t) too
+                for part in value.get("indirection", []):
+                    name = part.get("String", {}).get("sval") if isinstance(part, dict) else None
+                    why = _denied_name(name.lower()) if name else None
+                    if why is not None:
+                        raise QueryRefused(f"refused: {name} (attribute notation calls function "
+                                           f"{name}(), which {why})")
+            elif key == "RangeVar":
+                if (value.get("schemaname") or "").lower() == _IDENTITY_SCHEMA:
+                    raise QueryRefused("refused: the sqlgate schema's tables are internal")
+                why = _DENY_RELATIONS.get((value.get("relname") or "").lower())
+                if why is not None:
+                    raise QueryRefused(f"refused: {value['relname']} {why}; it is not allowed in the query tool")
             if isinstance(value, (dict, list)):
                 stack.append(value)
 
