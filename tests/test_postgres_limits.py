@@ -143,6 +143,7 @@ async def test_outage_answers_database_unavailable_and_recovers(pg, cluster, tmp
                 result, took = await _timed(engine.run_untrusted("SELECT 1", _as("alice"), TWO_SECONDS))
                 assert isinstance(result, DatabaseUnavailable), result
                 assert str(result).startswith("database unavailable") and took < 2.5
+            assert "connection failed" in str(result)  # the reason the pool could not connect
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
         cluster.start()
         started = time.monotonic()

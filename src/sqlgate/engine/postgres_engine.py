@@ -77,6 +77,7 @@ class PostgresEngine(Engine):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sql_cache: dict[str, tuple[str, bool]] = {}
         self._tasks: set[asyncio.Task] = set()  # connections being given back, pool checks
+        self._health = _Health()
 
     @classmethod
     def open(cls, project) -> PostgresEngine:
@@ -131,7 +132,7 @@ class PostgresEngine(Engine):
             kwargs.update(autocommit=True, prepare_threshold=None)
             self._pool = AsyncConnectionPool(
                 "", kwargs=kwargs, min_size=1, max_size=self._pool_size, open=False, reset=_reset,
-                name="sqlgate-postgres", reconnect_timeout=10.0)
+                name="sqlgate-postgres", reconnect_timeout=10.0, connection_class=_tracking(self._health))
             # not waiting: a database that is down at this moment must not block or kill the server;
             # calls answer "database unavailable" until the pool's background connects succeed
             await self._pool.open(wait=False)
@@ -177,8 +178,12 @@ class PostgresEngine(Engine):
             try:
                 conn = await pool.getconn(timeout=max(deadline - time.monotonic(), 0.001))
             except PoolTimeout:
-                raise DatabaseUnavailable(f"database unavailable: no connection to PostgreSQL within the "
-                                          f"{limits.timeout_seconds:g} s timeout. Try again later.") from None
+                # the pool's last connect attempt failed: an outage; otherwise the connections
+                # exist but are busy (being given back) past this call's deadline
+                if self._health.last_error is not None:
+                    raise DatabaseUnavailable(f"database unavailable: {self._health.last_error}") from None
+                raise QueryTimeout(f"query not started within the {limits.timeout_seconds:g} s timeout: every "
+                                   "database connection is busy. Try again shortly.") from None
             try:
                 return await self._run(conn, text, params, call, role, limits, deadline, read_only)
             except DatabaseUnavailable:
@@ -335,6 +340,30 @@ async def _fetch(conn: psycopg.AsyncConnection, text: str, params: dict[str, Any
 
 def _shaper(conn: psycopg.AsyncConnection, fields: list[tuple[str, int]], limits: Limits) -> RowShaper:
     return RowShaper([name for name, _ in fields], [_type_name(conn, oid) for _, oid in fields], limits)
+
+
+class _Health:
+    """The outcome of the pool's latest attempt to connect: None = it worked."""
+
+    last_error: str | None = None
+
+
+def _tracking(health: _Health) -> type[psycopg.AsyncConnection]:
+    """A connection class that records in `health` whether the pool's connect attempts succeed,
+    so a caller who got no connection learns why (database down, or merely busy)."""
+
+    class TrackedConnection(psycopg.AsyncConnection):
+        @classmethod
+        async def connect(cls, *args: Any, **kwargs: Any):  # type: ignore[override]
+            try:
+                conn = await super().connect(*args, **kwargs)
+            except psycopg.OperationalError as exc:
+                health.last_error = _clean(exc)
+                raise
+            health.last_error = None
+            return conn
+
+    return TrackedConnection
 
 
 async def _give_back(pool: AsyncConnectionPool, conn: psycopg.AsyncConnection) -> None:
