@@ -70,6 +70,7 @@ def pg(tmp_path_factory):
     ("SELECT pg_read_binary_file('x')", "server files"),
     ("SELECT * FROM pg_ls_dir('.')", "server files"),
     ("SELECT pg_stat_file('x')", "server files"),
+    ("SELECT pg_tablespace_location(oid) FROM pg_tablespace", "server files"),
     ("SELECT lo_import('/etc/passwd')", "server files"),
     ("SELECT loread(0, 1)", "server files"),
     ("SELECT pg_sleep(1)", "waits"),

@@ -241,6 +241,7 @@ def test_start_up_checks_refuse_or_warn(pg, caplog):
     with psycopg.connect(pg["admin"], autocommit=True) as admin:
         admin.execute(f"ALTER ROLE {svc} BYPASSRLS")
         admin.execute(f"GRANT pg_signal_backend TO {svc}")
+        admin.execute(f"GRANT pg_read_all_data TO {svc}")
         admin.execute(f"CREATE TABLE owned_by_svc (owner text)")  # noqa: F541
         admin.execute(f"ALTER TABLE owned_by_svc OWNER TO {svc}")
         admin.execute("ALTER TABLE owned_by_svc ENABLE ROW LEVEL SECURITY")
@@ -249,7 +250,7 @@ def test_start_up_checks_refuse_or_warn(pg, caplog):
         with pytest.raises(ConfigError) as refused:
             _engine(pg)
         problems = "\n".join(refused.value.problems)
-        assert "BYPASSRLS" in problems and "pg_signal_backend" in problems
+        assert "BYPASSRLS" in problems and "pg_signal_backend" in problems and "pg_read_all_data" in problems
         assert "owned_by_svc" in problems and "FORCE ROW LEVEL SECURITY" in problems
         assert "sqlgate.identity_key" in problems
         with caplog.at_level(logging.WARNING, logger="sqlgate.engine.postgres"):
@@ -260,6 +261,7 @@ def test_start_up_checks_refuse_or_warn(pg, caplog):
         with psycopg.connect(pg["admin"], autocommit=True) as admin:
             admin.execute(f"ALTER ROLE {svc} NOBYPASSRLS")
             admin.execute(f"REVOKE pg_signal_backend FROM {svc}")
+            admin.execute(f"REVOKE pg_read_all_data FROM {svc}")
             admin.execute("DROP TABLE owned_by_svc")
             admin.execute(f"REVOKE SELECT ON sqlgate.identity_key FROM {svc}")
     _engine(pg)  # clean again: starts

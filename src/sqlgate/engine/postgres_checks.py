@@ -7,9 +7,10 @@ around them. Each problem found is one readable sentence; the engine refuses to 
 
 from __future__ import annotations
 
-# predefined roles that read/write server files, run programs or signal other backends
+# predefined roles that read/write server files, run programs, signal other backends, read every
+# table whatever its grants (sqlgate.identity_key included), or read the server's paths
 _DANGEROUS_ROLES = ("pg_read_server_files", "pg_write_server_files", "pg_execute_server_program",
-                    "pg_signal_backend")
+                    "pg_signal_backend", "pg_read_all_data", "pg_write_all_data", "pg_read_all_settings")
 
 
 def service_role_problems(conn, identity_mode: str) -> list[str]:

@@ -53,7 +53,8 @@ _deny("signals other backends", "pg_terminate_backend", "pg_cancel_backend", "pg
       "pg_log_backend_memory_contexts", "pg_reload_conf", "pg_rotate_logfile*", "pg_promote")
 _deny("takes locks", "pg_advisory*", "pg_try_advisory*")
 _deny("reads or writes server files", "pg_read_file", "pg_read_binary_file", "pg_ls_*", "pg_stat_file",
-      "pg_file_*", "pg_current_logfile", "lo_*", "loread", "lowrite", "pg_import_system_collations")
+      "pg_file_*", "pg_current_logfile", "lo_*", "loread", "lowrite", "pg_import_system_collations",
+      "pg_tablespace_location")
 _deny("ties up a connection (waits)", "pg_sleep*")
 _deny("changes server state", "pg_switch_wal", "pg_switch_xlog", "pg_create_*", "pg_drop_*", "pg_copy_*",
       "pg_logical_*", "pg_replication_*", "pg_wal_replay_*", "pg_backup_*", "pg_start_backup",
