@@ -179,3 +179,25 @@ async def test_huge_result_is_cut_while_streaming(pg):
         assert (await engine.run_untrusted("SELECT 1", _as("alice"), LIMITS)).rows == [[1]]  # connection fine
     finally:
         await engine.close()
+
+
+async def test_abandoned_call_stops_its_statement_on_the_server(pg):
+    """A call cancelled mid-statement (the client went away) does not leave its query running on the
+    server until statement_timeout (psycopg's row stream cancels it as it is closed; the engine's
+    _finish covers the rest) and the engine keeps serving."""
+    engine = _engine(pg)
+    marker = "abandoned_" + pg["tag"]
+    try:
+        task = asyncio.create_task(engine.execute(f"SELECT pg_sleep(10) AS {marker}", None, _as("alice"), SLOW))
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.3)
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{pg['db']}") as admin:
+            running = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE %s AND state = 'active'",
+                                    (f"%AS {marker}%",)).fetchone()[0]
+        assert running == 0
+        assert (await engine.run_untrusted("SELECT 1", _as("alice"), LIMITS)).rows == [[1]]
+    finally:
+        await engine.close()

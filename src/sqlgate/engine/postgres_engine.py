@@ -25,7 +25,7 @@ import asyncio
 import logging
 import re
 import time
-from contextlib import aclosing
+from contextlib import aclosing, suppress
 from typing import Any
 
 import psycopg
@@ -220,8 +220,7 @@ class PostgresEngine(Engine):
                     await conn.execute("BEGIN READ ONLY" if read_only else "BEGIN")
                     await conn.execute(setup, setup_params)
                 return await _fetch(conn, text, params, limits)
-        except TimeoutError:
-            await conn.close()  # the server did not stop it in time: this connection is not reusable
+        except TimeoutError:  # the server did not stop it in time: _finish cancels and closes
             raise _timeout(limits) from None
         except psycopg.errors.QueryCanceled:
             raise _timeout(limits) from None
@@ -385,6 +384,12 @@ async def _finish(conn: psycopg.AsyncConnection) -> None:
             pass
     elif status == pq.TransactionStatus.IDLE:
         return
+    elif status == pq.TransactionStatus.ACTIVE:
+        # abandoned mid-operation (client gone, backstop timeout) outside the row stream, which
+        # cancels on its own: stop the statement on the server, which would otherwise run on after
+        # the socket closes, up to statement_timeout
+        with suppress(psycopg.Error):
+            await conn.cancel_safe(timeout=_BACKSTOP)
     await conn.close()
 
 
