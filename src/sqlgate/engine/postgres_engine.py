@@ -74,6 +74,7 @@ class PostgresEngine(Engine):
         self._guard = PostgresGuard()
         self._admission = Admission(pool_size, per_caller)
         self._pool: AsyncConnectionPool | None = None
+        self._pool_lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sql_cache: dict[str, tuple[str, bool]] = {}
         self._tasks: set[asyncio.Task] = set()  # connections being given back, pool checks
@@ -124,18 +125,22 @@ class PostgresEngine(Engine):
         return params
 
     async def _get_pool(self) -> AsyncConnectionPool:
-        if self._pool is None:
-            self._loop = asyncio.get_running_loop()
-            kwargs = self._conninfo(self._dsn)
-            # autocommit: we send BEGIN ourselves, in the same round trip as the call's settings;
-            # no automatic server-side prepared statements (DISCARD ALL would drop them under psycopg)
-            kwargs.update(autocommit=True, prepare_threshold=None)
-            self._pool = AsyncConnectionPool(
-                "", kwargs=kwargs, min_size=1, max_size=self._pool_size, open=False, reset=_reset,
-                name="sqlgate-postgres", reconnect_timeout=10.0, connection_class=_tracking(self._health))
-            # not waiting: a database that is down at this moment must not block or kill the server;
-            # calls answer "database unavailable" until the pool's background connects succeed
-            await self._pool.open(wait=False)
+        if self._pool is not None:
+            return self._pool
+        async with self._pool_lock:  # the first calls may arrive together: one pool, opened once
+            if self._pool is None:
+                self._loop = asyncio.get_running_loop()
+                kwargs = self._conninfo(self._dsn)
+                # autocommit: we send BEGIN ourselves, in the same round trip as the call's settings;
+                # no automatic server-side prepared statements (DISCARD ALL would drop them)
+                kwargs.update(autocommit=True, prepare_threshold=None)
+                pool = AsyncConnectionPool(
+                    "", kwargs=kwargs, min_size=1, max_size=self._pool_size, open=False, reset=_reset,
+                    name="sqlgate-postgres", reconnect_timeout=10.0, connection_class=_tracking(self._health))
+                # not waiting: a database that is down at this moment must not block or kill the
+                # server; calls answer "database unavailable" until the pool's background connects work
+                await pool.open(wait=False)
+                self._pool = pool
         return self._pool
 
     def _role_for(self, call: CallContext) -> str | None:
