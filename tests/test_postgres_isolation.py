@@ -68,9 +68,20 @@ UNTRUSTED_POISON = [
 @pytest.fixture(scope="module")
 def pg(tmp_path_factory):
     with pg_database(tmp_path_factory) as info:
+        extra = [f"app_{info['tag']}_carol", f"app_{info['tag']}_mallory"]  # set_role mode: a role per user
         with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{info['db']}", autocommit=True) as admin:
             admin.execute("INSERT INTO accounts SELECT 100 + i, 'carol', 'Carol ' || i, i FROM generate_series(1, 5) i")
-        yield info
+            for role in extra:
+                admin.execute(f"CREATE ROLE {role} NOLOGIN")
+                admin.execute(f"GRANT {role} TO {info['svc']}")
+                admin.execute(f"GRANT SELECT ON accounts TO {role}")
+        try:
+            yield info
+        finally:
+            with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as admin:
+                admin.execute(f"DROP DATABASE IF EXISTS {info['db']} WITH (FORCE)")
+                for role in extra:
+                    admin.execute(f"DROP ROLE IF EXISTS {role}")
 
 
 class Mcp:
@@ -100,7 +111,8 @@ class Mcp:
         return result_of(resp)["result"]
 
 
-def test_poisoning_then_interleaved_users_over_http(pg, tmp_path):
+@pytest.mark.parametrize("mode", ["service", "set_role"])
+def test_poisoning_then_interleaved_users_over_http(pg, tmp_path, mode):
     project = tmp_path / "project"
     shutil.copytree(pg["project"], project)
     text = (project / "sqlgate.yml").read_text().replace("  pool_size: 4\n", "  pool_size: 4\n  read_only: false\n")
@@ -113,6 +125,9 @@ def test_poisoning_then_interleaved_users_over_http(pg, tmp_path):
     port = free_port()
     env = isolated_env(tmp_path, SQLGATE_AUTH_MODE="jwt", SQLGATE_AUTH_SECRET=SECRET,
                        SQLGATE_AUTH_ALGORITHM="HS256", SQLGATE_AUTH_ISSUER="https://iss.test")
+    prefix = f"app_{pg['tag']}_"
+    if mode == "set_role":
+        env |= {"SQLGATE_DB_ROLE_MODE": "set_role", "SQLGATE_DB_ROLE_PREFIX": prefix}
     server = start_server(project, tmp_path, env=env, port=port)
 
     def token(name: str) -> str:
@@ -145,7 +160,8 @@ def test_poisoning_then_interleaved_users_over_http(pg, tmp_path):
             row = result["structuredContent"]["result"][0]
             assert row["me"] == user and row["n"] == OWN_ROWS[user] and row["lo"] == row["hi"] == user, row
             assert (row["locks"], row["prepared"], row["cursors"], row["temps"], row["listening"]) == (0, 0, 0, 0, 0)
-            assert row["search_path"] == '"$user", public' and row["role"] == pg["svc"] and row["legacy"] == ""
+            role = prefix + user if mode == "set_role" else pg["svc"]
+            assert row["search_path"] == '"$user", public' and row["role"] == role and row["legacy"] == ""
         assert probes == 210
         # the poison did take effect inside its own calls (the lock was free to take, every time)
         got = [r["structuredContent"]["result"][0]["got"] for (u, t, a), r in results if t == "poison_lock"]
