@@ -52,14 +52,18 @@ _deny("changes settings or roles", "set_config")
 _deny("signals other backends", "pg_terminate_backend", "pg_cancel_backend", "pg_signal_backend",
       "pg_log_backend_memory_contexts", "pg_reload_conf", "pg_rotate_logfile*", "pg_promote")
 _deny("takes locks", "pg_advisory*", "pg_try_advisory*")
-_deny("reads or writes server files", "pg_read_file", "pg_read_binary_file", "pg_ls_*", "pg_stat_file",
+_deny("reads or writes server files", "pg_read_file*", "pg_read_binary_file*", "pg_ls_*", "pg_stat_file",
       "pg_file_*", "pg_current_logfile", "lo_*", "loread", "lowrite", "pg_import_system_collations",
-      "pg_tablespace_location")
+      "pg_tablespace_location", "pg_config")
 _deny("ties up a connection (waits)", "pg_sleep*")
 _deny("changes server state", "pg_switch_wal", "pg_switch_xlog", "pg_create_*", "pg_drop_*", "pg_copy_*",
       "pg_logical_*", "pg_replication_*", "pg_wal_replay_*", "pg_backup_*", "pg_start_backup",
       "pg_stop_backup", "pg_stat_reset*", "pg_stat_statements_reset", "pg_export_snapshot",
-      "pg_prewarm", "binary_upgrade_*", "pg_notify")
+      "pg_prewarm", "binary_upgrade_*", "pg_notify", "brin_summarize_*", "brin_desummarize_range",
+      "gin_clean_pending_list")
+# the random seed is per connection and outlives DISCARD ALL: it would make the next caller's
+# random() predictable
+_deny("changes the connection's random seed", "setseed")
 _deny("assigns sequence values or transaction ids", "nextval", "setval", "txid_current",
       "pg_current_xact_id")
 # sqlgate's identity machinery (postgres_identity.sql): only its public accessors may be called
