@@ -75,7 +75,7 @@ async def test_one_caller_cannot_take_the_whole_pool(pg):
                   for _ in range(6)]
         await asyncio.sleep(0.3)
         result, took = await _timed(engine.run_untrusted("SELECT 1", _as("bob"), TWO_SECONDS))
-        assert result.rows == [[1]] and took < 0.5
+        assert result.rows == [[1]] and took < 1.0  # not behind alice's 1.5 s waves
         finished = sorted(t for _, t in await asyncio.gather(*greedy))
         assert finished[-1] > 4  # alice's six ran two at a time: three waves
     finally:
