@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                       "(not sqlgate's service role: the owner of these functions can read the key)")
     inst.add_argument("--project", "-p", default=".", help="project directory (for engine.identity_key)")
     inst.add_argument("--profile", default=None)
-    sub.add_parser("sql", help="print the setup SQL (to review it, or to run it with psql)")
+    sub.add_parser("sql", help="print the setup SQL to review it (install runs it and also stores the key)")
     args = ap.parse_args(argv)
     if args.command == "sql":
         sys.stdout.write(identity_sql())
