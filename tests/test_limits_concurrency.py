@@ -259,12 +259,17 @@ async def test_http_sessions_each_see_their_own_headers(tenant_server):
 async def test_authorization_header_is_invisible_to_the_query_tool(tenant_server):
     headers = {"Authorization": "Bearer super-secret", "X-Tenant": "initech"}
     async with mcp_session(tenant_server.url, headers=headers) as s:
-        res = await s.call_tool("query", {"sql": "SELECT get_request_header('authorization') AS a, "
-                                                 "get_request_header('Authorization') AS b, "
-                                                 "get_request_header('x-tenant') AS t"})
-    assert not res.is_error, res.content[0].text
-    assert res.structured_content["rows"] == [["", "", "initech"]]
-    assert "super-secret" not in res.content[0].text
+        res = await s.call_tool("query", {"sql": "SELECT get_request_header('x-tenant') AS t"})
+        assert res.structured_content["rows"] == [["initech"]]
+        # credential-like headers are refused to the model's SQL outright …
+        for name in ("authorization", "Authorization"):
+            res = await s.call_tool("query", {"sql": f"SELECT get_request_header('{name}') AS a"})
+            assert res.is_error and "may carry credentials" in res.content[0].text
+            assert "super-secret" not in res.content[0].text
+        # … and the Authorization header never reaches SQL at all, not even the author's
+        res = await s.call_tool("tenant", {})
+        assert res.structured_content["result"]["authorization"] == ""
+        assert "super-secret" not in res.content[0].text
 
 
 async def test_session_without_header_sees_empty_tenant(tenant_server):
