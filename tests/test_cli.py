@@ -122,3 +122,10 @@ def test_test_command_reports_failures(project, tmp_path):
     assert "FAIL tool failing :: wrong value" in proc.stdout and "!= expected" in proc.stdout
     assert "expected an error containing 'boom', got a result" in proc.stdout
     assert "0 passed, 2 failed" in proc.stdout
+
+
+def test_pg_identity_prints_its_setup_sql(tmp_path):
+    proc = sqlgate("pg-identity", "sql", tmp=tmp_path, check=True)
+    assert "SECURITY DEFINER" in proc.stdout and "CREATE SCHEMA" in proc.stdout.upper()
+    usage = sqlgate("pg-identity", "--help", tmp=tmp_path)
+    assert "sqlgate pg-identity" in usage.stdout and "install" in usage.stdout

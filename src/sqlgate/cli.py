@@ -273,6 +273,18 @@ def run_prompt(name: str, project: ProjectOpt = Path("."), profile: ProfileOpt =
     _run("prompt", name, project, profile, param or [], None)
 
 
+@app.command("pg-identity", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                                             "help_option_names": []})
+def pg_identity(ctx: typer.Context) -> None:
+    """PostgreSQL: install (or print) the signed-identity functions `sqlgate.username()` & co.
+
+    `sqlgate pg-identity install --admin-dsn DSN -p PROJECT` / `sqlgate pg-identity sql`.
+    """
+    from sqlgate.engine.postgres_identity import main as identity_main
+
+    raise typer.Exit(identity_main(list(ctx.args)))
+
+
 @app.command()
 def test(
     name: Annotated[str | None, typer.Argument(help="Only this endpoint's tests.")] = None,

@@ -172,7 +172,7 @@ def install(admin_dsn: str, key: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sqlgate.engine.postgres_identity",
+    ap = argparse.ArgumentParser(prog="sqlgate pg-identity",
                                  description="Install sqlgate's signed-identity functions into a PostgreSQL database.")
     sub = ap.add_subparsers(dest="command", required=True)
     inst = sub.add_parser("install", help="create schema sqlgate, its functions and the key (needs an admin DSN)")

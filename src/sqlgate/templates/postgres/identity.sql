@@ -1,5 +1,5 @@
 -- sqlgate's signed caller identity for PostgreSQL. Run as an administrator (the owner of these
--- objects must not be sqlgate's service role): `python -m sqlgate.engine.postgres_identity install`
+-- objects must not be sqlgate's service role): `sqlgate pg-identity install`
 -- runs this file and stores the key; re-running it is safe.
 --
 -- For every call sqlgate sets the transaction-local setting `sqlgate.identity` to
