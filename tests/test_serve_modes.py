@@ -176,3 +176,34 @@ async def test_sigterm_lets_calls_in_flight_finish(tmp_path):
     finally:
         if server.proc.poll() is None:
             stop_server(server)
+
+
+def test_oauth_flow_across_two_workers(tmp_path):
+    """`--workers 2`: login, calls and refreshes, whichever worker takes each request (shared SQLite state)."""
+    from tests.idp.launcher import OidcProvider
+    from tests.test_auth_flows import login, provider_config
+    from tests.test_auth_grants import refresh, works
+
+    port = free_port()
+    idp = OidcProvider(redirect_uris=[f"http://127.0.0.1:{port}/oidc/callback"])
+    server = None
+    try:
+        auth = {**provider_config("oidc", idp, port)}
+        auth["persistence"] = {**auth["persistence"], "path": str(tmp_path / "oauth.db")}
+        server = start_auth_server(tmp_path, auth, port=port, args=["--workers", "2"])
+        storage = login({"server": server}, "alice")
+        for _ in range(6):
+            assert works(server.url, storage.tokens.access_token)
+        client_id = storage.client.client_id
+        token = storage.tokens.refresh_token
+        for _ in range(3):
+            fresh = refresh(server.base, client_id, token)
+            assert fresh.status_code == 200, fresh.text
+            token = fresh.json()["refresh_token"]
+            assert works(server.url, fresh.json()["access_token"])
+        workers = psutil.Process(server.proc.pid).children(recursive=True)
+        assert sum(1 for w in workers if w.cpu_times().user > 0.5) >= 2, "both workers should have served"
+    finally:
+        if server is not None:
+            stop_server(server)
+        idp.stop()
