@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import HOST, running
+from harness import HOST, isolated_env, running
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
@@ -93,8 +92,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SQLGATE_")}
-        env.update(SQLGATE_CONFIG=str(work / "none.yml"), HOME=str(work))
+        env = isolated_env(work)
         servers = {"query (guard)": (project(work / "new"), env, "query", {"sql": SQL}),
                    "ping (trusted YAML)": (project(work / "new-ping"), env, "ping", {})}
         if opts.baseline_src:

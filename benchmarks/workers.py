@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from harness import HOST, running
+from harness import HOST, isolated_env, running
 from projects import ping_project
 
 PY = sys.executable
@@ -49,8 +48,7 @@ def main() -> int:
     opts = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SQLGATE_")}
-        env.update(SQLGATE_CONFIG=str(work / "none.yml"), HOME=str(work))
+        env = isolated_env(work)
         one, two = ping_project(work / "one"), ping_project(work / "two")
         results: dict[str, list[float]] = {"1 worker": [], "2 workers": []}
         with running(cmd(one, 1), env, work / "one.log") as s1, running(cmd(two, 2), env, work / "two.log") as s2:

@@ -10,17 +10,11 @@ import shutil
 import statistics
 import textwrap
 import time
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
-from joserfc import jwt
-from joserfc.jwk import OctKey
-from mcp.client.session import ClientSession
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 
 from sqlgate.components import MAX_ERROR_CHARS
 from sqlgate.config.loader import load_project
@@ -28,6 +22,7 @@ from sqlgate.context import CallContext, UserContext
 from sqlgate.engine import Limits, open_engine
 from sqlgate.errors import QueryFailed, QueryTimeout
 from tests.auth_support import start_auth_server
+from tests.clients import hs256_bearer, mcp_session
 from tests.conftest import EXAMPLE, free_port, isolated_env, start_server, stop_server
 
 # a statement that runs until the deadline interrupts it
@@ -40,15 +35,6 @@ def _project(root: Path, engine_extra: str = "") -> Path:
     text = text.replace("engine:\n", "engine:\n" + textwrap.indent(engine_extra, "  "), 1) if engine_extra else text
     (root / "sqlgate.yml").write_text(text)
     return root
-
-
-@asynccontextmanager
-async def mcp_session(url: str, headers: dict[str, str] | None = None):
-    async with create_mcp_http_client(headers=headers) as http, \
-            streamable_http_client(url, http_client=http) as (read, write), \
-            ClientSession(read, write) as session:
-        await session.initialize()
-        yield session
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +81,7 @@ async def test_one_users_slow_queries_leave_room_for_others(tmp_path):
                                           "SQLGATE_DB_MAX_CONCURRENT_PER_CALLER": "2"})
 
     def bearer(name: str) -> dict[str, str]:
-        claims = {"iss": "https://issuer.test", "aud": server.url, "sub": name, "preferred_username": name,
-                  "exp": int(time.time()) + 600}
-        return {"Authorization": "Bearer " + jwt.encode({"alg": "HS256"}, claims, OctKey.import_key(secret.encode()))}
+        return hs256_bearer(secret, server.url, name)
 
     try:
         async with mcp_session(server.url, bearer("greedy")) as greedy, \

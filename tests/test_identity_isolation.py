@@ -10,28 +10,15 @@ sees only their own identity and their own rows.
 from __future__ import annotations
 
 import asyncio
-import time
-from contextlib import asynccontextmanager
 
 import pytest
-from joserfc import jwt
-from joserfc.jwk import OctKey
-from mcp.client.session import ClientSession
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 
 from tests.auth_support import start_auth_server
+from tests.clients import hs256_bearer, mcp_session
 from tests.conftest import free_port, stop_server
 
 SECRET = "identity-isolation-shared-secret-0123456789"
 USERS = ("alice", "bob", "carol")
-
-
-def mint(aud: str, name: str) -> str:
-    now = int(time.time())
-    claims = {"iss": "https://issuer.test", "aud": aud, "sub": f"id-{name}", "iat": now, "exp": now + 600,
-              "preferred_username": name, "email": f"{name}@example.test"}
-    return jwt.encode({"alg": "HS256"}, claims, OctKey.import_key(SECRET.encode()))
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +31,8 @@ def server(tmp_path_factory):
     stop_server(srv)
 
 
-@asynccontextmanager
-async def session_as(url: str, aud: str, name: str):
-    headers = {"Authorization": f"Bearer {mint(aud, name)}"}
-    async with create_mcp_http_client(headers=headers) as http, \
-            streamable_http_client(url, http_client=http) as (read, write), \
-            ClientSession(read, write) as session:
-        await session.initialize()
-        yield session
+def session_as(url: str, aud: str, name: str):
+    return mcp_session(url, hs256_bearer(SECRET, aud, name))
 
 
 POISON = [

@@ -15,32 +15,20 @@ import json
 import shutil
 import textwrap
 import time
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-from mcp.client.session import ClientSession
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 
 from sqlgate.config.loader import load_project
 from sqlgate.context import CallContext, UserContext
 from sqlgate.endpoints import executor
 from sqlgate.endpoints.loader import load_endpoints
 from sqlgate.engine import Limits, open_engine
+from tests.clients import mcp_session
 from tests.conftest import EXAMPLE, ServerProcess, isolated_env, start_server, stop_server
 
 SLOW_SQL = "SELECT count(*) FROM range(100000000000) a"  # ~10^11 rows: minutes without the timeout
-
-
-@asynccontextmanager
-async def mcp_session(url: str, headers: dict[str, str] | None = None):
-    async with create_mcp_http_client(headers=headers) as http, \
-            streamable_http_client(url, http_client=http) as (read, write), \
-            ClientSession(read, write) as session:
-        await session.initialize()
-        yield session
 
 
 def compact(data) -> bytes:

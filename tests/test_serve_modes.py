@@ -8,19 +8,14 @@ import asyncio
 import shutil
 import signal
 import time
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
-from joserfc import jwt
-from joserfc.jwk import OctKey
-from mcp.client.session import ClientSession
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 
 from tests.auth_support import start_auth_server
+from tests.clients import hs256_bearer, mcp_session
 from tests.conftest import EXAMPLE, free_port, isolated_env, start_server, stop_server
 
 HEADERS = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"}
@@ -47,15 +42,6 @@ def open_session(url: str, headers: dict[str, str] | None = None) -> httpx.Respo
     return httpx.post(url, json=INIT, headers={**HEADERS, **(headers or {})}, timeout=10)
 
 
-@asynccontextmanager
-async def mcp_session(url: str, headers: dict[str, str] | None = None):
-    async with create_mcp_http_client(headers=headers) as http, \
-            streamable_http_client(url, http_client=http) as (read, write), \
-            ClientSession(read, write) as session:
-        await session.initialize()
-        yield session
-
-
 def test_sessions_are_capped_per_client_and_expire_when_idle(tmp_path):
     port = free_port()
     server = start_auth_server(tmp_path, {"jwt": {"secret": SECRET, "algorithms": ["HS256"],
@@ -64,9 +50,7 @@ def test_sessions_are_capped_per_client_and_expire_when_idle(tmp_path):
                                           "SQLGATE_SESSION_IDLE_TIMEOUT": "2"})
 
     def bearer(name: str) -> dict[str, str]:
-        claims = {"iss": "https://issuer.test", "aud": server.url, "sub": name, "preferred_username": name,
-                  "exp": int(time.time()) + 600}
-        return {"Authorization": "Bearer " + jwt.encode({"alg": "HS256"}, claims, OctKey.import_key(SECRET.encode()))}
+        return hs256_bearer(SECRET, server.url, name)
 
     try:
         greedy = [open_session(server.url, bearer("greedy")) for _ in range(3)]
