@@ -63,6 +63,7 @@ def test_remote_and_introspection_modes_from_env(project, tmp_path):
             SQLGATE_AUTH_INTROSPECTION_CLIENT_ID=f"{idp.client_id}-introspector",
             SQLGATE_AUTH_INTROSPECTION_CLIENT_SECRET=f"{idp.client_secret}-introspector",
             SQLGATE_AUTH_INTROSPECTION_TIMEOUT="5", SQLGATE_AUTH_AUTHORIZATION_SERVERS=idp.issuer,
+            SQLGATE_AUTH_INTROSPECTION_AUDIENCE="urn:sqlgate:other,urn:sqlgate:opaque",
             SQLGATE_AUTH_RESOURCE_NAME="Shop via env", SQLGATE_AUTH_RESOURCE_DOCUMENTATION="https://docs.example/shop")
         try:
             token = httpx.post(meta["token_endpoint"], data={"grant_type": "client_credentials", "scope": "sql:read",

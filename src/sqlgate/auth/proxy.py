@@ -38,6 +38,7 @@ from starlette.routing import Route
 
 from sqlgate.auth.config import AuthConfig, ClientConfig
 from sqlgate.auth.grant_flow import FamilyRefreshToken, GrantFlow, UpstreamUnavailable
+from sqlgate.auth.registration import BoundedRegistration
 from sqlgate.auth.store import OAuthState
 from sqlgate.auth.upstream import Endpoints, UserInfoVerifier
 
@@ -116,12 +117,21 @@ class SqlgateOAuthProxy(GrantFlow, OAuthProxy):
         self.state = state
         self.grants = state.grants
         self.refresh_race_window = auth.refresh_race_window_seconds
+        self._registration = auth.registration
         self.use_grant_store()
 
     def get_routes(self, mcp_path: str | None = None):
         token = Route("/token", endpoint=cors_middleware(SqlgateTokenHandler(self, ClientAuthenticator(self)).handle,
                                                          ["POST", "OPTIONS"]), methods=["POST", "OPTIONS"])
-        return [token if isinstance(r, Route) and r.path == "/token" else r for r in super().get_routes(mcp_path)]
+        routes = []
+        for r in super().get_routes(mcp_path):
+            if isinstance(r, Route) and r.path == "/token":
+                r = token
+            elif isinstance(r, Route) and r.path == "/register":  # bounded: see registration.py
+                r = Route("/register", endpoint=BoundedRegistration(r.app, self._registration, self.grants),
+                          methods=["POST", "OPTIONS"])
+            routes.append(r)
+        return routes
 
     # ---------------------------------------------------------------- scopes
     def _build_upstream_authorize_url(self, txn_id: str, transaction: dict[str, Any]) -> str:
@@ -137,18 +147,22 @@ class SqlgateOAuthProxy(GrantFlow, OAuthProxy):
     async def exchange_authorization_code(self, client, authorization_code):
         token = _granted_scopes.set(self._allowed(authorization_code.scopes))
         try:
-            return await super().exchange_authorization_code(client, authorization_code)
+            issued = await super().exchange_authorization_code(client, authorization_code)
         finally:
             _granted_scopes.reset(token)
+        await self._keep_client(client)
+        return issued
 
     async def exchange_refresh_token(self, client, refresh_token: RefreshToken, scopes: list[str]):
         # a refresh may narrow the grant, never widen it
         wanted = [s for s in (scopes or refresh_token.scopes) if s in refresh_token.scopes]
         token = _granted_scopes.set(self._allowed(wanted))
         try:
-            return await super().exchange_refresh_token(client, refresh_token, scopes)
+            issued = await super().exchange_refresh_token(client, refresh_token, scopes)
         finally:
             _granted_scopes.reset(token)
+        await self._keep_client(client)
+        return issued
 
     def _allowed(self, requested: list[str]) -> list[str]:
         return [s for s in requested if s in self._mcp_scopes]
@@ -197,6 +211,18 @@ class SqlgateOAuthProxy(GrantFlow, OAuthProxy):
         # decided per authorisation and consented to by the user.
         client_info.scope = " ".join(self._mcp_scopes)
         await super().register_client(client_info)
+        # stored again with a lifetime: a client that never completes a login goes away
+        await self._keep_client(client_info, self._registration.unauthorized_client_ttl_seconds)
+
+    async def _keep_client(self, client: OAuthClientInformationFull, ttl: int | None = None) -> None:
+        """(Re)store a registered client to live `ttl` seconds more (default: the idle lifetime)."""
+        if client.client_id is None or client.client_id in self._config_clients:
+            return
+        stored = await self._client_store.get(key=client.client_id)
+        if stored is None or stored.cimd_document is not None:  # CIMD clients are never stored
+            return
+        await self._client_store.put(key=client.client_id, value=stored,
+                                     ttl=ttl or self._registration.idle_client_ttl_seconds)
 
     def _client_from_config(self, c: ClientConfig) -> OAuthClientInformationFull:
         return OAuthClientInformationFull(

@@ -131,6 +131,13 @@ class GrantStore(ABC):
     @abstractmethod
     def is_family_revoked(self, family_id: str, now: float) -> bool: ...
 
+    # ------------------------------------------------------------------ rate limits
+    @abstractmethod
+    def count_hit(self, bucket: str, window_seconds: float, now: float) -> tuple[int, float]:
+        """Count one hit in `bucket`'s fixed window, atomically (one upsert): (hits in the current
+        window including this one, when that window started). A window older than
+        `window_seconds` is restarted by the hit. Shared by every process using the store."""
+
     # ------------------------------------------------------------------ upkeep
     @abstractmethod
     def delete_expired(self, now: float) -> int: ...
