@@ -7,8 +7,12 @@ What it changes and why:
 - Identity: every request's access token is mapped to the upstream user info (cached for
   `cache_ttl`), with the upstream token available as the caller's external token.
 - Revocation (RFC 7009) is always on and ends the whole grant locally — access and refresh
-  token alike — even for providers without a revocation endpoint (GitHub).
+  token alike — even for providers without a revocation endpoint (GitHub); where the provider has
+  one, the grant's *upstream* tokens are revoked there (upstream_revocation.py).
 - Pre-registered clients come from configuration (public or confidential), never from storage.
+- Registration is bounded (registration.py); CIMD clients are accepted through FastMCP's CIMD
+  support with sqlgate's fetcher (cimd.py); a failed code exchange at the IdP callback is an
+  honest 400/502/503 page (callback.py).
 - Single use and rotation: codes and refresh tokens live in the grant store with atomic
   operations (grant_flow.py explains what replaces OAuthProxy's read-then-delete and why).
 - `invalid_grant` at /token is HTTP 400 (RFC 6749 §5.2). FastMCP turns it into 401, reading the
@@ -23,7 +27,8 @@ import hashlib
 import logging
 from typing import Any
 
-from fastmcp.server.auth.auth import AccessToken, TokenHandler
+from fastmcp.server.auth.auth import AccessToken, PrivateKeyJWTClientAuthenticator, TokenHandler
+from fastmcp.server.auth.identity_assertion import normalize_resource_url, server_url_has_query
 from fastmcp.server.auth.oauth_proxy import OAuthProxy
 from fastmcp.server.auth.oauth_proxy.models import ProxyDCRClient
 from mcp.server.auth.handlers import revoke as _sdk_revoke
@@ -36,11 +41,14 @@ from pydantic import AnyUrl
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from sqlgate.auth.callback import HonestCallback
+from sqlgate.auth.cimd import build_manager
 from sqlgate.auth.config import AuthConfig, ClientConfig
 from sqlgate.auth.grant_flow import FamilyRefreshToken, GrantFlow, UpstreamUnavailable
 from sqlgate.auth.registration import BoundedRegistration
 from sqlgate.auth.store import OAuthState
 from sqlgate.auth.upstream import Endpoints, UserInfoVerifier
+from sqlgate.auth.upstream_revocation import UpstreamClient, revoke_upstream
 
 log = logging.getLogger("sqlgate.auth")
 
@@ -63,9 +71,17 @@ def _signing_key(secret: str) -> bytes:
 
 class SqlgateTokenHandler(TokenHandler):
     """FastMCP's token handler (invalid_client fix kept) with invalid_grant back at HTTP 400, and a
-    provider outage during refresh as 503 temporarily_unavailable + Retry-After instead of a 500."""
+    provider outage during refresh as 503 temporarily_unavailable + Retry-After instead of a 500.
+    A `resource` naming another server is invalid_target (RFC 8707 §2.2): the SDK passes it along
+    and FastMCP ignores it, which would hand out a token for this server to a client that asked
+    for one elsewhere."""
 
     async def handle(self, request):
+        resource = (await request.form()).get("resource") if request.method == "POST" else None
+        if isinstance(resource, str) and resource and not self.provider.is_own_resource(resource):
+            return JSONResponse({"error": "invalid_target",
+                                 "error_description": "the resource is not this server"},
+                                status_code=400, headers={"Cache-Control": "no-store"})
         try:
             response = await super().handle(request)
         except UpstreamUnavailable:
@@ -77,23 +93,24 @@ class SqlgateTokenHandler(TokenHandler):
         return response
 
 
-class SqlgateOAuthProxy(GrantFlow, OAuthProxy):
+class SqlgateOAuthProxy(HonestCallback, GrantFlow, OAuthProxy):
     def __init__(self, *, auth: AuthConfig, endpoints: Endpoints, verifier: UserInfoVerifier,
                  state: OAuthState, base_url: str):
         cfg = auth.provider_config()
+        redirect_patterns = [*LOOPBACK_REDIRECTS, *auth.allowed_redirect_uris,
+                             *(u for c in auth.clients for u in c.redirect_uris)]
         super().__init__(
             upstream_authorization_endpoint=endpoints.authorize,
             upstream_token_endpoint=endpoints.token,
             upstream_client_id=cfg.client_id or "",
             upstream_client_secret=cfg.client_secret,
-            upstream_revocation_endpoint=endpoints.revoke,
+            upstream_revocation_endpoint=None,  # revoke_token revokes upstream (upstream_revocation.py)
             token_verifier=verifier,
             base_url=base_url,
             redirect_path=endpoints.callback_path,
             issuer_url=auth.issuer_url or base_url,
             service_documentation_url=auth.service_documentation_url,
-            allowed_client_redirect_uris=[*LOOPBACK_REDIRECTS, *auth.allowed_redirect_uris,
-                                          *(u for c in auth.clients for u in c.redirect_uris)],
+            allowed_client_redirect_uris=redirect_patterns,
             valid_scopes=list(auth.scopes),
             forward_pkce=cfg.forward_pkce,
             forward_resource=False,  # the resource is this server, not the upstream provider's API
@@ -106,8 +123,10 @@ class SqlgateOAuthProxy(GrantFlow, OAuthProxy):
             fastmcp_access_token_expiry_seconds=auth.access_token_ttl,
             fallback_access_token_expiry_seconds=auth.access_token_ttl,
             fallback_refresh_token_expiry_seconds=auth.refresh_token_ttl,
-            enable_cimd=False,
+            enable_cimd=auth.cimd.enabled,
         )
+        # FastMCP's CIMD with sqlgate's fetcher: limits, the DCR redirect policy, dev loopback (cimd.py)
+        self._cimd_manager = build_manager(auth.cimd, auth.registration, redirect_patterns, " ".join(auth.scopes))
         self.required_scopes = list(auth.authorization.required_scopes)
         self.revocation_options = RevocationOptions(enabled=True)
         self._upstream_scopes = endpoints.scope.split()
@@ -118,10 +137,15 @@ class SqlgateOAuthProxy(GrantFlow, OAuthProxy):
         self.grants = state.grants
         self.refresh_race_window = auth.refresh_race_window_seconds
         self._registration = auth.registration
+        self._upstream_revoke = UpstreamClient(endpoints.revoke, cfg.client_id or "", cfg.client_secret,
+                                               endpoints.token_auth_method, cfg.timeout_seconds) \
+            if endpoints.revoke else None
         self.use_grant_store()
 
     def get_routes(self, mcp_path: str | None = None):
-        token = Route("/token", endpoint=cors_middleware(SqlgateTokenHandler(self, ClientAuthenticator(self)).handle,
+        authenticator = ClientAuthenticator(self) if self._cimd_manager is None else PrivateKeyJWTClientAuthenticator(
+            provider=self, cimd_manager=self._cimd_manager, token_endpoint_url=self.token_endpoint_url)
+        token = Route("/token", endpoint=cors_middleware(SqlgateTokenHandler(self, authenticator).handle,
                                                          ["POST", "OPTIONS"]), methods=["POST", "OPTIONS"])
         routes = []
         for r in super().get_routes(mcp_path):
@@ -163,6 +187,15 @@ class SqlgateOAuthProxy(GrantFlow, OAuthProxy):
             _granted_scopes.reset(token)
         await self._keep_client(client)
         return issued
+
+    def is_own_resource(self, resource: str) -> bool:
+        """Whether an RFC 8707 resource names this server (matched as OAuthProxy.authorize does)."""
+        if self._resource_url is None:
+            return True
+        ours = str(self._resource_url)
+        if server_url_has_query(ours):
+            return resource.rstrip("/") == ours.rstrip("/")
+        return normalize_resource_url(resource) == normalize_resource_url(ours)
 
     def _allowed(self, requested: list[str]) -> list[str]:
         return [s for s in requested if s in self._mcp_scopes]
@@ -238,21 +271,31 @@ class SqlgateOAuthProxy(GrantFlow, OAuthProxy):
 
     # ---------------------------------------------------------------- revocation
     async def revoke_token(self, token: AccessToken | RefreshToken) -> None:
-        """End the whole grant: its family, its upstream token set and every token mapped to it."""
+        """End the whole grant: its upstream tokens at the provider (upstream_revocation.py explains
+        why not OAuthProxy's), its family, and every token mapped to it."""
         use = "refresh" if isinstance(token, RefreshToken) else "access"
         try:
             payload = self.jwt_issuer.verify_token(token.token, expected_token_use=use)
         except Exception:
-            payload = None
-        await super().revoke_token(token)  # upstream revocation where the provider has one
-        if payload is None:
-            return
+            return  # not one of ours: nothing to end (RFC 7009 §2.2: still 200)
         family = token.family_id if isinstance(token, FamilyRefreshToken) else self.family_of_token(token.token, use)
+        mapping = None
+        if family is None:  # a token from before grant families: its mapping names the upstream set
+            mapping = await self._jti_mapping_store.get(key=payload["jti"])
+        upstream_id = family or (mapping.upstream_token_id if mapping is not None else None)
+        upstream = await self._upstream_token_store.get(key=upstream_id) if upstream_id else None
+        grant = f"{upstream_id[:6]}…" if upstream_id else "?"
+        if upstream is not None and self._upstream_revoke is not None:
+            # RFC 7009 §2.1: revoking the refresh token also invalidates the grant's access tokens
+            which = (upstream.refresh_token, "refresh_token") if upstream.refresh_token \
+                else (upstream.access_token, "access_token")
+            await revoke_upstream(self._upstream_revoke, [which], grant)
+        elif upstream is not None:
+            log.info("the %s provider has no revocation endpoint: grant %s ends here only", self._provider_name,
+                     grant)
         if family is not None:
             await self.revoke_family(family, f"a {use} token was revoked by client {payload.get('client_id')}")
             return
-        # a token from before grant families: end what its mapping points at
-        mapping = await self._jti_mapping_store.get(key=payload["jti"])
         await self._jti_mapping_store.delete(key=payload["jti"])
         if mapping is not None:
             await self._upstream_token_store.delete(key=mapping.upstream_token_id)
