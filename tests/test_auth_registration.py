@@ -14,6 +14,7 @@ import pytest
 
 from tests.auth_support import start_auth_server
 from tests.conftest import stop_server
+from tests.grant_backends import postgres_available, postgres_database
 from tests.test_auth_flows import drop_stack, login, make_stack
 from tests.test_auth_server import GITHUB
 
@@ -79,22 +80,31 @@ def test_within_the_caps_registration_works(server):
     assert r.json()["client_name"] == "n" * 100
 
 
-def test_rate_limit_is_shared_by_two_servers_on_one_state_file(tmp_path):
-    """Two sqlgate processes on one SQLite state: the limit counts registrations at both."""
-    auth = {**GITHUB, "registration": {"rate_limit": 4, "rate_window_seconds": 60}}
-    a = start_auth_server(tmp_path / "a", auth | {"persistence": {"path": str(tmp_path / "oauth.db"),
-                                                                   "encryption_key": "k" * 32}})
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.skipif(
+    not postgres_available(), reason="no PostgreSQL on 127.0.0.1:5432"))])
+def shared_state(request, tmp_path):
+    """`persistence` for two servers sharing one store: a SQLite file, or a PostgreSQL database."""
+    if request.param == "sqlite":
+        yield {"path": str(tmp_path / "oauth.db"), "encryption_key": "k" * 32}
+    else:
+        with postgres_database() as dsn:
+            yield {"type": "postgres", "dsn": dsn, "encryption_key": "k" * 32}
+
+
+def test_rate_limit_is_shared_by_two_servers_on_one_store(tmp_path, shared_state):
+    """Two sqlgate processes on one state store: the limit counts registrations at both."""
+    auth = {**GITHUB, "registration": {"rate_limit": 4, "rate_window_seconds": 60}, "persistence": shared_state}
+    a = start_auth_server(tmp_path / "a", auth)
     b = None
     try:
-        b = start_auth_server(tmp_path / "b", auth | {"persistence": {"path": str(tmp_path / "oauth.db"),
-                                                                       "encryption_key": "k" * 32}})
+        b = start_auth_server(tmp_path / "b", auth)
         assert [register(s.base).status_code for s in (a, b, a, b)] == [201, 201, 201, 201]
         for s in (a, b):
             r = register(s.base)
             assert r.status_code == 429, r.text
             assert r.json()["error"] == "too_many_requests"
             assert 1 <= int(r.headers["retry-after"]) <= 60
-        # refused attempts count too, and nothing was stored for them
+        # refused attempts count too
         assert register(a.base, client_name="x" * 300).status_code == 429
         assert "exceed 4 per 60 s" in a.logs() + b.logs()
     finally:

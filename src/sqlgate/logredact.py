@@ -26,6 +26,7 @@ _PATTERNS = [
     (re.compile(r"(?i)(\bBearer\s+)[A-Za-z0-9._~+/=-]{8,}"), r"\1[redacted]"),
 ]
 REDACTED = "[redacted]"
+_TRACEBACKS = logging.Formatter()
 
 
 def redact(text: str) -> str:
@@ -55,7 +56,12 @@ def install() -> None:
         if isinstance(record.args, tuple):
             record.args = tuple(_redact_arg(a) for a in record.args)
         elif isinstance(record.args, dict):
-            record.args = {k: _redact_arg(v) for k, v in record.args.items()}
+            # a single mapping argument ("%s" % {...} or "%(name)s"): secret keys lose their values
+            record.args = {k: REDACTED if str(k).lower() in _SECRET_PARAMS else _redact_arg(v)
+                           for k, v in record.args.items()}
+        if record.exc_info and record.exc_info[0] is not None:
+            # formatters reuse a precomputed exc_text: a traceback's messages and URLs are redacted too
+            record.exc_text = redact(_TRACEBACKS.formatException(record.exc_info))
         return record
 
     factory._sqlgate_redacting = True  # type: ignore[attr-defined]
