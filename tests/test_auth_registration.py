@@ -147,3 +147,27 @@ def test_clients_that_never_log_in_or_go_idle_expire_and_are_removed(tmp_path):
         assert stale.status_code == 401 and stale.json()["error"] == "invalid_client", stale.text
     finally:
         drop_stack(stack)
+
+
+def test_clients_registered_before_expiry_existed_get_one_at_start(tmp_path):
+    """A state file from before registrations had a lifetime (rows without expiry): the next start
+    gives them the idle lifetime, so they no longer live forever."""
+    auth = {**GITHUB, "persistence": {"path": str(tmp_path / "oauth.db"), "encryption_key": "k" * 32}}
+    first = start_auth_server(tmp_path, auth)
+    try:
+        old = register(first.base).json()["client_id"]
+    finally:
+        stop_server(first)
+    with sqlite3.connect(tmp_path / "oauth.db") as con:  # as an older sqlgate stored it
+        con.execute("UPDATE kv SET expires_at = NULL WHERE collection = 'mcp-oauth-proxy-clients'")
+    second = start_auth_server(tmp_path, {**auth, "registration": {"idle_client_ttl_seconds": 8}})
+    try:
+        assert "1 registered client(s) without an expiry now expire" in second.logs()
+        params = {"response_type": "code", "client_id": old, "redirect_uri": LOOPBACK,
+                  "code_challenge": "x" * 43, "code_challenge_method": "S256"}
+        assert httpx.get(f"{second.base}/authorize", params=params).status_code == 302
+        time.sleep(8.5)
+        r = httpx.get(f"{second.base}/authorize", params=params)
+        assert r.status_code == 400 and "location" not in r.headers
+    finally:
+        stop_server(second)

@@ -273,3 +273,14 @@ def test_rate_window_counts_every_hit_once_under_concurrency(backend):
         assert s.count_hit("dcr:203.0.113.7", 60, later + 120) == (1, later + 120)
     finally:
         s.close()
+
+
+def test_entries_without_expiry_can_be_given_one(store):
+    now = time.time()
+    store.kv_put("clients", "old", "{}", None)
+    store.kv_put("clients", "new", "{}", now + 600)
+    store.kv_put("other", "x", "{}", None)
+    assert store.kv_expire_unset("clients", now + 5) == 1
+    assert store.kv_get("clients", "old", now + 4) == "{}" and store.kv_get("clients", "old", now + 6) is None
+    assert store.kv_get("clients", "new", now + 6) == "{}" and store.kv_get("other", "x", now + 6) == "{}"
+    assert store.kv_expire_unset("clients", now + 5) == 0

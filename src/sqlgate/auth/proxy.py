@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import logging
+import time
 from typing import Any
 
 from fastmcp.server.auth.auth import AccessToken, PrivateKeyJWTClientAuthenticator, TokenHandler
@@ -61,6 +62,7 @@ _sdk_revoke.RevocationRequest.model_rebuild(force=True)
 # MCP scopes of the grant being exchanged, so the issued token carries them (see class doc)
 _granted_scopes: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("sqlgate_scopes", default=None)
 
+CLIENT_COLLECTION = "mcp-oauth-proxy-clients"  # OAuthProxy's client store
 LOOPBACK_REDIRECTS = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
 
 
@@ -141,6 +143,7 @@ class SqlgateOAuthProxy(HonestCallback, GrantFlow, OAuthProxy):
                                                endpoints.token_auth_method, cfg.timeout_seconds) \
             if endpoints.revoke else None
         self.use_grant_store()
+        self._expire_unbounded_clients()
 
     def get_routes(self, mcp_path: str | None = None):
         authenticator = ClientAuthenticator(self) if self._cimd_manager is None else PrivateKeyJWTClientAuthenticator(
@@ -246,6 +249,13 @@ class SqlgateOAuthProxy(HonestCallback, GrantFlow, OAuthProxy):
         await super().register_client(client_info)
         # stored again with a lifetime: a client that never completes a login goes away
         await self._keep_client(client_info, self._registration.unauthorized_client_ttl_seconds)
+
+    def _expire_unbounded_clients(self) -> None:
+        """Clients registered before registrations had a lifetime get the idle one from now."""
+        ttl = self._registration.idle_client_ttl_seconds
+        changed = self.grants.kv_expire_unset(CLIENT_COLLECTION, time.time() + ttl)
+        if changed:
+            log.info("%d registered client(s) without an expiry now expire unless used within %d s", changed, ttl)
 
     async def _keep_client(self, client: OAuthClientInformationFull, ttl: int | None = None) -> None:
         """(Re)store a registered client to live `ttl` seconds more (default: the idle lifetime)."""

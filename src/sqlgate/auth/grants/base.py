@@ -85,6 +85,10 @@ class GrantStore(ABC):
     @abstractmethod
     def kv_delete(self, collection: str, key: str) -> bool: ...
 
+    @abstractmethod
+    def kv_expire_unset(self, collection: str, expires_at: float) -> int:
+        """Give every entry of `collection` stored without an expiry this one; the number changed."""
+
     # ------------------------------------------------------------------ authorization codes
     @abstractmethod
     def put_code(self, code_hash: str, family_id: str, sealed: str, expires_at: float) -> None: ...

@@ -112,6 +112,10 @@ class PostgresGrantStore(GrantStore):
     def kv_delete(self, collection, key):
         return self._count(f"DELETE FROM {P}kv WHERE collection = %s AND key = %s", (collection, key)) > 0
 
+    def kv_expire_unset(self, collection, expires_at):
+        return self._count(f"UPDATE {P}kv SET expires_at = %s WHERE collection = %s AND expires_at IS NULL",
+                           (expires_at, collection))
+
     # ------------------------------------------------------------------ codes
     def put_code(self, code_hash, family_id, sealed, expires_at):
         self._count(f"INSERT INTO {P}codes (code_hash, family_id, sealed, expires_at) VALUES (%s, %s, %s, %s)",

@@ -132,6 +132,11 @@ class SqliteGrantStore(GrantStore):
         with self._write() as con:
             return con.execute("DELETE FROM kv WHERE collection = ? AND key = ?", (collection, key)).rowcount > 0
 
+    def kv_expire_unset(self, collection, expires_at):
+        with self._write() as con:
+            return con.execute("UPDATE kv SET expires_at = ? WHERE collection = ? AND expires_at IS NULL",
+                               (expires_at, collection)).rowcount
+
     # ------------------------------------------------------------------ codes
     def put_code(self, code_hash, family_id, sealed, expires_at):
         with self._write() as con:
