@@ -222,3 +222,23 @@ def test_without_the_switch_loopback_and_private_addresses_are_never_fetched(tmp
         assert "blocked IP address" in server.logs()
     finally:
         stop_server(server)
+
+
+def test_new_documents_count_against_the_registration_rate_limit(tmp_path, docs):
+    """A URL client id is a registration that skips /register: fetching new documents is limited per
+    address like registering, in the same shared counter; cached documents are not counted."""
+    server = start_auth_server(tmp_path, {**GITHUB, "cimd": {"allow_loopback": True},
+                                          "registration": {"rate_limit": 3, "rate_window_seconds": 120}})
+    try:
+        ids = [docs.add(f"/limit/{i}.json", [REDIRECT]) for i in range(4)]
+        assert [_authorize(server.base, cid).status_code for cid in ids[:3]] == [302, 302, 302]
+        assert _authorize(server.base, ids[0]).status_code == 302, "a cached document is not a new registration"
+        hits = len(docs.hits)
+        r = _authorize(server.base, ids[3])
+        assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 120, r.text
+        assert len(docs.hits) == hits, "refused before anything was fetched"
+        body = {"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none"}
+        assert httpx.post(f"{server.base}/register", json=body).status_code == 429, "one counter for both"
+        assert "client metadata documents from 127.0.0.1 exceed 3 per 120 s" in server.logs()
+    finally:
+        stop_server(server)

@@ -16,6 +16,10 @@ What sqlgate changes, by replacing the fetcher (`CIMDFetcher` subclass) and noth
   loopback / allow-listed https redirect patterns): a document listing a redirect URI this server
   would refuse at /register is refused as a whole, as is one with a fragment, too many URIs or an
   oversize name. FastMCP only checks the redirect at /authorize against the document.
+- New documents count against the registration rate limit of the client's address (a client id
+  URL is a registration that skips /register): `/authorize` with a URL client id whose document
+  is not cached is counted in the grant store like a /register call, and answered 429 with
+  Retry-After over the limit — otherwise anyone could make sqlgate fetch URL after URL.
 - `allow_loopback` (development only, off by default): a client id on the loopback interface —
   `http://127.0.0.1:<port>/…`, `http://localhost:<port>/…`, `http://[::1]:<port>/…`, or https
   there — is accepted and fetched directly from the loopback address, since no public https
@@ -29,7 +33,7 @@ import ipaddress
 import json
 import logging
 import time
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 import anyio
 import httpx2
@@ -42,9 +46,11 @@ from fastmcp.server.auth.cimd import (
 )
 from fastmcp.server.auth.redirect_validation import validate_redirect_uri
 from fastmcp.server.auth.ssrf import SSRFError, SSRFFetchError, ssrf_safe_fetch_response, validate_url
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sqlgate.auth.config import CIMDConfig, RegistrationConfig
-from sqlgate.auth.registration import RegistrationRefused, check_redirect_uris
+from sqlgate.auth.grants.base import GrantStore
+from sqlgate.auth.registration import RegistrationRefused, check_redirect_uris, rate_limited
 
 log = logging.getLogger("sqlgate.auth.cimd")
 
@@ -95,9 +101,8 @@ class SqlgateCIMDFetcher(CIMDFetcher):
             raise
 
     async def _fetch(self, client_id_url: str) -> CIMDDocument:
-        cached = self._docs.get(client_id_url)
-        if cached is not None and time.monotonic() < cached[1]:
-            return cached[0]
+        if self.is_cached(client_id_url):
+            return self._docs[client_id_url][0]
         started = time.monotonic()
         try:
             with anyio.fail_after(self.cfg.timeout_seconds):
@@ -144,6 +149,10 @@ class SqlgateCIMDFetcher(CIMDFetcher):
                     raise CIMDFetchError(f"the client metadata document is larger than {cap} bytes")
             return bytes(body), dict(resp.headers)
 
+    def is_cached(self, client_id_url: str) -> bool:
+        cached = self._docs.get(client_id_url)
+        return cached is not None and time.monotonic() < cached[1]
+
     def _cache_seconds(self, headers) -> float:
         policy = self._parse_cache_policy(headers, time.time())
         if policy.no_store or policy.must_revalidate:
@@ -188,7 +197,25 @@ class SqlgateCIMDManager(CIMDClientManager):
     def __init__(self, fetcher: SqlgateCIMDFetcher, default_scope: str, redirect_patterns: list[str]):
         super().__init__(enable_cimd=True, default_scope=default_scope,
                          allowed_redirect_uri_patterns=redirect_patterns)
-        self._fetcher = fetcher
+        self._fetcher = self.fetcher = fetcher
+
+
+class CIMDFetchLimit:
+    """ASGI wrapper for `/authorize`: a URL client id that needs a fetch counts as a registration."""
+
+    def __init__(self, app: ASGIApp, fetcher: SqlgateCIMDFetcher, grants: GrantStore):
+        self.app, self.fetcher, self.grants = app, fetcher, grants
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limits = self.fetcher.limits
+        if scope["type"] == "http" and limits.rate_limit:
+            client_id = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("client_id", [""])[0]
+            if self.fetcher.is_cimd_client_id(client_id) and not self.fetcher.is_cached(client_id):
+                refusal = await rate_limited(self.grants, limits, scope, "client metadata documents")
+                if refusal is not None:
+                    await refusal(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
 
 
 def build_manager(cfg: CIMDConfig, limits: RegistrationConfig, redirect_patterns: list[str],

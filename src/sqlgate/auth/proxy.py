@@ -43,7 +43,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from sqlgate.auth.callback import HonestCallback
-from sqlgate.auth.cimd import build_manager
+from sqlgate.auth.cimd import CIMDFetchLimit, build_manager
 from sqlgate.auth.config import AuthConfig, ClientConfig
 from sqlgate.auth.grant_flow import FamilyRefreshToken, GrantFlow, UpstreamUnavailable
 from sqlgate.auth.registration import BoundedRegistration
@@ -157,6 +157,9 @@ class SqlgateOAuthProxy(HonestCallback, GrantFlow, OAuthProxy):
             elif isinstance(r, Route) and r.path == "/register":  # bounded: see registration.py
                 r = Route("/register", endpoint=BoundedRegistration(r.app, self._registration, self.grants),
                           methods=["POST", "OPTIONS"])
+            elif isinstance(r, Route) and r.path == "/authorize" and self._cimd_manager is not None:
+                r = Route("/authorize", endpoint=CIMDFetchLimit(r.app, self._cimd_manager.fetcher, self.grants),
+                          methods=sorted(r.methods or ["GET", "POST"]))
             routes.append(r)
         return routes
 

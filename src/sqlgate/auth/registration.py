@@ -88,6 +88,28 @@ def _error(status: int, error: str, description: str, headers: dict[str, str] | 
                         headers={"Cache-Control": "no-store", **(headers or {})})
 
 
+async def rate_limited(grants: GrantStore, limits: RegistrationConfig, scope: Scope, what: str) -> JSONResponse | None:
+    """Count one registration attempt of the client's address; the 429 answer when over the limit."""
+    if not limits.rate_limit:
+        return None
+    address = (scope.get("client") or ("unknown", 0))[0]
+    window = limits.rate_window_seconds
+    now = time.time()
+    try:
+        hits, started = await anyio.to_thread.run_sync(grants.count_hit, f"register:{address}", window, now)
+    except Exception as exc:  # the store is down: registering would fail as well
+        log.error("registration rate limit: the OAuth state store failed: %s", type(exc).__name__)
+        return _error(503, "temporarily_unavailable", "registration is unavailable; retry later", {"Retry-After": "5"})
+    if hits <= limits.rate_limit:
+        return None
+    retry = max(1, math.ceil(started + window - now))
+    if hits == limits.rate_limit + 1:  # once per window and address, not per refused request
+        log.warning("%s from %s exceed %d per %d s: refusing for %d s", what, address, limits.rate_limit, window,
+                    retry)
+    return _error(429, "too_many_requests", f"too many {what} from this address; retry in {retry} s",
+                  {"Retry-After": str(retry)})
+
+
 class BoundedRegistration:
     """ASGI wrapper for the `/register` route (see module doc)."""
 
@@ -98,7 +120,7 @@ class BoundedRegistration:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        refusal = await self._rate_limited(scope)
+        refusal = await rate_limited(self.grants, self.limits, scope, "client registrations")
         if refusal is None:
             body = await self._read_body(scope, receive)
             if body is None:
@@ -110,27 +132,6 @@ class BoundedRegistration:
             await refusal(scope, receive, send)
             return
         await self.app(scope, _replay(body), send)
-
-    async def _rate_limited(self, scope: Scope) -> JSONResponse | None:
-        if not self.limits.rate_limit:
-            return None
-        address = (scope.get("client") or ("unknown", 0))[0]
-        window = self.limits.rate_window_seconds
-        now = time.time()
-        try:
-            hits, started = await anyio.to_thread.run_sync(self.grants.count_hit, f"register:{address}", window, now)
-        except Exception as exc:  # the store is down: registering would fail as well
-            log.error("registration rate limit: the OAuth state store failed: %s", type(exc).__name__)
-            return _error(503, "temporarily_unavailable", "registration is unavailable; retry later",
-                          {"Retry-After": "5"})
-        if hits <= self.limits.rate_limit:
-            return None
-        retry = max(1, math.ceil(started + window - now))
-        if hits == self.limits.rate_limit + 1:  # once per window and address, not per refused request
-            log.warning("client registrations from %s exceed %d per %d s: refusing for %d s", address,
-                        self.limits.rate_limit, window, retry)
-        return _error(429, "too_many_requests", f"too many client registrations from this address; retry in "
-                      f"{retry} s", {"Retry-After": str(retry)})
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
         """The body, or None when it exceeds the cap (by Content-Length or as it arrives)."""
