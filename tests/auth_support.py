@@ -50,6 +50,9 @@ def auth_project(tmp: Path, auth: dict[str, Any], port: int | None = None,
         (project / "tools" / "has_upstream_token.yml").write_text(HAS_UPSTREAM_TOKEN_TOOL)
     port = port or free_port()
     auth = {"persistence": {"path": str(tmp / "oauth.db")}, **auth}
+    if auth.get("provider", "none") != "none":
+        # every test client registers from 127.0.0.1, dozens a minute; tests of the limit set their own
+        auth["registration"] = {"rate_limit": 1000, **auth.get("registration", {})}
     profile = {"auth": auth, "transport": {"port": port, **(transport or {})}}
     config = tmp / "config.yml"
     config.write_text(yaml.safe_dump({"projects": {"shop": {"profiles": {"default": profile}}}}))

@@ -63,6 +63,7 @@ def test_remote_and_introspection_modes_from_env(project, tmp_path):
             SQLGATE_AUTH_INTROSPECTION_CLIENT_ID=f"{idp.client_id}-introspector",
             SQLGATE_AUTH_INTROSPECTION_CLIENT_SECRET=f"{idp.client_secret}-introspector",
             SQLGATE_AUTH_INTROSPECTION_TIMEOUT="5", SQLGATE_AUTH_AUTHORIZATION_SERVERS=idp.issuer,
+            SQLGATE_AUTH_INTROSPECTION_AUDIENCE="urn:sqlgate:other,urn:sqlgate:opaque",
             SQLGATE_AUTH_RESOURCE_NAME="Shop via env", SQLGATE_AUTH_RESOURCE_DOCUMENTATION="https://docs.example/shop")
         try:
             token = httpx.post(meta["token_endpoint"], data={"grant_type": "client_credentials", "scope": "sql:read",
@@ -165,3 +166,30 @@ def test_remote_mode_from_env_with_idp_jwt(project, tmp_path):
             assert prm["authorization_servers"] == [idp.issuer]
         finally:
             stop_server(server)
+
+
+def test_registration_limits_and_cimd_from_env(project, tmp_path):
+    port = free_port()
+    dead = "http://127.0.0.1:9"
+    server = serve_with_env(
+        project, tmp_path, port, SQLGATE_AUTH_MODE="proxy", SQLGATE_AUTH_UPSTREAM_CLIENT_ID="app",
+        SQLGATE_AUTH_UPSTREAM_CLIENT_SECRET="secret", SQLGATE_AUTH_UPSTREAM_AUTHORIZATION_ENDPOINT=f"{dead}/a",
+        SQLGATE_AUTH_UPSTREAM_TOKEN_ENDPOINT=f"{dead}/t", SQLGATE_AUTH_UPSTREAM_USERINFO_ENDPOINT=f"{dead}/u",
+        SQLGATE_AUTH_STATE_PATH=str(tmp_path / "oauth.db"), SQLGATE_AUTH_ENCRYPTION_KEY="env-key",
+        SQLGATE_AUTH_REGISTRATION_RATE_LIMIT="2", SQLGATE_AUTH_REGISTRATION_RATE_WINDOW_SECONDS="300",
+        SQLGATE_AUTH_REGISTRATION_MAX_CLIENT_NAME_LENGTH="10", SQLGATE_AUTH_CIMD_ENABLED="false")
+    try:
+        def register(name: str) -> httpx.Response:
+            body = {"client_name": name, "token_endpoint_auth_method": "none",
+                    "redirect_uris": ["http://127.0.0.1:5173/cb"]}
+            return httpx.post(f"{server.base}/register", json=body)
+
+        long = register("a-long-client-name")
+        assert long.status_code == 400 and "client_name" in long.json()["error_description"]
+        assert register("short").status_code == 201
+        limited = register("short")
+        assert limited.status_code == 429 and 250 <= int(limited.headers["retry-after"]) <= 300
+        meta = httpx.get(f"{server.base}/.well-known/oauth-authorization-server").json()
+        assert not meta.get("client_id_metadata_document_supported")
+    finally:
+        stop_server(server)

@@ -256,3 +256,31 @@ async def test_memory_state_has_the_same_semantics():
     assert state.grants.consume_code("c", now, now + 60).record == {"v": 1}
     assert state.grants.consume_code("c", now, now + 60) is None
     state.close()
+
+
+def test_rate_window_counts_every_hit_once_under_concurrency(backend):
+    """The registration rate limit's counter: 12 threads, 5 hits each, each its own connection, at one
+    bucket → the hits are numbered 1…60 with no gap or duplicate; a new window starts over."""
+    now = time.time()
+    counts = parallel(12, backend, lambda s, i: [s.count_hit("dcr:203.0.113.7", 60, now)[0] for _ in range(5)])
+    assert sorted(c for batch in counts for c in batch) == list(range(1, 61))
+    s = open_store(*backend)
+    try:
+        assert s.count_hit("dcr:198.51.100.1", 60, now) == (1, now), "buckets are independent"
+        later = now + 61
+        assert s.count_hit("dcr:203.0.113.7", 60, later) == (1, later), "an old window restarts"
+        assert s.delete_expired(later + 120) >= 2, "finished windows are cleaned up"
+        assert s.count_hit("dcr:203.0.113.7", 60, later + 120) == (1, later + 120)
+    finally:
+        s.close()
+
+
+def test_entries_without_expiry_can_be_given_one(store):
+    now = time.time()
+    store.kv_put("clients", "old", "{}", None)
+    store.kv_put("clients", "new", "{}", now + 600)
+    store.kv_put("other", "x", "{}", None)
+    assert store.kv_expire_unset("clients", now + 5) == 1
+    assert store.kv_get("clients", "old", now + 4) == "{}" and store.kv_get("clients", "old", now + 6) is None
+    assert store.kv_get("clients", "new", now + 6) == "{}" and store.kv_get("other", "x", now + 6) == "{}"
+    assert store.kv_expire_unset("clients", now + 5) == 0

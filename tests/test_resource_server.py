@@ -181,18 +181,20 @@ def test_remote_as_flow_with_the_official_client(idp_stack):
 
 def test_introspection_mode(tmp_path):
     port = free_port()
+    resource = f"http://127.0.0.1:{port}/mcp"
     with OidcProvider(redirect_uris=["http://127.0.0.1:45991/callback"],
-                      resources=["urn:sqlgate:opaque=opaque", "urn:sqlgate:jwt=jwt"]) as idp:
+                      resources=[f"{resource}=opaque", "urn:other-api=opaque"]) as idp:
         meta = idp.discovery()
         server = start_auth_server(tmp_path, {
             "introspection": {"url": meta["introspection_endpoint"], "client_id": f"{idp.client_id}-introspector",
                               "client_secret": f"{idp.client_secret}-introspector", "cache_ttl": 30},
             "remote": {"authorization_servers": [idp.issuer], "resource_name": "Shop data"}}, port=port)
         try:
-            def opaque() -> str:
-                r = httpx.post(meta["token_endpoint"], data={"grant_type": "client_credentials", "scope": "sql:read",
-                                                             "resource": "urn:sqlgate:opaque"},
-                               auth=(idp.client_id, idp.client_secret))
+            def opaque(audience: str | None = resource) -> str:
+                form = {"grant_type": "client_credentials", "scope": "sql:read"}
+                if audience:
+                    form["resource"] = audience
+                r = httpx.post(meta["token_endpoint"], data=form, auth=(idp.client_id, idp.client_secret))
                 token = r.json()["access_token"]
                 assert token.count(".") != 2, "an opaque token"
                 return token
@@ -211,6 +213,41 @@ def test_introspection_mode(tmp_path):
             assert refused(whoami(server.url, fresh_revoked)), "revoked (inactive) token"
             prm = httpx.get(f"{server.base}/.well-known/oauth-protected-resource/mcp").json()
             assert prm["resource_name"] == "Shop data"
+        finally:
+            stop_server(server)
+
+
+def test_introspection_requires_this_servers_audience_by_default(tmp_path):
+    """Active tokens the IdP issued for another API (or for no API) are not ours: 401 (MCP spec)."""
+    port = free_port()
+    resource = f"http://127.0.0.1:{port}/mcp"
+    with OidcProvider(redirect_uris=["http://127.0.0.1:45992/callback"], extra_clients={"other-app": "other-secret"},
+                      resources=[f"{resource}=opaque", "urn:other-api=opaque"]) as idp:
+        meta = idp.discovery()
+        server = start_auth_server(tmp_path, {
+            "introspection": {"url": meta["introspection_endpoint"], "client_id": f"{idp.client_id}-introspector",
+                              "client_secret": f"{idp.client_secret}-introspector"},
+            "remote": {"authorization_servers": [idp.issuer]}}, port=port)
+        try:
+            def token(client: tuple[str, str], audience: str | None) -> str:
+                form = {"grant_type": "client_credentials", "scope": "sql:read"}
+                if audience:
+                    form["resource"] = audience
+                r = httpx.post(meta["token_endpoint"], data=form, auth=client)
+                assert r.status_code == 200, r.text
+                return r.json()["access_token"]
+
+            ours, other = (idp.client_id, idp.client_secret), ("other-app", "other-secret")
+            for client in (ours, other):
+                for audience in ("urn:other-api", None):
+                    value = token(client, audience)
+                    seen = httpx.post(meta["introspection_endpoint"], data={"token": value},
+                                      auth=idp.introspector).json()
+                    assert seen["active"] is True, "the IdP itself considers it valid"
+                    r = whoami(server.url, value)
+                    assert r.status_code == 401 and 'error="invalid_token"' in r.headers["www-authenticate"]
+            assert username(whoami(server.url, token(ours, resource))) == idp.client_id
+            assert username(whoami(server.url, token(other, resource))) == "other-app"
         finally:
             stop_server(server)
 

@@ -60,6 +60,9 @@ def _load(project: Path, profile: str | None):
 
 
 def _setup_logging(level: str) -> None:
+    from sqlgate.logredact import install
+
+    install()  # before anything logs: no code or token in any line (logredact.py)
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

@@ -102,6 +102,36 @@ class PersistenceConfig(Strict):
         return self
 
 
+class RegistrationConfig(Strict):
+    """Limits on anonymous dynamic client registration (RFC 7591 /register): see auth/registration.py."""
+
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)  # larger bodies: 413
+    max_metadata_bytes: int = Field(default=16 * 1024, ge=512)  # the metadata as registered (JSON)
+    max_client_name_length: int = Field(default=200, ge=1)
+    max_redirect_uris: int = Field(default=10, ge=1)
+    max_uri_length: int = Field(default=2000, ge=20)
+    # registrations per client address per window, counted in the grant store (shared by all
+    # processes and replicas); 0 switches the limit off
+    rate_limit: int = Field(default=10, ge=0)
+    rate_window_seconds: int = Field(default=60, ge=1)
+    # a registered client that never completes an authorization is removed after this long;
+    # one that did, after this long without a token being issued to it (login or refresh)
+    unauthorized_client_ttl_seconds: int = Field(default=24 * 3600, ge=1)
+    idle_client_ttl_seconds: int = Field(default=90 * 86400, ge=1)
+
+
+class CIMDConfig(Strict):
+    """Client ID Metadata Documents (a client_id that is the https URL of its metadata): auth/cimd.py."""
+
+    enabled: bool = True
+    max_document_bytes: int = Field(default=5 * 1024, ge=256, le=1024 * 1024)
+    timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    cache_ttl_seconds: int = Field(default=3600, ge=0)
+    # development only: accept http://127.0.0.1 / http://localhost / http://[::1] client ids
+    # (and fetch them from the loopback interface); never in production
+    allow_loopback: bool = False
+
+
 class JWTConfig(Strict):
     """Verify JWT access tokens issued by an external authorization server."""
 
@@ -142,7 +172,9 @@ class IntrospectionConfig(Strict):
     timeout_seconds: float = Field(default=10.0, gt=0)
     # seconds an introspection answer is reused (never past the token's own expiry)
     cache_ttl: int = Field(default=60, ge=0)
-    audience: list[str] | None = None
+    # accepted `aud` values (any one must be in the token's `aud`); default: this server's resource
+    # URL (RFC 8707), as the MCP authorization spec requires. A token without it is refused.
+    audience: CommaList | None = None
 
 
 class RemoteConfig(Strict):
@@ -186,6 +218,8 @@ class AuthConfig(Strict):
     service_documentation_url: str | None = None
     clients: list[ClientConfig] = Field(default_factory=list)
     persistence: PersistenceConfig = Field(default_factory=PersistenceConfig)
+    registration: RegistrationConfig = Field(default_factory=RegistrationConfig)
+    cimd: CIMDConfig = Field(default_factory=CIMDConfig)
     # seconds the user info fetched from the provider is reused before asking it again
     cache_ttl: int = Field(default=300, ge=0)
     authorization: AuthorizationConfig = Field(default_factory=AuthorizationConfig)

@@ -7,8 +7,12 @@ What it changes and why:
 - Identity: every request's access token is mapped to the upstream user info (cached for
   `cache_ttl`), with the upstream token available as the caller's external token.
 - Revocation (RFC 7009) is always on and ends the whole grant locally — access and refresh
-  token alike — even for providers without a revocation endpoint (GitHub).
+  token alike — even for providers without a revocation endpoint (GitHub); where the provider has
+  one, the grant's *upstream* tokens are revoked there (upstream_revocation.py).
 - Pre-registered clients come from configuration (public or confidential), never from storage.
+- Registration is bounded (registration.py); CIMD clients are accepted through FastMCP's CIMD
+  support with sqlgate's fetcher (cimd.py); a failed code exchange at the IdP callback is an
+  honest 400/502/503 page (callback.py).
 - Single use and rotation: codes and refresh tokens live in the grant store with atomic
   operations (grant_flow.py explains what replaces OAuthProxy's read-then-delete and why).
 - `invalid_grant` at /token is HTTP 400 (RFC 6749 §5.2). FastMCP turns it into 401, reading the
@@ -21,9 +25,11 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import logging
+import time
 from typing import Any
 
-from fastmcp.server.auth.auth import AccessToken, TokenHandler
+from fastmcp.server.auth.auth import AccessToken, PrivateKeyJWTClientAuthenticator, TokenHandler
+from fastmcp.server.auth.identity_assertion import normalize_resource_url, server_url_has_query
 from fastmcp.server.auth.oauth_proxy import OAuthProxy
 from fastmcp.server.auth.oauth_proxy.models import ProxyDCRClient
 from mcp.server.auth.handlers import revoke as _sdk_revoke
@@ -36,10 +42,14 @@ from pydantic import AnyUrl
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from sqlgate.auth.callback import HonestCallback
+from sqlgate.auth.cimd import CIMDFetchLimit, build_manager
 from sqlgate.auth.config import AuthConfig, ClientConfig
 from sqlgate.auth.grant_flow import FamilyRefreshToken, GrantFlow, UpstreamUnavailable
+from sqlgate.auth.registration import BoundedRegistration
 from sqlgate.auth.store import OAuthState
 from sqlgate.auth.upstream import Endpoints, UserInfoVerifier
+from sqlgate.auth.upstream_revocation import UpstreamClient, revoke_upstream
 
 log = logging.getLogger("sqlgate.auth")
 
@@ -52,6 +62,7 @@ _sdk_revoke.RevocationRequest.model_rebuild(force=True)
 # MCP scopes of the grant being exchanged, so the issued token carries them (see class doc)
 _granted_scopes: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("sqlgate_scopes", default=None)
 
+CLIENT_COLLECTION = "mcp-oauth-proxy-clients"  # OAuthProxy's client store
 LOOPBACK_REDIRECTS = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
 
 
@@ -62,9 +73,17 @@ def _signing_key(secret: str) -> bytes:
 
 class SqlgateTokenHandler(TokenHandler):
     """FastMCP's token handler (invalid_client fix kept) with invalid_grant back at HTTP 400, and a
-    provider outage during refresh as 503 temporarily_unavailable + Retry-After instead of a 500."""
+    provider outage during refresh as 503 temporarily_unavailable + Retry-After instead of a 500.
+    A `resource` naming another server is invalid_target (RFC 8707 §2.2): the SDK passes it along
+    and FastMCP ignores it, which would hand out a token for this server to a client that asked
+    for one elsewhere."""
 
     async def handle(self, request):
+        resource = (await request.form()).get("resource") if request.method == "POST" else None
+        if isinstance(resource, str) and resource and not self.provider.is_own_resource(resource):
+            return JSONResponse({"error": "invalid_target",
+                                 "error_description": "the resource is not this server"},
+                                status_code=400, headers={"Cache-Control": "no-store"})
         try:
             response = await super().handle(request)
         except UpstreamUnavailable:
@@ -76,23 +95,24 @@ class SqlgateTokenHandler(TokenHandler):
         return response
 
 
-class SqlgateOAuthProxy(GrantFlow, OAuthProxy):
+class SqlgateOAuthProxy(HonestCallback, GrantFlow, OAuthProxy):
     def __init__(self, *, auth: AuthConfig, endpoints: Endpoints, verifier: UserInfoVerifier,
                  state: OAuthState, base_url: str):
         cfg = auth.provider_config()
+        redirect_patterns = [*LOOPBACK_REDIRECTS, *auth.allowed_redirect_uris,
+                             *(u for c in auth.clients for u in c.redirect_uris)]
         super().__init__(
             upstream_authorization_endpoint=endpoints.authorize,
             upstream_token_endpoint=endpoints.token,
             upstream_client_id=cfg.client_id or "",
             upstream_client_secret=cfg.client_secret,
-            upstream_revocation_endpoint=endpoints.revoke,
+            upstream_revocation_endpoint=None,  # revoke_token revokes upstream (upstream_revocation.py)
             token_verifier=verifier,
             base_url=base_url,
             redirect_path=endpoints.callback_path,
             issuer_url=auth.issuer_url or base_url,
             service_documentation_url=auth.service_documentation_url,
-            allowed_client_redirect_uris=[*LOOPBACK_REDIRECTS, *auth.allowed_redirect_uris,
-                                          *(u for c in auth.clients for u in c.redirect_uris)],
+            allowed_client_redirect_uris=redirect_patterns,
             valid_scopes=list(auth.scopes),
             forward_pkce=cfg.forward_pkce,
             forward_resource=False,  # the resource is this server, not the upstream provider's API
@@ -105,8 +125,10 @@ class SqlgateOAuthProxy(GrantFlow, OAuthProxy):
             fastmcp_access_token_expiry_seconds=auth.access_token_ttl,
             fallback_access_token_expiry_seconds=auth.access_token_ttl,
             fallback_refresh_token_expiry_seconds=auth.refresh_token_ttl,
-            enable_cimd=False,
+            enable_cimd=auth.cimd.enabled,
         )
+        # FastMCP's CIMD with sqlgate's fetcher: limits, the DCR redirect policy, dev loopback (cimd.py)
+        self._cimd_manager = build_manager(auth.cimd, auth.registration, redirect_patterns, " ".join(auth.scopes))
         self.required_scopes = list(auth.authorization.required_scopes)
         self.revocation_options = RevocationOptions(enabled=True)
         self._upstream_scopes = endpoints.scope.split()
@@ -116,12 +138,30 @@ class SqlgateOAuthProxy(GrantFlow, OAuthProxy):
         self.state = state
         self.grants = state.grants
         self.refresh_race_window = auth.refresh_race_window_seconds
+        self._registration = auth.registration
+        self._upstream_revoke = UpstreamClient(endpoints.revoke, cfg.client_id or "", cfg.client_secret,
+                                               endpoints.token_auth_method, cfg.timeout_seconds) \
+            if endpoints.revoke else None
         self.use_grant_store()
+        self._expire_unbounded_clients()
 
     def get_routes(self, mcp_path: str | None = None):
-        token = Route("/token", endpoint=cors_middleware(SqlgateTokenHandler(self, ClientAuthenticator(self)).handle,
+        authenticator = ClientAuthenticator(self) if self._cimd_manager is None else PrivateKeyJWTClientAuthenticator(
+            provider=self, cimd_manager=self._cimd_manager, token_endpoint_url=self.token_endpoint_url)
+        token = Route("/token", endpoint=cors_middleware(SqlgateTokenHandler(self, authenticator).handle,
                                                          ["POST", "OPTIONS"]), methods=["POST", "OPTIONS"])
-        return [token if isinstance(r, Route) and r.path == "/token" else r for r in super().get_routes(mcp_path)]
+        routes = []
+        for r in super().get_routes(mcp_path):
+            if isinstance(r, Route) and r.path == "/token":
+                r = token
+            elif isinstance(r, Route) and r.path == "/register":  # bounded: see registration.py
+                r = Route("/register", endpoint=BoundedRegistration(r.app, self._registration, self.grants),
+                          methods=["POST", "OPTIONS"])
+            elif isinstance(r, Route) and r.path == "/authorize" and self._cimd_manager is not None:
+                r = Route("/authorize", endpoint=CIMDFetchLimit(r.app, self._cimd_manager.fetcher, self.grants),
+                          methods=sorted(r.methods or ["GET", "POST"]))
+            routes.append(r)
+        return routes
 
     # ---------------------------------------------------------------- scopes
     def _build_upstream_authorize_url(self, txn_id: str, transaction: dict[str, Any]) -> str:
@@ -137,18 +177,31 @@ class SqlgateOAuthProxy(GrantFlow, OAuthProxy):
     async def exchange_authorization_code(self, client, authorization_code):
         token = _granted_scopes.set(self._allowed(authorization_code.scopes))
         try:
-            return await super().exchange_authorization_code(client, authorization_code)
+            issued = await super().exchange_authorization_code(client, authorization_code)
         finally:
             _granted_scopes.reset(token)
+        await self._keep_client(client)
+        return issued
 
     async def exchange_refresh_token(self, client, refresh_token: RefreshToken, scopes: list[str]):
         # a refresh may narrow the grant, never widen it
         wanted = [s for s in (scopes or refresh_token.scopes) if s in refresh_token.scopes]
         token = _granted_scopes.set(self._allowed(wanted))
         try:
-            return await super().exchange_refresh_token(client, refresh_token, scopes)
+            issued = await super().exchange_refresh_token(client, refresh_token, scopes)
         finally:
             _granted_scopes.reset(token)
+        await self._keep_client(client)
+        return issued
+
+    def is_own_resource(self, resource: str) -> bool:
+        """Whether an RFC 8707 resource names this server (matched as OAuthProxy.authorize does)."""
+        if self._resource_url is None:
+            return True
+        ours = str(self._resource_url)
+        if server_url_has_query(ours):
+            return resource.rstrip("/") == ours.rstrip("/")
+        return normalize_resource_url(resource) == normalize_resource_url(ours)
 
     def _allowed(self, requested: list[str]) -> list[str]:
         return [s for s in requested if s in self._mcp_scopes]
@@ -197,6 +250,25 @@ class SqlgateOAuthProxy(GrantFlow, OAuthProxy):
         # decided per authorisation and consented to by the user.
         client_info.scope = " ".join(self._mcp_scopes)
         await super().register_client(client_info)
+        # stored again with a lifetime: a client that never completes a login goes away
+        await self._keep_client(client_info, self._registration.unauthorized_client_ttl_seconds)
+
+    def _expire_unbounded_clients(self) -> None:
+        """Clients registered before registrations had a lifetime get the idle one from now."""
+        ttl = self._registration.idle_client_ttl_seconds
+        changed = self.grants.kv_expire_unset(CLIENT_COLLECTION, time.time() + ttl)
+        if changed:
+            log.info("%d registered client(s) without an expiry now expire unless used within %d s", changed, ttl)
+
+    async def _keep_client(self, client: OAuthClientInformationFull, ttl: int | None = None) -> None:
+        """(Re)store a registered client to live `ttl` seconds more (default: the idle lifetime)."""
+        if client.client_id is None or client.client_id in self._config_clients:
+            return
+        stored = await self._client_store.get(key=client.client_id)
+        if stored is None or stored.cimd_document is not None:  # CIMD clients are never stored
+            return
+        await self._client_store.put(key=client.client_id, value=stored,
+                                     ttl=ttl or self._registration.idle_client_ttl_seconds)
 
     def _client_from_config(self, c: ClientConfig) -> OAuthClientInformationFull:
         return OAuthClientInformationFull(
@@ -212,21 +284,31 @@ class SqlgateOAuthProxy(GrantFlow, OAuthProxy):
 
     # ---------------------------------------------------------------- revocation
     async def revoke_token(self, token: AccessToken | RefreshToken) -> None:
-        """End the whole grant: its family, its upstream token set and every token mapped to it."""
+        """End the whole grant: its upstream tokens at the provider (upstream_revocation.py explains
+        why not OAuthProxy's), its family, and every token mapped to it."""
         use = "refresh" if isinstance(token, RefreshToken) else "access"
         try:
             payload = self.jwt_issuer.verify_token(token.token, expected_token_use=use)
         except Exception:
-            payload = None
-        await super().revoke_token(token)  # upstream revocation where the provider has one
-        if payload is None:
-            return
+            return  # not one of ours: nothing to end (RFC 7009 §2.2: still 200)
         family = token.family_id if isinstance(token, FamilyRefreshToken) else self.family_of_token(token.token, use)
+        mapping = None
+        if family is None:  # a token from before grant families: its mapping names the upstream set
+            mapping = await self._jti_mapping_store.get(key=payload["jti"])
+        upstream_id = family or (mapping.upstream_token_id if mapping is not None else None)
+        upstream = await self._upstream_token_store.get(key=upstream_id) if upstream_id else None
+        grant = f"{upstream_id[:6]}…" if upstream_id else "?"
+        if upstream is not None and self._upstream_revoke is not None:
+            # RFC 7009 §2.1: revoking the refresh token also invalidates the grant's access tokens
+            which = (upstream.refresh_token, "refresh_token") if upstream.refresh_token \
+                else (upstream.access_token, "access_token")
+            await revoke_upstream(self._upstream_revoke, [which], grant)
+        elif upstream is not None:
+            log.info("the %s provider has no revocation endpoint: grant %s ends here only", self._provider_name,
+                     grant)
         if family is not None:
             await self.revoke_family(family, f"a {use} token was revoked by client {payload.get('client_id')}")
             return
-        # a token from before grant families: end what its mapping points at
-        mapping = await self._jti_mapping_store.get(key=payload["jti"])
         await self._jti_mapping_store.delete(key=payload["jti"])
         if mapping is not None:
             await self._upstream_token_store.delete(key=mapping.upstream_token_id)

@@ -57,6 +57,6 @@ def build_verifiers(auth: AuthConfig, resource_url: str) -> list[TokenVerifier]:
         verifiers.append(IdentityMapping(IntrospectionTokenVerifier(
             introspection_url=i.url, client_id=i.client_id, client_secret=i.client_secret,
             client_auth_method=i.auth_method, timeout_seconds=int(i.timeout_seconds),
-            audience=i.audience, cache_ttl_seconds=i.cache_ttl or None,
+            audience=list(i.audience or [resource_url]), cache_ttl_seconds=i.cache_ttl or None,
         ), auth.username_claim, "introspection"))
     return verifiers

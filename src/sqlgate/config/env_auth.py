@@ -39,6 +39,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "INTROSPECTION_CLIENT_SECRET": ("introspection", "client_secret"),
     "INTROSPECTION_TIMEOUT": ("introspection", "timeout_seconds"),
     "INTROSPECTION_CACHE_TTL": ("introspection", "cache_ttl"),
+    "INTROSPECTION_AUDIENCE": ("introspection", "audience"),
     # remote authorization server(s)
     "AUTHORIZATION_SERVERS": ("remote", "authorization_servers"),
     "RESOURCE_NAME": ("remote", "resource_name"),
@@ -65,6 +66,22 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "PERSISTENCE_TYPE": ("persistence", "type"),
     "PERSISTENCE_DSN": ("persistence", "dsn"),
     "ENCRYPTION_KEY": ("persistence", "encryption_key"),
+    # dynamic client registration limits (auth.registration.*)
+    "REGISTRATION_MAX_BODY_BYTES": ("registration", "max_body_bytes"),
+    "REGISTRATION_MAX_METADATA_BYTES": ("registration", "max_metadata_bytes"),
+    "REGISTRATION_MAX_CLIENT_NAME_LENGTH": ("registration", "max_client_name_length"),
+    "REGISTRATION_MAX_REDIRECT_URIS": ("registration", "max_redirect_uris"),
+    "REGISTRATION_MAX_URI_LENGTH": ("registration", "max_uri_length"),
+    "REGISTRATION_RATE_LIMIT": ("registration", "rate_limit"),
+    "REGISTRATION_RATE_WINDOW_SECONDS": ("registration", "rate_window_seconds"),
+    "REGISTRATION_UNAUTHORIZED_CLIENT_TTL_SECONDS": ("registration", "unauthorized_client_ttl_seconds"),
+    "REGISTRATION_IDLE_CLIENT_TTL_SECONDS": ("registration", "idle_client_ttl_seconds"),
+    # client ID metadata documents (auth.cimd.*)
+    "CIMD_ENABLED": ("cimd", "enabled"),
+    "CIMD_MAX_DOCUMENT_BYTES": ("cimd", "max_document_bytes"),
+    "CIMD_TIMEOUT_SECONDS": ("cimd", "timeout_seconds"),
+    "CIMD_CACHE_TTL_SECONDS": ("cimd", "cache_ttl_seconds"),
+    "CIMD_ALLOW_LOOPBACK": ("cimd", "allow_loopback"),
 }
 _JSON = {"EXTRA_AUTHORIZE_PARAMS", "EXTRA_TOKEN_PARAMS"}
 _REQUIRED = {

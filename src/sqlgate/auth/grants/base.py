@@ -85,6 +85,10 @@ class GrantStore(ABC):
     @abstractmethod
     def kv_delete(self, collection: str, key: str) -> bool: ...
 
+    @abstractmethod
+    def kv_expire_unset(self, collection: str, expires_at: float) -> int:
+        """Give every entry of `collection` stored without an expiry this one; the number changed."""
+
     # ------------------------------------------------------------------ authorization codes
     @abstractmethod
     def put_code(self, code_hash: str, family_id: str, sealed: str, expires_at: float) -> None: ...
@@ -130,6 +134,13 @@ class GrantStore(ABC):
 
     @abstractmethod
     def is_family_revoked(self, family_id: str, now: float) -> bool: ...
+
+    # ------------------------------------------------------------------ rate limits
+    @abstractmethod
+    def count_hit(self, bucket: str, window_seconds: float, now: float) -> tuple[int, float]:
+        """Count one hit in `bucket`'s fixed window, atomically (one upsert): (hits in the current
+        window including this one, when that window started). A window older than
+        `window_seconds` is restarted by the hit. Shared by every process using the store."""
 
     # ------------------------------------------------------------------ upkeep
     @abstractmethod

@@ -55,6 +55,12 @@ CREATE TABLE IF NOT EXISTS {P}refresh_tokens (
     expires_at double precision NOT NULL
 );
 CREATE INDEX IF NOT EXISTS {P}refresh_tokens_family ON {P}refresh_tokens (family_id);
+CREATE TABLE IF NOT EXISTS {P}rate_windows (
+    bucket       text PRIMARY KEY,
+    window_start double precision NOT NULL,
+    hits         integer NOT NULL,
+    expires_at   double precision NOT NULL
+);
 """
 
 
@@ -105,6 +111,10 @@ class PostgresGrantStore(GrantStore):
 
     def kv_delete(self, collection, key):
         return self._count(f"DELETE FROM {P}kv WHERE collection = %s AND key = %s", (collection, key)) > 0
+
+    def kv_expire_unset(self, collection, expires_at):
+        return self._count(f"UPDATE {P}kv SET expires_at = %s WHERE collection = %s AND expires_at IS NULL",
+                           (expires_at, collection))
 
     # ------------------------------------------------------------------ codes
     def put_code(self, code_hash, family_id, sealed, expires_at):
@@ -181,13 +191,25 @@ class PostgresGrantStore(GrantStore):
         row = self._one(f"SELECT revoked FROM {P}families WHERE family_id = %s", (family_id,))
         return bool(row and row[0])
 
+    # ------------------------------------------------------------------ rate limits
+    def count_hit(self, bucket, window_seconds, now):
+        # ON CONFLICT DO UPDATE locks the row: concurrent hits of one bucket are serialised
+        row = self._one(
+            f"INSERT INTO {P}rate_windows AS w (bucket, window_start, hits, expires_at) VALUES (%s, %s, 1, %s) "
+            "ON CONFLICT (bucket) DO UPDATE SET "
+            "hits = CASE WHEN w.window_start + %s <= %s THEN 1 ELSE w.hits + 1 END, "
+            "window_start = CASE WHEN w.window_start + %s <= %s THEN %s ELSE w.window_start END, "
+            "expires_at = excluded.expires_at RETURNING hits, window_start",
+            (bucket, now, now + window_seconds, window_seconds, now, window_seconds, now, now))
+        return int(row[0]), float(row[1])
+
     # ------------------------------------------------------------------ upkeep
     def delete_expired(self, now):
         removed = 0
         with self._pool.connection() as con:
             removed += con.execute(f"DELETE FROM {P}kv WHERE expires_at IS NOT NULL AND expires_at <= %s",
                                    (now,)).rowcount
-            for table in ("codes", "spent_codes", "refresh_tokens", "families"):
+            for table in ("codes", "spent_codes", "refresh_tokens", "families", "rate_windows"):
                 removed += con.execute(f"DELETE FROM {P}{table} WHERE expires_at <= %s", (now,)).rowcount
         return removed
 

@@ -58,6 +58,12 @@ CREATE TABLE IF NOT EXISTS refresh_tokens (
     expires_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS refresh_tokens_family ON refresh_tokens (family_id);
+CREATE TABLE IF NOT EXISTS rate_windows (
+    bucket       TEXT PRIMARY KEY,
+    window_start REAL NOT NULL,
+    hits         INTEGER NOT NULL,
+    expires_at   REAL NOT NULL
+);
 """
 
 MEMORY = ":memory:"
@@ -125,6 +131,11 @@ class SqliteGrantStore(GrantStore):
     def kv_delete(self, collection, key):
         with self._write() as con:
             return con.execute("DELETE FROM kv WHERE collection = ? AND key = ?", (collection, key)).rowcount > 0
+
+    def kv_expire_unset(self, collection, expires_at):
+        with self._write() as con:
+            return con.execute("UPDATE kv SET expires_at = ? WHERE collection = ? AND expires_at IS NULL",
+                               (expires_at, collection)).rowcount
 
     # ------------------------------------------------------------------ codes
     def put_code(self, code_hash, family_id, sealed, expires_at):
@@ -204,13 +215,26 @@ class SqliteGrantStore(GrantStore):
         row = self._read("SELECT revoked FROM families WHERE family_id = ?", (family_id,))
         return bool(row and row[0])
 
+    # ------------------------------------------------------------------ rate limits
+    def count_hit(self, bucket, window_seconds, now):
+        with self._write() as con:
+            row = con.execute(
+                "INSERT INTO rate_windows (bucket, window_start, hits, expires_at) VALUES (?, ?, 1, ?) "
+                "ON CONFLICT (bucket) DO UPDATE SET "
+                "hits = CASE WHEN rate_windows.window_start + ? <= ? THEN 1 ELSE rate_windows.hits + 1 END, "
+                "window_start = CASE WHEN rate_windows.window_start + ? <= ? THEN ? "
+                "ELSE rate_windows.window_start END, "
+                "expires_at = excluded.expires_at RETURNING hits, window_start",
+                (bucket, now, now + window_seconds, window_seconds, now, window_seconds, now, now)).fetchone()
+        return int(row[0]), float(row[1])
+
     # ------------------------------------------------------------------ upkeep
     def delete_expired(self, now):
         removed = 0
         with self._write() as con:
             removed += con.execute("DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ?",
                                    (now,)).rowcount
-            for table in ("codes", "spent_codes", "refresh_tokens", "families"):
+            for table in ("codes", "spent_codes", "refresh_tokens", "families", "rate_windows"):
                 removed += con.execute(f"DELETE FROM {table} WHERE expires_at <= ?", (now,)).rowcount
         return removed
 
