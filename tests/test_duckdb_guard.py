@@ -107,6 +107,7 @@ def project(tmp_path_factory) -> Path:
     shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns("data", "__pycache__"))
     # a writable in-memory database: the guard alone must keep it unchanged
     text = (root / "sqlgate.yml").read_text().replace("path: data/shop.duckdb", 'path: ":memory:"')
+    text = text.replace("sql_tools:\n", "sql_tools:\n  request_headers: [X-Tenant]\n", 1)
     (root / "sqlgate.yml").write_text(text)
     return root
 
@@ -394,14 +395,34 @@ async def test_long_texts_are_not_kept_in_the_decision_cache(engine):
     assert len(engine.guard._cache) == before
 
 
-async def test_request_headers_that_carry_credentials_are_not_for_the_query_tool(engine):
-    call = CallContext(headers={"x-forwarded-access-token": "idp-token-123", "x-api-key": "k-1",
-                                "x-tenant": "t1"})
+async def test_the_query_tool_reads_only_allow_listed_request_headers(engine):
+    call = CallContext(headers={"x-forwarded-access-token": "idp-token-123", "x-amzn-oidc-data": "jwt-1",
+                                "dpop": "proof", "x-tenant": "t1"})
     qr = await engine.run_untrusted("SELECT get_request_header('x-tenant')", call, LIMITS)
     assert qr.rows == [["t1"]]
-    for name in ("x-forwarded-access-token", "X-Api-Key"):
-        with pytest.raises(QueryFailed, match="may carry credentials"):
+    for name in ("x-forwarded-access-token", "X-Amzn-Oidc-Data", "dpop", "user-agent"):
+        with pytest.raises(QueryFailed, match="not available to the query tool"):
             await engine.run_untrusted(f"SELECT get_request_header('{name}')", call, LIMITS)
     # the project author's SQL may read them
     qr = await engine.execute("SELECT get_request_header('x-forwarded-access-token')", None, call, LIMITS)
     assert qr.rows == [["idp-token-123"]]
+
+
+@pytest.mark.parametrize(("sql", "fragment"), [
+    ("SELECT json_serialize_plan('SELECT current_setting(''allowed_paths'') AS p', optimize := true)",
+     "json_serialize_plan()"),
+    ("SELECT json_serialize_sql('SELECT 1')", "json_serialize_sql()"),
+    ("WITH a AS NOT MATERIALIZED (SELECT 1 AS x) SELECT * FROM a", "NOT MATERIALIZED"),
+])
+async def test_second_round_refusals(engine, sql, fragment):
+    with pytest.raises(QueryRefused) as info:
+        await engine.run_untrusted(sql, CallContext(), LIMITS)
+    assert fragment in str(info.value)
+
+
+async def test_awkward_values_convert_or_fail_typed(engine):
+    qr = await engine.run_untrusted("SELECT INTERVAL 3 DAYS AS d, INTERVAL 14 MONTHS AS m, "
+                                    "'infinity'::DOUBLE AS inf", CallContext(), LIMITS)
+    assert qr.rows[0][0] == 259200.0 and qr.rows[0][2] == "inf"
+    with contextlib.suppress(QueryFailed):  # a typed error is fine; an untyped crash is not
+        await engine.run_untrusted("SELECT INTERVAL 100000000 YEARS AS huge", CallContext(), LIMITS)

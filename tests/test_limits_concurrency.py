@@ -175,6 +175,8 @@ def tenant_project(tmp_path_factory) -> Path:
         engine:
           path: ":memory:"
           pool_size: 4
+        sql_tools:
+          request_headers: [x-tenant]   # the query tool may read this one header
         """))
     (root / "tools" / "tenant.yml").write_text(TENANT_TOOL)
     return root
@@ -252,7 +254,7 @@ async def test_authorization_header_is_invisible_to_the_query_tool(tenant_server
         # credential-like headers are refused to the model's SQL outright …
         for name in ("authorization", "Authorization"):
             res = await s.call_tool("query", {"sql": f"SELECT get_request_header('{name}') AS a"})
-            assert res.is_error and "may carry credentials" in res.content[0].text
+            assert res.is_error and "not available to the query tool" in res.content[0].text
             assert "super-secret" not in res.content[0].text
         # … and the Authorization header never reaches SQL at all, not even the author's
         res = await s.call_tool("tenant", {})

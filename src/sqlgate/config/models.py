@@ -32,6 +32,9 @@ class EngineConfig(Strict):
     identity_key: SecretStr | None = None
     # PostgreSQL: the service role's privileges are checked at start-up; on a problem refuse or warn
     role_checks: Literal["refuse", "warn"] = "refuse"
+    # PostgreSQL: functions outside pg_catalog the query tool may call, as schema.name (the guard
+    # refuses every other one: their code is invisible to it); env: comma-separated
+    allowed_functions: list[str] = Field(default_factory=list)
     # DuckDB file, relative to the project directory; ":memory:" for an in-memory database
     path: str = "data/sqlgate.duckdb"
     read_only: bool = True
@@ -52,10 +55,30 @@ class EngineConfig(Strict):
     temp_directory: str | None = None
 
 
+    @field_validator("allowed_functions", mode="before")
+    @classmethod
+    def _split_functions(cls, value):
+        if isinstance(value, str):  # SQLGATE_DB_ALLOWED_FUNCTIONS=ext.f,ext.g
+            return [p.strip() for p in value.split(",") if p.strip()]
+        return value
+
+    @field_validator("allowed_functions")
+    @classmethod
+    def _qualified_functions(cls, value: list[str]) -> list[str]:
+        for name in value:
+            parts = name.split(".")
+            if len(parts) != 2 or not all(parts):
+                raise ValueError(f"engine.allowed_functions: {name!r} must be schema.name (e.g. public.my_fn)")
+        return [name.lower() for name in value]
+
     @model_validator(mode="after")
     def _postgres_needs_dsn(self) -> EngineConfig:
         if self.type == "postgres" and not self.dsn:
             raise ValueError("engine.type postgres needs engine.dsn (e.g. postgresql://user@host:5432/db)")
+        if self.type == "postgres" and self.role_mode == "set_role" and not self.role_prefix:
+            raise ValueError("engine.role_prefix must not be empty with engine.role_mode set_role: the role is "
+                             "role_prefix + username, and without a prefix a username could name any role the "
+                             "service role belongs to (e.g. role_prefix: app_)")
         return self
 
 
@@ -89,6 +112,10 @@ class SqlToolsConfig(Strict):
     query: bool = True
     # scopes a caller needs per built-in tool, e.g. {query: [sql:query]}
     scopes: dict[str, list[str]] = Field(default_factory=dict)
+    # request headers the query tool's SQL may read with get_request_header(); none by default
+    # (headers carry credentials: X-Forwarded-Access-Token, X-Amzn-Oidc-Data, DPoP …). The project
+    # author's own endpoints may read every header but Authorization and Cookie.
+    request_headers: list[str] = Field(default_factory=list)
 
     @field_validator("scopes")
     @classmethod

@@ -86,7 +86,11 @@ class RowShaper:
             if len(self.rows) >= self.limits.max_rows:
                 self.truncated_by = "max_rows"  # a row beyond max_rows exists
                 return
-            row = [to_json(v) for v in record]
+            try:
+                row = [to_json(v) for v in record]
+            except (OverflowError, ValueError) as exc:
+                raise QueryFailed(f"the result holds a value that cannot be converted ({type(exc).__name__}: "
+                                  f"{exc}); cast it to text in the query") from None
             self._budget -= len(dumps(row, ensure_ascii=False).encode("utf-8")) + 1
             if self._budget < 0:
                 self.truncated_by = "max_bytes"

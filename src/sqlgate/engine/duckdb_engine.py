@@ -42,6 +42,11 @@ _HARDENING = {
 }
 
 
+def _unconvertible(exc: Exception) -> str:
+    return (f"the result holds a value that cannot be converted ({type(exc).__name__}: {exc}); "
+            "cast it to VARCHAR in the query")
+
+
 def _clean_error(exc: Exception) -> str:
     text = str(exc).strip()
     text = text.split("\n\nLINE", 1)[0] if text else type(exc).__name__
@@ -69,6 +74,7 @@ class DuckDBEngine(Engine):
         self._per_caller = per_caller
         self._admission: Admission | None = None  # made on the event loop of the first call
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.query_headers: frozenset[str] = frozenset()  # sql_tools.request_headers
         duckdb_identity.register(db)
         self.guard = DuckDBGuard.for_connection(db)
 
@@ -124,7 +130,9 @@ class DuckDBEngine(Engine):
         db.execute("SET enable_progress_bar = false")
         db.execute("SET enable_external_access = false")
         db.execute("SET lock_configuration = true")
-        return cls(db, cfg.pool_size, path, cfg.max_concurrent_per_caller)
+        engine = cls(db, cfg.pool_size, path, cfg.max_concurrent_per_caller)
+        engine.query_headers = frozenset(h.lower() for h in project.settings.sql_tools.request_headers)
+        return engine
 
     # ------------------------------------------------------------------ connections
     def _conn(self) -> duckdb.DuckDBPyConnection:
@@ -151,7 +159,7 @@ class DuckDBEngine(Engine):
                 raise QueryTimeout(f"query not started within the {limits.timeout_seconds:g} s timeout")
             ticket = self._watchdog.arm(remaining, cur.interrupt)
             try:
-                with duckdb_identity.bound(call, trusted):
+                with duckdb_identity.bound(call, trusted, self.query_headers):
                     if not trusted:
                         # the guard runs here, on the worker, so a big query never blocks the event loop
                         sql = self.guard.check(sql, cur).sql
@@ -167,6 +175,8 @@ class DuckDBEngine(Engine):
                                   f"{_clean_error(exc)}") from None
             except duckdb.Error as exc:
                 raise QueryFailed(_clean_error(exc)) from None
+            except (OverflowError, ValueError) as exc:  # DuckDB's own conversion to Python values
+                raise QueryFailed(_unconvertible(exc)) from None
             finally:
                 self._watchdog.disarm(ticket)
         finally:

@@ -40,6 +40,9 @@ SAFE_TABLE_FUNCTIONS = frozenset({
 DENIED_FUNCTIONS = frozenset({
     "getenv", "current_setting", "getvariable", "get_user_external_token", "json_execute_serialized_sql",
     "query", "query_table", "read_text", "read_blob", "current_query",
+    # they take SQL text, which this guard never sees parsed: json_serialize_plan plans it and writes
+    # constants it evaluated (current_setting('allowed_paths') …) into the plan
+    "json_serialize_plan", "json_serialize_sql", "json_deserialize_sql",
 })
 # Side-effect functions that are harmless for a reader (random values), so they stay usable.
 _HARMLESS_SIDE_EFFECTS = frozenset({"random", "uuid", "uuidv4", "uuidv7", "gen_random_uuid", "error"})
@@ -189,6 +192,10 @@ class DuckDBGuard(Guard):
                 what = kind.removesuffix("_NODE").removesuffix("_QUERY")
                 raise QueryRefused(f"{what} is not allowed (also not inside WITH): only read-only queries "
                                    "are accepted")
+            if node.get("materialized") == "CTE_MATERIALIZE_NEVER":
+                # each reference inlines the whole body again: ten nested ones are 2^10 copies
+                raise QueryRefused("WITH … AS NOT MATERIALIZED is not accepted in read-only queries (it can "
+                                   "multiply the query's size); leave out NOT MATERIALIZED")
             if kind == "TABLE_FUNCTION":
                 fn = node.get("function") or {}
                 name = str(fn.get("function_name", "")).lower()

@@ -19,7 +19,6 @@ through a view, a macro …).
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +42,7 @@ NOT_FOR_QUERIES = ("get_user_external_token() is only available to SQL written b
 class _Slot:
     call: CallContext
     trusted: bool  # True for the project author's SQL, False for SQL from the AI client
+    query_headers: frozenset[str]  # lower-case names the AI client's SQL may read
 
 
 def _slot() -> _Slot:
@@ -53,10 +53,10 @@ def _slot() -> _Slot:
 
 
 @contextmanager
-def bound(call: CallContext, trusted: bool) -> Iterator[None]:
+def bound(call: CallContext, trusted: bool, query_headers: frozenset[str] = frozenset()) -> Iterator[None]:
     """Make `call` the identity seen by SQL on this thread, for the duration of the block."""
     previous = getattr(_local, "slot", None)  # a Python endpoint's nested query restores the outer one
-    _local.slot = _Slot(call, trusted)
+    _local.slot = _Slot(call, trusted, query_headers)
     try:
         yield
     finally:
@@ -81,24 +81,22 @@ def _external_token() -> str:
     return slot.call.user.external_token or ""
 
 
-# Headers that carry credentials in common deployments (oauth2-proxy's X-Forwarded-Access-Token,
-# API keys, Cloudflare Access assertions …): the project author's SQL may read them, the AI
-# client's SQL may not.
-_SECRET_HEADER = re.compile(r"auth|token|key|secret|cookie|session|jwt|assertion|signature|password|"
-                            r"credential|csrf", re.IGNORECASE)
+def _header_refusal(name: str) -> str:
+    return (f"request header {name!r} is not available to the query tool; the project can allow it "
+            "(sql_tools.request_headers), the project's own endpoints can read it")
 
 
 def _request_header(name: str | None) -> str:
+    # Which headers the AI client's SQL may read: only those the project allow-lists
+    # (sql_tools.request_headers). A deny list of credential-looking names missed too many
+    # (X-Amzn-Oidc-Data, DPoP, X-Ms-Client-Principal …); the project author's SQL reads them all.
+    name = name or ""
     slot = getattr(_local, "slot", None)
-    secret = bool(_SECRET_HEADER.search(name or ""))
-    if slot is None and secret:  # a deferred refusal, re-evaluated off the calling thread (see above)
-        raise PermissionError(f"request header {name!r} may carry credentials and is only available to SQL "
-                              "written by the project author")
-    slot = _slot()
-    if not slot.trusted and secret:
-        raise PermissionError(f"request header {name!r} may carry credentials and is only available to SQL "
-                              "written by the project author")
-    return slot.call.header(name or "")
+    if slot is None:  # a deferred refusal, re-evaluated off the calling thread (see above)
+        raise PermissionError(_header_refusal(name))
+    if not slot.trusted and name.lower() not in slot.query_headers:
+        raise PermissionError(_header_refusal(name))
+    return slot.call.header(name)
 
 
 FUNCTIONS = {

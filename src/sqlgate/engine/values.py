@@ -20,6 +20,9 @@ def to_json(value: Any) -> Any:
         return value if math.isfinite(value) else str(value)
     if isinstance(value, decimal.Decimal):
         # keep exactness: integral decimals as int, others as float when lossless, else string
+        # (also ±Infinity/NaN, and integers too long for Python's int-to-text conversion)
+        if not value.is_finite() or value.adjusted() > 4000:
+            return str(value)
         if value == value.to_integral_value():
             return int(value)
         f = float(value)
@@ -28,6 +31,8 @@ def to_json(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, dt.timedelta):
         return value.total_seconds()
+    if hasattr(value, "months") and hasattr(value, "nanoseconds"):  # Arrow's month-day-nano interval
+        return _interval(value)
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, bytes | bytearray | memoryview):
@@ -37,3 +42,11 @@ def to_json(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [to_json(v) for v in value]
     return str(value)
+
+
+def _interval(value: Any) -> Any:
+    """Seconds when the interval has no months (as timedelta values are), else ISO 8601."""
+    seconds = value.days * 86400 + value.nanoseconds / 1e9
+    if not value.months:
+        return seconds
+    return f"P{value.months}M{value.days}DT{value.nanoseconds / 1e9:g}S"
