@@ -1,8 +1,8 @@
 """Providers that fail the way real ones do, for the refresh and outage tests.
 
 - FlakyGoogle: the Google-like fake (non-rotating refresh tokens) that can answer refreshes 503,
-  hold token requests until released (a slow IdP: the request is received, not yet processed),
-  be stopped and started again on the same port with its grants intact.
+  hold requests unanswered until released (a hanging IdP; or a slow one: the refresh is received,
+  not yet processed), be stopped and started again on the same port with its grants intact.
 - Hanging: a socket server that accepts connections and never answers.
 """
 
@@ -24,20 +24,23 @@ from tests.fakes.providers import FakeGoogle
 
 class FlakyGoogle(FakeGoogle):
     down = False  # refreshes answer 503 temporarily_unavailable
-    hold: threading.Event | None = None  # set: token requests wait for it (then answer 503)
+    hold_refresh = False  # refreshes are received and held, unanswered, until `release` (then 503)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.held = threading.Event()  # a token request is being held
+        self.hold_paths: set[str] = set()  # requests to these paths are held the same way
+        self.held = threading.Event()  # a request is being held
+        self.release = threading.Event()
 
-    def token(self, req):
-        if self.hold is not None and req.form.get("grant_type") == "refresh_token":
+    def dispatch(self, req):
+        refresh = req.form.get("grant_type") == "refresh_token"
+        if req.path in self.hold_paths or (self.hold_refresh and refresh):
             self.held.set()
-            self.hold.wait(60)
+            self.release.wait(60)
             return Reply.json({"error": "temporarily_unavailable"}, 503)
-        if self.down and req.form.get("grant_type") == "refresh_token":
+        if self.down and refresh:
             return Reply.json({"error": "temporarily_unavailable", "error_description": "try later"}, 503)
-        return super().token(req)
+        return super().dispatch(req)
 
     def refreshes(self) -> int:
         return sum(1 for r in self.seen if r.form.get("grant_type") == "refresh_token")
@@ -72,8 +75,8 @@ def google_stack(tmp_path, login: bool = True, **auth) -> Iterator[tuple[FlakyGo
                 assert not res.is_error, res.content
             yield fake, server, storage
         finally:
+            fake.release.set()
             stop_server(server)
-            fake.hold = None
 
 
 class Hanging:

@@ -12,13 +12,17 @@ tokens) and the Google-like fake (non-rotating), tokens from the official mcp cl
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import threading
 
 import httpx
 import pytest
 
+from tests.auth_support import start_auth_server
+from tests.conftest import stop_server
 from tests.fakes.providers import FakeGoogle
-from tests.outage_support import google_stack
+from tests.outage_support import google_auth, google_stack
 from tests.test_auth_flows import _authorize_by_hand, bearer_call, drop_stack, login, make_stack, result_of
 
 GRACE = 3.0  # refresh_grace_seconds of these servers
@@ -217,3 +221,42 @@ def test_refresh_with_a_fresh_upstream_token_does_not_ask_the_provider(tmp_path)
         ok = bearer_call(server.url, second.json()["access_token"])
         assert result_of(ok)["result"]["structuredContent"]["result"]["username"] == "alice@example.test"
         assert "upstream token still fresh: not asked" in server.logs()
+
+
+def test_kill_9_during_a_slow_upstream_refresh_keeps_the_grant(tmp_path):
+    """The server dies while the provider is still working on a refresh it claimed. After a restart,
+    the client's retry with its old refresh token (within the grace window) finishes that refresh
+    and gets the new pair; that pair is the grant from then on."""
+    auth = {"refresh_grace_seconds": 60, "upstream_refresh_margin_seconds": ALWAYS_UPSTREAM,
+            "google": {"timeout_seconds": 2}}
+    with google_stack(tmp_path, **auth) as (fake, server, storage):
+        client_id, old = storage.client.client_id, storage.tokens.refresh_token
+        fake.hold_refresh = True
+        threading.Thread(target=lambda: _ignore_errors(refresh, server.base, client_id, old), daemon=True).start()
+        assert fake.held.wait(10), "the refresh never reached the provider"
+        server.proc.send_signal(signal.SIGKILL)  # claimed, provider asked, nothing answered yet
+        server.proc.wait(10)
+        fake.hold_refresh = False
+        fake.release.set()
+        restarted = start_auth_server(tmp_path, google_auth(fake, **auth), port=int(server.base.rsplit(":", 1)[1]))
+        try:
+            with httpx.Client(timeout=30) as http:  # waits until the dead request's claim is stale
+                retry = refresh(restarted.base, client_id, old, http)
+                assert retry.status_code == 200, retry.text
+                pair = retry.json()
+                assert fake.refreshes() == 2  # the one lost with the server, the one that finished it
+                assert "finishing a refresh whose request ended without finishing it" in restarted.logs()
+                ok = bearer_call(restarted.url, pair["access_token"])
+                assert result_of(ok)["result"]["structuredContent"]["result"]["username"] == "alice@example.test"
+                again = refresh(restarted.base, client_id, old, http)  # still the same pair
+                assert again.status_code == 200 and again.json()["refresh_token"] == pair["refresh_token"]
+                newer = refresh(restarted.base, client_id, pair["refresh_token"], http)
+                assert newer.status_code == 200, newer.text
+                assert bearer_call(restarted.url, newer.json()["access_token"]).status_code == 200
+        finally:
+            stop_server(restarted)
+
+
+def _ignore_errors(fn, *args) -> None:
+    with contextlib.suppress(httpx.HTTPError):  # the server is killed under this request
+        fn(*args)
