@@ -129,7 +129,8 @@ class SqliteGrantStore(GrantStore):
         except sqlite3.IntegrityError:
             raise
         except sqlite3.DatabaseError as exc:
-            raise StateStoreUnavailable(self.location, str(exc)) from exc
+            raise StateStoreUnavailable(self.location, f"{exc} (is the disk full, or the file or its directory "
+                                                       "read-only?)") from exc
 
     # ------------------------------------------------------------------ key-value
     def kv_get(self, collection, key, now):
