@@ -172,3 +172,34 @@ def test_read_only_state_directory_at_start_is_a_clear_error(tmp_path):
     assert f"cannot open the OAuth state database {state / 'oauth.db'}" in done.stderr + done.stdout
     assert "Make its directory writable" in done.stderr + done.stdout
     assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_real_idp_stopped_then_back_on_the_same_port(tmp_path):
+    """The npm oidc-provider: stopped, refresh is 503 at once while valid tokens keep working from
+    the cache; started again on the same port (its grants are in memory, so they are gone), a new
+    login works without restarting sqlgate."""
+    from tests.auth_support import start_auth_server
+    from tests.conftest import free_port, stop_server
+    from tests.idp.launcher import OidcProvider
+    from tests.test_auth_flows import login, provider_config
+
+    port = free_port()
+    redirect = f"http://127.0.0.1:{port}/oidc/callback"
+    idp = OidcProvider(redirect_uris=[redirect])
+    auth = provider_config("oidc", idp, port)
+    auth["oidc"]["timeout_seconds"] = TIMEOUT
+    auth["persistence"] = {**auth["persistence"], "path": str(tmp_path / "oauth.db")}
+    server = start_auth_server(tmp_path, {**auth, "upstream_refresh_margin_seconds": ALWAYS_UPSTREAM}, port=port)
+    try:
+        stack = {"server": server}
+        storage = login(stack, "alice")
+        idp.stop()
+        started = time.monotonic()
+        assert unavailable(refresh(server.base, storage.client.client_id, storage.tokens.refresh_token))
+        assert time.monotonic() - started < TIMEOUT
+        assert whoami(server, storage.tokens.access_token).status_code == 200  # the user-info cache holds
+        idp = OidcProvider(redirect_uris=[redirect], extra_args=["--port", str(idp.port)])
+        assert login(stack, "bob").tokens.access_token
+    finally:
+        stop_server(server)
+        idp.stop()
