@@ -203,3 +203,39 @@ def test_real_idp_stopped_then_back_on_the_same_port(tmp_path):
     finally:
         stop_server(server)
         idp.stop()
+
+
+@pytest.mark.skipif("not __import__('tests.grant_backends', fromlist=['x']).postgres_available()",
+                    reason="no PostgreSQL on 127.0.0.1:5432")
+def test_postgres_state_down_is_503_then_recovers(tmp_path):
+    """The state database refuses connections (this test's own database, closed to connections and
+    its sessions ended): 503 + one log line at /register and for tool calls — never 401 — and
+    everything works again once it is back, without a restart."""
+    import psycopg
+
+    from tests.grant_backends import ADMIN_DSN, postgres_database
+    from tests.test_auth_flows import KEY
+
+    with postgres_database() as dsn, google_stack(
+            tmp_path, persistence={"type": "postgres", "dsn": dsn, "encryption_key": KEY}) as (_, server, storage):
+        name = dsn.rsplit("/", 1)[1]
+        assert whoami(server, storage.tokens.access_token).status_code == 200
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false")
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        try:
+            register = {"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none"}
+            assert unavailable(httpx.post(f"{server.base}/register", json=register, timeout=30))
+            assert unavailable(whoami(server, storage.tokens.access_token))
+        finally:
+            with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+                admin.execute(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true")
+        logs = server.logs()
+        assert f"answered 503: OAuth state store user=postgres dbname={name} host=127.0.0.1" in logs
+        assert "Traceback" not in logs
+        deadline = time.monotonic() + 60
+        while (r := httpx.post(f"{server.base}/register", json=register, timeout=30)).status_code == 503:
+            assert time.monotonic() < deadline, "the state store did not come back"
+            time.sleep(1)
+        assert r.status_code == 201, r.text
+        assert whoami(server, storage.tokens.access_token).status_code == 200
