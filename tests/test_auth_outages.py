@@ -102,6 +102,17 @@ def test_hanging_provider_is_cut_at_the_timeout(tmp_path):
             assert unavailable(r, page=name == "login callback")
             assert TIMEOUT - 0.2 < took < TIMEOUT + 2, f"{name} took {took:.1f} s"
         assert f"no answer within {TIMEOUT:g} s" in server.logs()
+        # revocation: the provider's part is cut at the timeout, sqlgate's own part is done
+        fake.hold_paths = {"/revoke"}
+        started = time.monotonic()
+        r = httpx.post(f"{server.base}/revoke", data={"token": tokens.refresh_token, "client_id": client_id,
+                                                      "token_type_hint": "refresh_token"}, timeout=30)
+        assert r.status_code == 200, r.text
+        assert time.monotonic() - started < TIMEOUT + 2
+        assert ("POST", "/revoke") in fake.requests
+        fake.hold_paths = set()
+        gone = refresh(server.base, client_id, tokens.refresh_token)
+        assert gone.status_code == 400 and gone.json()["error"] == "invalid_grant"
 
 
 def test_login_against_a_silent_socket_is_cut_at_the_timeout(tmp_path):
