@@ -284,3 +284,25 @@ async def test_memory_state_has_the_same_semantics():
     assert state.grants.consume_code("c", now, now + 60).record == {"v": 1}
     assert state.grants.consume_code("c", now, now + 60) is None
     state.close()
+
+
+def test_sqlite_file_from_before_the_grace_window_is_upgraded(tmp_path):
+    """A state file written before pairs were kept gains the new columns at start; its refresh
+    tokens keep working (a replaced one within the grace window is refused, not replayed)."""
+    import sqlite3
+
+    from sqlgate.auth.grants.sqlite import _SCHEMA, SqliteGrantStore
+    from sqlgate.auth.store import fernet_for
+
+    path = tmp_path / "old.db"
+    old_schema = _SCHEMA.replace(",\n    pending_since REAL", "").replace(",\n    successor  TEXT", "")
+    assert "successor" not in old_schema and "pending_since" not in old_schema
+    with sqlite3.connect(path) as con:
+        con.executescript(old_schema)
+    store = SqliteGrantStore(path, fernet_for("k"))
+    try:
+        issue(store)
+        found = store.lookup_refresh("refresh-1", time.time())
+        assert found.is_current and found.successor is None and found.pending_since is None
+    finally:
+        store.close()
