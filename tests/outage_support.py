@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import anyio
@@ -25,6 +26,7 @@ from tests.fakes.providers import FakeGoogle
 class FlakyGoogle(FakeGoogle):
     down = False  # refreshes answer 503 temporarily_unavailable
     hold_refresh = False  # refreshes are received and held, unanswered, until `release` (then 503)
+    refresh_delay = 0.0  # seconds a refresh takes (a slow provider)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -38,6 +40,8 @@ class FlakyGoogle(FakeGoogle):
             self.held.set()
             self.release.wait(60)
             return Reply.json({"error": "temporarily_unavailable"}, 503)
+        if refresh and self.refresh_delay:
+            time.sleep(self.refresh_delay)
         if self.down and refresh:
             return Reply.json({"error": "temporarily_unavailable", "error_description": "try later"}, 503)
         return super().dispatch(req)

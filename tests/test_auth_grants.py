@@ -25,7 +25,7 @@ from tests.fakes.providers import FakeGoogle
 from tests.outage_support import google_auth, google_stack
 from tests.test_auth_flows import _authorize_by_hand, bearer_call, drop_stack, login, make_stack, result_of
 
-GRACE = 3.0  # refresh_grace_seconds of these servers
+GRACE = 5.0  # refresh_grace_seconds of these servers (long enough for a loaded machine)
 ALWAYS_UPSTREAM = 10**6  # upstream_refresh_margin_seconds: every refresh asks the provider
 
 
@@ -198,6 +198,7 @@ def test_failed_upstream_refresh_leaves_the_token_usable(google):
 def test_parallel_refreshes_against_a_non_rotating_upstream_leave_one_grant(google):
     fake, server, storage = google
     client_id = storage.client.client_id
+    fake.refresh_delay = 1.0  # a slow provider: the others find the claim pending and wait for its pair
     fresh = one_pair(at_once(10, lambda http: refresh(server.base, client_id, storage.tokens.refresh_token, http)))
     assert fake.refreshes() == 1  # the claim comes before the upstream call
     ok = bearer_call(server.url, fresh["access_token"])
@@ -205,6 +206,20 @@ def test_parallel_refreshes_against_a_non_rotating_upstream_leave_one_grant(goog
     again = refresh(server.base, client_id, fresh["refresh_token"])
     assert again.status_code == 200, again.text
     assert fake.refreshes() == 2
+
+
+def test_parallel_refreshes_while_the_provider_fails_all_get_a_clear_503(google):
+    fake, server, storage = google
+    client_id, token = storage.client.client_id, storage.tokens.refresh_token
+    fake.down = True
+    replies = at_once(10, lambda http: refresh(server.base, client_id, token, http))
+    for r in replies:
+        assert r.status_code == 503 and r.json()["error"] == "temporarily_unavailable", r.text
+        assert int(r.headers["retry-after"]) > 0
+    fake.down = False  # nothing was spent: the same token refreshes, and the grant works
+    ok = refresh(server.base, client_id, token)
+    assert ok.status_code == 200, ok.text
+    assert bearer_call(server.url, ok.json()["access_token"]).status_code == 200
 
 
 def test_refresh_with_a_fresh_upstream_token_does_not_ask_the_provider(tmp_path):
