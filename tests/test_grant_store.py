@@ -306,3 +306,29 @@ def test_sqlite_file_from_before_the_grace_window_is_upgraded(tmp_path):
         assert found.is_current and found.successor is None and found.pending_since is None
     finally:
         store.close()
+
+
+def test_a_full_sqlite_database_is_an_outage_not_a_bug(tmp_path):
+    """SQLite's own "database or disk is full" (the file may not grow: max_page_count) becomes
+    StateStoreUnavailable naming the file and the likely causes, and the store keeps working for
+    what fits (the failed transaction was rolled back, not left open)."""
+    from sqlgate.auth.grants.base import StateStoreUnavailable
+    from sqlgate.auth.grants.sqlite import SqliteGrantStore
+    from sqlgate.auth.store import fernet_for
+
+    path = tmp_path / "full.db"
+    store = SqliteGrantStore(path, fernet_for("k"))
+    try:
+        pages = store._con.execute("PRAGMA page_count").fetchone()[0]
+        store._con.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(StateStoreUnavailable) as caught:
+            store.kv_put("clients", "big", "x" * 200_000, None)
+        assert str(path) in str(caught.value) and "database or disk is full" in str(caught.value)
+        assert "is the disk full" in str(caught.value)
+        assert not store._con.in_transaction
+        assert store.kv_get("clients", "big", time.time()) is None
+        store._con.execute("PRAGMA max_page_count = 1073741823")
+        store.kv_put("clients", "big", "x" * 200_000, None)  # room again: it works
+        assert store.kv_get("clients", "big", time.time())
+    finally:
+        store.close()
