@@ -157,6 +157,12 @@ def test_read_only_state_is_503_with_one_clear_log_line(tmp_path):
                                                             "token_endpoint_auth_method": "none"})
             assert unavailable(r)
             assert unavailable(refresh(server.base, storage.client.client_id, storage.tokens.refresh_token))
+            login = httpx.get(f"{server.base}/authorize", params={
+                "response_type": "code", "client_id": storage.client.client_id, "state": "st",
+                "redirect_uri": str(storage.client.redirect_uris[0]), "scope": "sqlgate:access",
+                "code_challenge": "x" * 43, "code_challenge_method": "S256"})
+            assert login.status_code == 302, login.text  # RFC 6749 §4.1.2.1: back to the client, with
+            assert "error=temporarily_unavailable" in login.headers["location"]  # an error it can show
             logs = server.logs()
             assert f"OAuth state store {state} unavailable" in logs and "answered 503" in logs
             assert "Traceback" not in logs

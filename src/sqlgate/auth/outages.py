@@ -3,6 +3,7 @@
 - Every upstream call (code exchange, refresh, user info, revocation) is cut at the provider's
   `timeout_seconds` as a whole: httpx's timeout bounds each read, not the request, and FastMCP
   builds its upstream clients with a fixed 30 s.
+- An /authorize that cannot store its transaction redirects with `temporarily_unavailable`.
 - Several layers between a failing call and the response swallow exceptions (FastMCP's token
   check and MultiAuth turn them into "not valid" → 401; the login callback into a 500 page).
   So a failure first *notes* itself for the current request (`note`), and
@@ -76,6 +77,18 @@ class ProviderCalls:
                                  client_secret=secret.get_secret_value() if secret is not None else None,
                                  token_endpoint_auth_method=self._token_endpoint_auth_method,  # type: ignore[attr-defined]
                                  timeout=self.upstream_timeout)
+
+    async def authorize(self, client, params) -> str:
+        # the SDK's /authorize turns any other exception into server_error with a traceback
+        from mcp.server.auth.provider import AuthorizeError
+
+        from sqlgate.auth.grants.base import StateStoreUnavailable
+
+        try:
+            return await super().authorize(client, params)  # type: ignore[misc]
+        except StateStoreUnavailable as exc:
+            log.error("GET /authorize answered temporarily_unavailable: %s", exc)
+            raise AuthorizeError("temporarily_unavailable", "sign-in is unavailable right now; retry later") from None
 
     async def revoke_token(self, token) -> None:
         # FastMCP's upstream revocation uses its own 30 s client and only logs failures: bound it
