@@ -3,27 +3,30 @@ tokens) and the Google-like fake (non-rotating), tokens from the official mcp cl
 
 - N parallel redemptions of one code: exactly one 200, the rest 400 invalid_grant; the
   duplicates count as replays and revoke what the code issued (RFC 6749 §4.1.2).
-- N parallel refreshes of one refresh token: exactly one 200, one upstream refresh, and that
-  grant keeps working (the losers are concurrent duplicates, not reuse).
-- A rotated refresh token presented again later revokes the whole family (RFC 9700 §4.14.2).
+- N parallel refreshes of one refresh token: one upstream refresh, and every caller gets the same
+  new pair (or a fast, clear 503): the user ends with exactly one working grant.
+- The just-rotated refresh token presented again within the grace window gets the same pair; after
+  it, or an older one at any time, revokes the whole family (RFC 9700 §4.14.2).
+- The provider is asked only when its token is near expiry; otherwise sqlgate's tokens rotate alone.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import threading
 
-import anyio
 import httpx
 import pytest
 
-from tests.auth_support import MemoryTokenStorage, call_tool, oauth_client, start_auth_server
-from tests.browser import Browser
-from tests.conftest import free_port, stop_server
-from tests.fakes.base import Reply
+from tests.auth_support import start_auth_server
+from tests.conftest import stop_server
 from tests.fakes.providers import FakeGoogle
+from tests.outage_support import google_auth, google_stack
 from tests.test_auth_flows import _authorize_by_hand, bearer_call, drop_stack, login, make_stack, result_of
 
-WINDOW = 1.0  # refresh_race_window_seconds of these servers
+GRACE = 5.0  # refresh_grace_seconds of these servers (long enough for a loaded machine)
+ALWAYS_UPSTREAM = 10**6  # upstream_refresh_margin_seconds: every refresh asks the provider
 
 
 def at_once(n: int, send) -> list[httpx.Response]:
@@ -51,6 +54,18 @@ def one_winner(replies: list[httpx.Response]) -> httpx.Response:
     return next(r for r in replies if r.status_code == 200)
 
 
+def one_pair(replies: list[httpx.Response]) -> dict:
+    """Concurrent refreshes of one token: every 200 carries the same pair; any other answer is a
+    clear 503 temporarily_unavailable with Retry-After. Returns the pair."""
+    pairs = {(r.json()["access_token"], r.json()["refresh_token"]) for r in replies if r.status_code == 200}
+    others = [r for r in replies if r.status_code != 200]
+    assert len(pairs) == 1, [(r.status_code, r.text[:120]) for r in replies]
+    for r in others:
+        assert r.status_code == 503 and r.json()["error"] == "temporarily_unavailable" and r.headers["retry-after"], \
+            (r.status_code, r.text)
+    return next(r.json() for r in replies if r.status_code == 200)
+
+
 def works(url: str, access_token: str) -> bool:
     r = bearer_call(url, access_token)
     if r.status_code == 401:
@@ -67,7 +82,8 @@ def refresh(base: str, client_id: str, token: str, http: httpx.Client | None = N
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    built = make_stack("oidc", tmp_path_factory.mktemp("grants"), refresh_race_window_seconds=WINDOW)
+    built = make_stack("oidc", tmp_path_factory.mktemp("grants"), refresh_grace_seconds=GRACE,
+                       upstream_refresh_margin_seconds=ALWAYS_UPSTREAM)
     yield built
     drop_stack(built)
 
@@ -105,13 +121,14 @@ def test_replayed_code_revokes_the_grant_it_issued(stack):
 def test_parallel_refreshes_against_the_rotating_idp_leave_one_grant(stack):
     storage = login(stack, "alice")
     base, client_id = stack["server"].base, storage.client.client_id
-    winner = one_winner(at_once(8, lambda http: refresh(base, client_id, storage.tokens.refresh_token, http)))
-    fresh = winner.json()
+    before = stack["server"].logs().count("(upstream refreshed)")
+    fresh = one_pair(at_once(10, lambda http: refresh(base, client_id, storage.tokens.refresh_token, http)))
     assert works(stack["server"].url, fresh["access_token"])
     # one upstream refresh happened: had several gone upstream, the IdP would have revoked the grant
     again = refresh(base, client_id, fresh["refresh_token"])
     assert again.status_code == 200, again.text
     assert works(stack["server"].url, again.json()["access_token"])
+    assert stack["server"].logs().count("(upstream refreshed)") - before == 2
 
 
 def test_replaying_a_rotated_refresh_token_revokes_the_family(stack):
@@ -122,11 +139,24 @@ def test_replaying_a_rotated_refresh_token_revokes_the_family(stack):
     old = storage.tokens.refresh_token
     first = refresh(base, client_id, old)
     assert first.status_code == 200, first.text
+    # a retry of the same token within the grace window (a lost response): the same pair
+    retry = refresh(base, client_id, old)
+    assert retry.status_code == 200, retry.text
+    assert (retry.json()["access_token"], retry.json()["refresh_token"]) == \
+        (first.json()["access_token"], first.json()["refresh_token"])
     second = refresh(base, client_id, first.json()["refresh_token"])
     assert second.status_code == 200, second.text
     newest = second.json()
     assert works(url, newest["access_token"])
-    time.sleep(WINDOW + 0.5)  # past the window in which a duplicate counts as a concurrent refresh
+    assert refresh(base, client_id, old).status_code == 400  # two generations back: reuse, at once
+    assert not works(url, newest["access_token"])
+    storage = login(stack, "alice")  # a new grant for the rest of the test
+    old = storage.tokens.refresh_token
+    first = refresh(base, client_id := storage.client.client_id, old)
+    second = refresh(base, client_id, first.json()["refresh_token"])
+    assert second.status_code == 200, second.text
+    newest = second.json()
+    time.sleep(GRACE + 0.5)  # past the grace window of the previous token
     replay = refresh(base, client_id, first.json()["refresh_token"])
     assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
     assert not works(url, newest["access_token"])
@@ -145,36 +175,11 @@ def test_revoking_a_refresh_token_ends_the_family(stack):
     assert refresh(base, client_id, storage.tokens.refresh_token).status_code == 400
 
 
-class FlakyGoogle(FakeGoogle):
-    """The Google-like fake (non-rotating refresh tokens) whose refreshes can be made to fail."""
-
-    down = False
-
-    def token(self, req):
-        if self.down and req.form.get("grant_type") == "refresh_token":
-            return Reply.json({"error": "temporarily_unavailable", "error_description": "try later"}, 503)
-        return super().token(req)
-
-
 @pytest.fixture
 def google(tmp_path):
-    """(fake, server, storage): alice logged in through the official client."""
-    port = free_port()
-    with FlakyGoogle("google-client", "google-secret", [f"http://127.0.0.1:{port}/google/callback"]) as fake:
-        base_url = fake.base_url
-        server = start_auth_server(tmp_path, {
-            "provider": "google", "refresh_race_window_seconds": WINDOW,
-            "google": {"client_id": "google-client", "client_secret": "google-secret",
-                       "auth_url": f"{base_url}/o/oauth2/v2/auth", "token_url": f"{base_url}/token",
-                       "userinfo_url": f"{base_url}/v1/userinfo", "revoke_url": f"{base_url}/revoke"}}, port=port)
-        try:
-            storage = MemoryTokenStorage()
-            res = anyio.run(call_tool, server.url, oauth_client(server.url, Browser("alice", "alice-password"),
-                                                                storage), "whoami")
-            assert not res.is_error, res.content
-            yield fake, server, storage
-        finally:
-            stop_server(server)
+    """(fake, server, storage): every refresh asks the (non-rotating) provider."""
+    with google_stack(tmp_path, refresh_grace_seconds=GRACE, upstream_refresh_margin_seconds=ALWAYS_UPSTREAM) as built:
+        yield built
 
 
 def test_failed_upstream_refresh_leaves_the_token_usable(google):
@@ -193,12 +198,80 @@ def test_failed_upstream_refresh_leaves_the_token_usable(google):
 def test_parallel_refreshes_against_a_non_rotating_upstream_leave_one_grant(google):
     fake, server, storage = google
     client_id = storage.client.client_id
-    winner = one_winner(at_once(8, lambda http: refresh(server.base, client_id,
-                                                        storage.tokens.refresh_token, http)))
-    upstream_refreshes = [r for r in fake.seen if r.form.get("grant_type") == "refresh_token"]
-    assert len(upstream_refreshes) == 1  # the claim comes before the upstream call
-    fresh = winner.json()
+    fake.refresh_delay = 1.0  # a slow provider: the others find the claim pending and wait for its pair
+    fresh = one_pair(at_once(10, lambda http: refresh(server.base, client_id, storage.tokens.refresh_token, http)))
+    assert fake.refreshes() == 1  # the claim comes before the upstream call
     ok = bearer_call(server.url, fresh["access_token"])
     assert result_of(ok)["result"]["structuredContent"]["result"]["username"] == "alice@example.test"
     again = refresh(server.base, client_id, fresh["refresh_token"])
     assert again.status_code == 200, again.text
+    assert fake.refreshes() == 2
+
+
+def test_parallel_refreshes_while_the_provider_fails_all_get_a_clear_503(google):
+    fake, server, storage = google
+    client_id, token = storage.client.client_id, storage.tokens.refresh_token
+    fake.down = True
+    replies = at_once(10, lambda http: refresh(server.base, client_id, token, http))
+    for r in replies:
+        assert r.status_code == 503 and r.json()["error"] == "temporarily_unavailable", r.text
+        assert int(r.headers["retry-after"]) > 0
+    fake.down = False  # nothing was spent: the same token refreshes, and the grant works
+    ok = refresh(server.base, client_id, token)
+    assert ok.status_code == 200, ok.text
+    assert bearer_call(server.url, ok.json()["access_token"]).status_code == 200
+
+
+def test_refresh_with_a_fresh_upstream_token_does_not_ask_the_provider(tmp_path):
+    """Google's token lives an hour; with the default margin only sqlgate's tokens rotate, and the
+    new access token does not outlive the upstream one."""
+    with google_stack(tmp_path) as (fake, server, storage):
+        client_id = storage.client.client_id
+        first = refresh(server.base, client_id, storage.tokens.refresh_token)
+        assert first.status_code == 200, first.text
+        second = refresh(server.base, client_id, first.json()["refresh_token"])
+        assert second.status_code == 200, second.text
+        assert fake.refreshes() == 0
+        assert second.json()["expires_in"] <= FakeGoogle.ACCESS_TTL
+        ok = bearer_call(server.url, second.json()["access_token"])
+        assert result_of(ok)["result"]["structuredContent"]["result"]["username"] == "alice@example.test"
+        assert "upstream token still fresh: not asked" in server.logs()
+
+
+def test_kill_9_during_a_slow_upstream_refresh_keeps_the_grant(tmp_path):
+    """The server dies while the provider is still working on a refresh it claimed. After a restart,
+    the client's retry with its old refresh token (within the grace window) finishes that refresh
+    and gets the new pair; that pair is the grant from then on."""
+    auth = {"refresh_grace_seconds": 60, "upstream_refresh_margin_seconds": ALWAYS_UPSTREAM,
+            "google": {"timeout_seconds": 2}}
+    with google_stack(tmp_path, **auth) as (fake, server, storage):
+        client_id, old = storage.client.client_id, storage.tokens.refresh_token
+        fake.hold_refresh = True
+        threading.Thread(target=lambda: _ignore_errors(refresh, server.base, client_id, old), daemon=True).start()
+        assert fake.held.wait(10), "the refresh never reached the provider"
+        server.proc.send_signal(signal.SIGKILL)  # claimed, provider asked, nothing answered yet
+        server.proc.wait(10)
+        fake.hold_refresh = False
+        fake.release.set()
+        restarted = start_auth_server(tmp_path, google_auth(fake, **auth), port=int(server.base.rsplit(":", 1)[1]))
+        try:
+            with httpx.Client(timeout=30) as http:  # waits until the dead request's claim is stale
+                retry = refresh(restarted.base, client_id, old, http)
+                assert retry.status_code == 200, retry.text
+                pair = retry.json()
+                assert fake.refreshes() == 2  # the one lost with the server, the one that finished it
+                assert "finishing a refresh whose request ended without finishing it" in restarted.logs()
+                ok = bearer_call(restarted.url, pair["access_token"])
+                assert result_of(ok)["result"]["structuredContent"]["result"]["username"] == "alice@example.test"
+                again = refresh(restarted.base, client_id, old, http)  # still the same pair
+                assert again.status_code == 200 and again.json()["refresh_token"] == pair["refresh_token"]
+                newer = refresh(restarted.base, client_id, pair["refresh_token"], http)
+                assert newer.status_code == 200, newer.text
+                assert bearer_call(restarted.url, newer.json()["access_token"]).status_code == 200
+        finally:
+            stop_server(restarted)
+
+
+def _ignore_errors(fn, *args) -> None:
+    with contextlib.suppress(httpx.HTTPError):  # the server is killed under this request
+        fn(*args)

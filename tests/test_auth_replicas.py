@@ -18,7 +18,7 @@ from tests.conftest import free_port, stop_server
 from tests.grant_backends import postgres_available, postgres_database
 from tests.idp.launcher import OidcProvider
 from tests.test_auth_flows import KEY, login, provider_config
-from tests.test_auth_grants import _code, at_once, one_winner, refresh, works
+from tests.test_auth_grants import _code, at_once, one_pair, one_winner, refresh, works
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.skipif(
@@ -57,11 +57,11 @@ def test_two_servers_share_grants_and_single_use(pair):
     winner = one_winner(at_once(10, lambda http: http.post(f"{servers[next(turn)].base}/token", data=form)))
     assert winner.json()["access_token"]
 
-    # one refresh token, refreshed four times at each server at once: one winner, a working grant
+    # one refresh token, refreshed four times at each server at once: one pair, a working grant
     client_id = storage.client.client_id
     turn = iter(range(8))
-    fresh = one_winner(at_once(8, lambda http: refresh(servers[next(turn)].base, client_id,
-                                                       storage.tokens.refresh_token, http))).json()
+    fresh = one_pair(at_once(8, lambda http: refresh(servers[next(turn)].base, client_id,
+                                                     storage.tokens.refresh_token, http)))
     assert works(a.url, fresh["access_token"]) and works(b.url, fresh["access_token"])
 
     # kill -9 the first: the second keeps serving and refreshing what the first issued

@@ -107,11 +107,14 @@ def test_expired_code_is_not_redeemable(store):
 
 
 # ---------------------------------------------------------------------- refresh families
+OLD = token_hash("refresh-1")
+
+
 def test_rotation_is_compare_and_set(store, backend):
     issue(store)
     results = parallel(12, backend, lambda s, i: s.rotate_refresh(
-        "fam1", 1, token_hash(f"refresh-2-{i}"), s.seal({"client_id": "c1", "scopes": ["s"]}), time.time() + 600,
-        time.time()))
+        "fam1", 1, OLD, token_hash(f"refresh-2-{i}"), s.seal({"client_id": "c1", "scopes": ["s"]}),
+        time.time() + 600, s.seal({"refresh_token": f"refresh-2-{i}"}), False, time.time()))
     assert sorted(results, key=lambda r: r or 0) == [None] * 11 + [2]
     winner = results.index(2)
     now = time.time()
@@ -121,18 +124,42 @@ def test_rotation_is_compare_and_set(store, backend):
             assert store.lookup_refresh(f"refresh-2-{i}", now) is None
     old = store.lookup_refresh("refresh-1", now)
     assert (old.generation, old.current_generation, old.is_current) == (1, 2, False)
+    # the old token's row holds the winner's pair (sealed), for a retry within the grace window
+    assert old.successor == {"refresh_token": f"refresh-2-{winner}"} and old.pending_since is None
     # a second rotation from the stale generation loses too
-    assert store.rotate_refresh("fam1", 1, token_hash("x"), store.seal({}), now + 600, now) is None
+    assert store.rotate_refresh("fam1", 1, OLD, token_hash("x"), store.seal({}), now + 600, store.seal({}),
+                                False, now) is None
 
 
 def test_undo_rotation_gives_the_old_token_back(store):
     issue(store)
     now = time.time()
-    assert store.rotate_refresh("fam1", 1, token_hash("refresh-2"), store.seal({}), now + 600, now) == 2
-    assert store.undo_rotation("fam1", 2, token_hash("refresh-2"))
-    assert store.lookup_refresh("refresh-1", now).is_current
+    assert store.rotate_refresh("fam1", 1, OLD, token_hash("refresh-2"), store.seal({}), now + 600,
+                                store.seal({"refresh_token": "refresh-2"}), True, now) == 2
+    assert store.undo_rotation("fam1", 2, token_hash("refresh-2"), OLD)
+    old = store.lookup_refresh("refresh-1", now)
+    assert old.is_current and old.successor is None and old.pending_since is None
     assert store.lookup_refresh("refresh-2", now) is None
-    assert not store.undo_rotation("fam1", 2, token_hash("refresh-2"))  # only from the generation it won
+    assert not store.undo_rotation("fam1", 2, token_hash("refresh-2"), OLD)  # only from the generation it won
+
+
+def test_pending_rotation_is_finished_once_or_taken_over_once(store):
+    """A rotation waiting for the provider: its pair is finished by its request — or, once that
+    request is gone (a crash), taken over by exactly one retry (compare-and-set on the claim)."""
+    issue(store)
+    now = time.time()
+    assert store.rotate_refresh("fam1", 1, OLD, token_hash("refresh-2"), store.seal({}), now + 600,
+                                store.seal({"refresh_token": "refresh-2"}), True, now) == 2
+    old = store.lookup_refresh("refresh-1", now)
+    assert old.pending_since == now and old.successor == {"refresh_token": "refresh-2"}
+    later = now + 30
+    assert store.take_over_rotation("fam1", 2, old.pending_since, later)
+    assert not store.take_over_rotation("fam1", 2, old.pending_since, later + 1)  # already taken
+    assert store.lookup_refresh("refresh-1", later).pending_since == later
+    assert store.finish_rotation("fam1", 2, OLD, store.seal({"refresh_token": "refresh-2", "access_token": "a"}))
+    old = store.lookup_refresh("refresh-1", later)
+    assert old.pending_since is None and old.successor["access_token"] == "a"
+    assert not store.finish_rotation("fam1", 1, OLD, store.seal({}))  # a generation it does not hold
 
 
 def test_revoked_family_cannot_rotate_and_says_so(store):
@@ -141,7 +168,8 @@ def test_revoked_family_cannot_rotate_and_says_so(store):
     assert not store.is_family_revoked("fam1", now)
     store.revoke_family("fam1", now + 600, now)
     assert store.is_family_revoked("fam1", now)
-    assert store.rotate_refresh("fam1", 1, token_hash("refresh-2"), store.seal({}), now + 600, now) is None
+    assert store.rotate_refresh("fam1", 1, OLD, token_hash("refresh-2"), store.seal({}), now + 600,
+                                store.seal({}), False, now) is None
     assert store.lookup_refresh("refresh-1", now).revoked
 
 
@@ -284,3 +312,51 @@ def test_entries_without_expiry_can_be_given_one(store):
     assert store.kv_get("clients", "old", now + 4) == "{}" and store.kv_get("clients", "old", now + 6) is None
     assert store.kv_get("clients", "new", now + 6) == "{}" and store.kv_get("other", "x", now + 6) == "{}"
     assert store.kv_expire_unset("clients", now + 5) == 0
+
+
+def test_sqlite_file_from_before_the_grace_window_is_upgraded(tmp_path):
+    """A state file written before pairs were kept gains the new columns at start; its refresh
+    tokens keep working (a replaced one within the grace window is refused, not replayed)."""
+    import sqlite3
+
+    from sqlgate.auth.grants.sqlite import _SCHEMA, SqliteGrantStore
+    from sqlgate.auth.store import fernet_for
+
+    path = tmp_path / "old.db"
+    old_schema = _SCHEMA.replace(",\n    pending_since REAL", "").replace(",\n    successor  TEXT", "")
+    assert "successor" not in old_schema and "pending_since" not in old_schema
+    with sqlite3.connect(path) as con:
+        con.executescript(old_schema)
+    store = SqliteGrantStore(path, fernet_for("k"))
+    try:
+        issue(store)
+        found = store.lookup_refresh("refresh-1", time.time())
+        assert found.is_current and found.successor is None and found.pending_since is None
+    finally:
+        store.close()
+
+
+def test_a_full_sqlite_database_is_an_outage_not_a_bug(tmp_path):
+    """SQLite's own "database or disk is full" (the file may not grow: max_page_count) becomes
+    StateStoreUnavailable naming the file and the likely causes, and the store keeps working for
+    what fits (the failed transaction was rolled back, not left open)."""
+    from sqlgate.auth.grants.base import StateStoreUnavailable
+    from sqlgate.auth.grants.sqlite import SqliteGrantStore
+    from sqlgate.auth.store import fernet_for
+
+    path = tmp_path / "full.db"
+    store = SqliteGrantStore(path, fernet_for("k"))
+    try:
+        pages = store._con.execute("PRAGMA page_count").fetchone()[0]
+        store._con.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(StateStoreUnavailable) as caught:
+            store.kv_put("clients", "big", "x" * 200_000, None)
+        assert str(path) in str(caught.value) and "database or disk is full" in str(caught.value)
+        assert "is the disk full" in str(caught.value)
+        assert not store._con.in_transaction
+        assert store.kv_get("clients", "big", time.time()) is None
+        store._con.execute("PRAGMA max_page_count = 1073741823")
+        store.kv_put("clients", "big", "x" * 200_000, None)  # room again: it works
+        assert store.kv_get("clients", "big", time.time())
+    finally:
+        store.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 PROVIDERS = ("github", "atlassian", "salesforce", "keycloak", "google", "oidc")
 PROVIDER_TITLES = {"github": "GitHub", "atlassian": "Atlassian", "salesforce": "Salesforce",
@@ -231,9 +231,15 @@ class AuthConfig(Strict):
     consent: bool = True
     access_token_ttl: int = Field(default=3600, ge=5)
     refresh_token_ttl: int = Field(default=30 * 86400, ge=300)
-    # seconds after a refresh in which the just-replaced refresh token is refused without revoking
-    # the grant (a client's concurrent refreshes); any other reuse revokes it (RFC 9700 §4.14.2)
-    refresh_race_window_seconds: float = Field(default=2.0, ge=0, le=60)
+    # seconds after a refresh in which the just-replaced refresh token, presented again, gets the
+    # same new token pair (a lost response, a crash, a client's concurrent refreshes); any other
+    # reuse revokes the grant (RFC 9700 §4.14.2). 0 refuses every reuse.
+    refresh_grace_seconds: float = Field(default=60.0, ge=0, le=600,
+                                         validation_alias=AliasChoices("refresh_grace_seconds",
+                                                                       "refresh_race_window_seconds"))
+    # a refresh goes to the provider only when the provider's access token expires within this
+    # many seconds; otherwise only sqlgate's own tokens rotate (the provider is not asked)
+    upstream_refresh_margin_seconds: int = Field(default=60, ge=0)
 
     @field_validator("allowed_redirect_uris")
     @classmethod

@@ -47,8 +47,12 @@ def build_auth(auth: AuthConfig, transport: TransportConfig):
         return proxy
     from fastmcp.server.auth import MultiAuth
 
+    from sqlgate.auth.outage_http import with_outage_middleware
+
     multi = MultiAuth(server=proxy, verifiers=verifiers)
     multi.state = proxy.state  # the periodic state cleanup finds it here
+    # MultiAuth builds its own middleware; outages must still be answered 503 (outage_http.py)
+    multi.get_middleware = lambda: with_outage_middleware(MultiAuth.get_middleware(multi))
     return multi
 
 

@@ -13,12 +13,19 @@ single-use and rotation steps with the grant store's atomic operations:
   revocation needs no extra lookup; revoked families' access tokens are refused.
 - A refresh claims the next generation with a compare-and-set *before* going upstream, so one
   of N concurrent refreshes proceeds and the IdP sees one refresh, not N (a rotating IdP would
-  otherwise treat the duplicates as reuse and kill the grant). If the upstream call fails for a
-  reason other than a rejected grant, the claim is undone and the client may retry; an
-  unreachable or failing provider is `UpstreamUnavailable` (HTTP 503 at /token, see proxy.py).
-- Presenting an older generation revokes the family (RFC 9700 §4.14.2) — except the
-  immediately previous one within `refresh_race_window` seconds of its rotation: that is a
-  client's concurrent refresh losing the race (refused, nothing revoked).
+  otherwise treat the duplicates as reuse and kill the grant). The provider is asked only when
+  its access token expires within `upstream_refresh_margin` seconds; otherwise only sqlgate's
+  tokens rotate. If the upstream call fails for a reason other than a rejected grant, the claim
+  is undone and the client may retry; an unreachable or failing provider is
+  `UpstreamUnavailable` (HTTP 503 at /token, see proxy.py).
+- The rotation keeps the new pair (sealed) on the replaced token's row. The replaced token,
+  presented again within `refresh_grace` seconds, gets that same pair: a client whose response
+  was lost, a server killed mid-refresh, concurrent refreshes — nobody loses the grant, and no
+  second pair exists. While the provider is still being asked, such a retry waits for the
+  answer; if the request asking it died (a crash), the retry takes over once the claim is older
+  than the provider timeout and finishes it.
+- Presenting an older generation, or the previous one after the grace window, revokes the
+  family (RFC 9700 §4.14.2).
 """
 
 from __future__ import annotations
@@ -29,7 +36,6 @@ import time
 from typing import Any
 
 import anyio
-import httpx2
 from fastmcp.server.auth.oauth_proxy.models import (
     DEFAULT_ACCESS_TOKEN_EXPIRY_SECONDS,
     ClientCode,
@@ -42,6 +48,7 @@ from mcp.server.auth.provider import AuthorizationCode, RefreshToken, TokenError
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
 from sqlgate.auth.grants.base import GrantStore, RefreshRecord, token_hash
+from sqlgate.auth.outages import describe, provider_failure
 
 log = logging.getLogger("sqlgate.auth.grants")
 
@@ -60,25 +67,40 @@ def _jti(family_id: str) -> str:
     return f"{family_id}.{secrets.token_urlsafe(24)}"
 
 
-def refresh_verdict(found: RefreshRecord, now: float, race_window: float) -> str:
-    """"current" (may be rotated), "revoked", "race" (refuse, keep the family) or "reuse" (revoke it)."""
+# a pending rotation older than the provider timeout plus this lost its request (crash): take over
+STALE_PENDING_SLACK = 5.0
+
+
+def refresh_verdict(found: RefreshRecord, now: float, grace: float) -> str:
+    """"current" (may be rotated), "revoked", "replay" (the previous token within the grace window:
+    answer with the pair it was rotated to), "race" (the same, rotated before pairs were kept:
+    refuse, keep the family) or "reuse" (revoke it)."""
     if found.revoked:
         return "revoked"
     if found.is_current:
         return "current"
-    if found.generation == found.current_generation - 1 and now - found.rotated_at < race_window:
-        return "race"
+    if found.generation == found.current_generation - 1 and now - found.rotated_at < grace:
+        return "replay" if found.successor is not None else "race"
     return "reuse"
 
 
 class UpstreamUnavailable(Exception):
-    """The provider could not refresh right now (unreachable, 5xx, or said so); nothing was spent."""
+    """The refresh cannot be done right now (the provider is unreachable, slow, 5xx, or said so;
+    or another request is still refreshing the grant); nothing was spent."""
+
+    def __init__(self, description: str = "the identity provider could not be reached; retry later",
+                 retry_after: int = 5) -> None:
+        super().__init__(description)
+        self.description, self.retry_after = description, retry_after
 
 
 def _unavailable(exc: BaseException) -> bool:
-    if isinstance(exc, OAuthError):
-        return exc.error in ("temporarily_unavailable", "server_error")
-    return isinstance(exc, httpx2.HTTPError | ValueError)  # transport errors, 5xx, a non-JSON reply
+    return provider_failure(exc)
+
+
+def _as_token(pair: dict[str, Any]) -> OAuthToken:
+    return OAuthToken(access_token=pair["access_token"], token_type="Bearer", refresh_token=pair["refresh_token"],
+                      expires_in=max(1, int(pair["expires_at"] - time.time())), scope=pair["scope"])
 
 
 class FamilyRefreshToken(RefreshToken):
@@ -86,6 +108,7 @@ class FamilyRefreshToken(RefreshToken):
 
     family_id: str
     generation: int
+    replay: bool = False  # the just-rotated token again, within the grace window
 
 
 class CodeShelf:
@@ -110,11 +133,14 @@ class CodeShelf:
 
 
 class GrantFlow:
-    """Mixin for OAuthProxy subclasses: set `self.grants` and `self.refresh_race_window` in __init__
-    and call `self.use_grant_store()` after OAuthProxy.__init__."""
+    """Mixin for OAuthProxy subclasses: set `self.grants`, `self.refresh_grace`,
+    `self.upstream_refresh_margin` and `self.upstream_timeout` in __init__ and call
+    `self.use_grant_store()` after OAuthProxy.__init__."""
 
     grants: GrantStore
-    refresh_race_window: float
+    refresh_grace: float
+    upstream_refresh_margin: float
+    upstream_timeout: float
 
     def use_grant_store(self) -> None:
         self._code_store = CodeShelf(self.grants)
@@ -170,9 +196,9 @@ class GrantFlow:
             expires_in = int(idp_tokens["expires_in"])
         else:
             expires_in = self._fallback_access_token_expiry_seconds or DEFAULT_ACCESS_TOKEN_EXPIRY_SECONDS
-        access_ttl = self._fastmcp_access_token_expiry_seconds or expires_in
-        if not upstream_refresh:  # nothing can renew the upstream token: ours must not outlive it
-            access_ttl = min(access_ttl, expires_in)
+        # ours never outlives the upstream token it stands for: a client refreshes at /token in time
+        # (FastMCP's refresh while checking a token would bypass the family's compare-and-set)
+        access_ttl = min(self._fastmcp_access_token_expiry_seconds or expires_in, expires_in)
         refresh_ttl = None
         if upstream_refresh:
             refresh_ttl = int(idp_tokens.get("refresh_expires_in") or 0) or self._fallback_refresh_token_expiry_seconds
@@ -213,64 +239,140 @@ class GrantFlow:
         found = await self._grants(self.grants.lookup_refresh, refresh_token, now)
         if found is None or found.record.get("client_id") != client.client_id:
             return None
-        verdict = refresh_verdict(found, now, self.refresh_race_window)
+        verdict = refresh_verdict(found, now, self.refresh_grace)
         if verdict == "race":
             log.info("refresh token of grant family %s… presented %.1f s after its rotation: refused as a "
                      "concurrent duplicate", found.family_id[:6], now - found.rotated_at)
         elif verdict == "reuse":
             await self.revoke_family(found.family_id, f"a refresh token of generation {found.generation} was "
                                                       f"reused (now at {found.current_generation})")
-        if verdict != "current":
+        if verdict not in ("current", "replay"):
             return None
         return FamilyRefreshToken(token=refresh_token, client_id=client.client_id, scopes=found.record["scopes"],
                                   expires_at=int(found.record["expires_at"]), family_id=found.family_id,
-                                  generation=found.generation)
+                                  generation=found.generation, replay=verdict == "replay")
 
     async def exchange_refresh_token(self, client: OAuthClientInformationFull, refresh_token: RefreshToken,
                                      scopes: list[str]) -> OAuthToken:
         if not isinstance(refresh_token, FamilyRefreshToken) or client.client_id is None:
             raise TokenError("invalid_grant", "refresh token does not exist")
+        if refresh_token.replay:
+            return _as_token(await self._replay(client, refresh_token))
         family = refresh_token.family_id
         upstream = await self._upstream_token_store.get(key=family)
         if upstream is None or not upstream.refresh_token:
             raise TokenError("invalid_grant", "the grant has no upstream refresh token")
         now = time.time()
         scopes = self._translate_scopes_from_idp(scopes)
-        refresh_ttl = max(int(upstream.refresh_token_expires_at - now) if upstream.refresh_token_expires_at
-                          else self._fallback_refresh_token_expiry_seconds, 1)
-        claims = await self._extract_upstream_claims(upstream.raw_token_data)
+        refresh_ttl = self._refresh_ttl(upstream, now)
         new_refresh_jti = _jti(family)
-        new_refresh = self.jwt_issuer.issue_refresh_token(client_id=client.client_id, scopes=scopes,
-                                                          jti=new_refresh_jti, expires_in=refresh_ttl,
-                                                          upstream_claims=claims)
-        new_hash = token_hash(new_refresh)
+        new_refresh = self.jwt_issuer.issue_refresh_token(
+            client_id=client.client_id, scopes=scopes, jti=new_refresh_jti, expires_in=refresh_ttl,
+            upstream_claims=await self._extract_upstream_claims(upstream.raw_token_data))
+        new_hash, old_hash = token_hash(new_refresh), token_hash(refresh_token.token)
         record = self.grants.seal({"client_id": client.client_id, "scopes": scopes, "expires_at": now + refresh_ttl})
-        generation = await self._grants(self.grants.rotate_refresh, family, refresh_token.generation, new_hash,
-                                        record, now + refresh_ttl, now)
-        if generation is None:
-            raise TokenError("invalid_grant", "refresh token was already used")
-        try:
-            response = await self._refresh_upstream(upstream, scopes)
-        except BaseException as exc:
-            # not the client's fault: step back so the token it holds still works
-            await self._grants(self.grants.undo_rotation, family, generation, new_hash)
-            if _unavailable(exc):
-                log.warning("upstream refresh for grant family %s… failed (%s); the client may retry",
-                            family[:6], type(exc).__name__)
-                raise UpstreamUnavailable() from exc
-            raise
-        if response is None:
-            await self.revoke_family(family, "the upstream provider rejected its refresh token")
-            raise TokenError("invalid_grant", "Upstream refresh token was rejected")
-        access_ttl = await self._store_refreshed(upstream, response, refresh_ttl)
-        access_jti = _jti(family)
-        access = self.jwt_issuer.issue_access_token(client_id=client.client_id, scopes=scopes, jti=access_jti,
-                                                    expires_in=access_ttl, upstream_claims=claims)
-        await self._map_jti(access_jti, family, access_ttl)
+        go_upstream = self._upstream_due(upstream, now)
+        if go_upstream:  # the access token is made once the provider has answered
+            pair = None
+            successor = self.grants.seal({"refresh_token": new_refresh, "scope": " ".join(scopes)})
+        else:
+            pair = await self._mint_access(client.client_id, family, upstream, scopes, new_refresh, now)
+            successor = self.grants.seal(pair)
+        # one transaction: claim the next generation, record the new token, keep the pair for retries
+        generation = await self._grants(self.grants.rotate_refresh, family, refresh_token.generation, old_hash,
+                                        new_hash, record, now + refresh_ttl, successor, go_upstream, now)
+        if generation is None:  # a concurrent request rotated it first: answer with its pair
+            return _as_token(await self._replay(client, refresh_token))
         await self._map_jti(new_refresh_jti, family, refresh_ttl)
-        log.info("rotated grant family %s… to generation %d", family[:6], generation)
-        return OAuthToken(access_token=access, token_type="Bearer", expires_in=access_ttl, refresh_token=new_refresh,
-                          scope=" ".join(scopes))
+        if pair is None:
+            pair = await self._complete(client.client_id, family, generation, old_hash, new_refresh, scopes)
+        log.info("rotated grant family %s… to generation %d (%s)", family[:6], generation,
+                 "upstream refreshed" if go_upstream else "upstream token still fresh: not asked")
+        return _as_token(pair)
+
+    async def _replay(self, client: OAuthClientInformationFull, token: FamilyRefreshToken) -> dict[str, Any]:
+        """The pair the just-rotated `token` was rotated to: at once if finished; if the provider is
+        still being asked, once that ends; if the request asking it died (a crash), this one takes
+        over and finishes it. A bounded wait: the provider call is cut at its timeout."""
+        stale_after = self.upstream_timeout + STALE_PENDING_SLACK
+        give_up = time.monotonic() + stale_after + 1
+        while True:
+            now = time.time()
+            found = await self._grants(self.grants.lookup_refresh, token.token, now)
+            if found is None or found.revoked:
+                raise TokenError("invalid_grant", "refresh token does not exist")
+            if found.is_current:  # the rotation it waited for was undone: the provider failed
+                raise UpstreamUnavailable()
+            if found.generation != found.current_generation - 1 or found.successor is None:
+                raise TokenError("invalid_grant", "refresh token was already used")
+            if found.pending_since is None:
+                log.info("refresh token of grant family %s… presented again %.1f s after its rotation: answered "
+                         "with the same new pair", found.family_id[:6], now - found.rotated_at)
+                return found.successor
+            if now - found.pending_since > stale_after and await self._grants(
+                    self.grants.take_over_rotation, found.family_id, found.current_generation,
+                    found.pending_since, now):
+                log.warning("grant family %s…: finishing a refresh whose request ended without finishing it "
+                            "(%.0f s ago)", found.family_id[:6], now - found.pending_since)
+                return await self._complete(client.client_id or "", found.family_id, found.current_generation,
+                                            token_hash(token.token), found.successor["refresh_token"],
+                                            found.successor["scope"].split())
+            if time.monotonic() > give_up:
+                raise UpstreamUnavailable("a refresh of this grant is in progress; retry shortly", retry_after=1)
+            await anyio.sleep(0.1)
+
+    async def _complete(self, client_id: str, family: str, generation: int, old_hash: str, new_refresh: str,
+                        scopes: list[str]) -> dict[str, Any]:
+        """Finish a pending rotation: refresh upstream (unless that is already done), make the access
+        token, store the pair as the old token's successor. Failing upstream undoes the rotation."""
+        upstream = await self._upstream_token_store.get(key=family)
+        if upstream is None or not upstream.refresh_token:
+            raise TokenError("invalid_grant", "the grant has no upstream refresh token")
+        now = time.time()
+        if self._upstream_due(upstream, now):
+            try:
+                response = await self._refresh_upstream(upstream, scopes)
+            except BaseException as exc:
+                # not the client's fault: step back so the token it holds still works
+                with anyio.CancelScope(shield=True):
+                    await self._grants(self.grants.undo_rotation, family, generation, token_hash(new_refresh),
+                                       old_hash)
+                if _unavailable(exc):
+                    log.warning("upstream refresh for grant family %s… failed (%s); the client may retry",
+                                family[:6], describe(exc, self.upstream_timeout))
+                    raise UpstreamUnavailable() from exc
+                raise
+            if response is None:
+                await self.revoke_family(family, "the upstream provider rejected its refresh token")
+                raise TokenError("invalid_grant", "Upstream refresh token was rejected")
+            await self._store_refreshed(upstream, response, self._refresh_ttl(upstream, now))
+        pair = await self._mint_access(client_id, family, upstream, scopes, new_refresh, time.time())
+        if not await self._grants(self.grants.finish_rotation, family, generation, old_hash, self.grants.seal(pair)):
+            raise TokenError("invalid_grant", "the grant was revoked")
+        return pair
+
+    def _upstream_due(self, upstream: UpstreamTokenSet, now: float) -> bool:
+        return upstream.expires_at - now <= self.upstream_refresh_margin
+
+    def _refresh_ttl(self, upstream: UpstreamTokenSet, now: float) -> int:
+        return max(int(upstream.refresh_token_expires_at - now) if upstream.refresh_token_expires_at
+                   else self._fallback_refresh_token_expiry_seconds, 1)
+
+    async def _mint_access(self, client_id: str, family: str, upstream: UpstreamTokenSet, scopes: list[str],
+                           refresh: str, now: float) -> dict[str, Any]:
+        """A new access token beside `refresh`; it never outlives the upstream token it stands for."""
+        access_ttl = max(1, min(self._configured_access_ttl(), int(upstream.expires_at - now)))
+        access_jti = _jti(family)
+        access = self.jwt_issuer.issue_access_token(
+            client_id=client_id, scopes=scopes, jti=access_jti, expires_in=access_ttl,
+            upstream_claims=await self._extract_upstream_claims(upstream.raw_token_data))
+        await self._map_jti(access_jti, family, access_ttl)
+        return {"access_token": access, "refresh_token": refresh, "scope": " ".join(scopes),
+                "expires_at": now + access_ttl}
+
+    def _configured_access_ttl(self) -> int:
+        return int(self._fastmcp_access_token_expiry_seconds or self._fallback_access_token_expiry_seconds
+                   or DEFAULT_ACCESS_TOKEN_EXPIRY_SECONDS)
 
     async def _refresh_upstream(self, upstream: UpstreamTokenSet, scopes: list[str]) -> dict[str, Any] | None:
         """The upstream refresh reply, or None when the upstream rejected the grant."""

@@ -18,6 +18,8 @@ What it changes and why:
 - `invalid_grant` at /token is HTTP 400 (RFC 6749 §5.2). FastMCP turns it into 401, reading the
   MCP rule for *resource* requests ("invalid or expired tokens → 401") into the token endpoint.
   A provider outage during a refresh is 503 `temporarily_unavailable` with Retry-After, not 500.
+- Outages: every provider call ends within the provider's `timeout_seconds`, and a request that
+  failed because the provider or the state store is down is answered 503 (outages.py).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from sqlgate.auth.callback import HonestCallback
 from sqlgate.auth.cimd import CIMDFetchLimit, build_manager
 from sqlgate.auth.config import AuthConfig, ClientConfig
 from sqlgate.auth.grant_flow import FamilyRefreshToken, GrantFlow, UpstreamUnavailable
+from sqlgate.auth.outages import ProviderCalls
 from sqlgate.auth.registration import BoundedRegistration
 from sqlgate.auth.store import OAuthState
 from sqlgate.auth.upstream import Endpoints, UserInfoVerifier
@@ -86,16 +89,16 @@ class SqlgateTokenHandler(TokenHandler):
                                 status_code=400, headers={"Cache-Control": "no-store"})
         try:
             response = await super().handle(request)
-        except UpstreamUnavailable:
-            return JSONResponse({"error": "temporarily_unavailable",
-                                 "error_description": "the identity provider could not be reached; retry later"},
-                                status_code=503, headers={"Retry-After": "5", "Cache-Control": "no-store"})
+        except UpstreamUnavailable as exc:
+            return JSONResponse({"error": "temporarily_unavailable", "error_description": exc.description},
+                                status_code=503, headers={"Retry-After": str(exc.retry_after),
+                                                          "Cache-Control": "no-store"})
         if response.status_code == 401 and b'"invalid_grant"' in bytes(response.body):
             response.status_code = 400
         return response
 
 
-class SqlgateOAuthProxy(HonestCallback, GrantFlow, OAuthProxy):
+class SqlgateOAuthProxy(HonestCallback, GrantFlow, ProviderCalls, OAuthProxy):
     def __init__(self, *, auth: AuthConfig, endpoints: Endpoints, verifier: UserInfoVerifier,
                  state: OAuthState, base_url: str):
         cfg = auth.provider_config()
@@ -137,7 +140,9 @@ class SqlgateOAuthProxy(HonestCallback, GrantFlow, OAuthProxy):
         self._mcp_scopes = list(auth.scopes)
         self.state = state
         self.grants = state.grants
-        self.refresh_race_window = auth.refresh_race_window_seconds
+        self.refresh_grace = auth.refresh_grace_seconds
+        self.upstream_refresh_margin = auth.upstream_refresh_margin_seconds
+        self.upstream_timeout = cfg.timeout_seconds
         self._registration = auth.registration
         self._upstream_revoke = UpstreamClient(endpoints.revoke, cfg.client_id or "", cfg.client_secret,
                                                endpoints.token_auth_method, cfg.timeout_seconds) \

@@ -3,7 +3,9 @@
 Each provider maps its user-info answer onto one shape (user_id, username, email, name), which
 becomes the caller's identity in SQL (`get_username()` …) and in audit logs. Answers are cached
 for `cache_ttl` seconds per token, so a busy client does not turn every call into a call to the
-provider, and bad tokens are never cached.
+provider, and bad tokens are never cached. A provider that cannot answer (down, slower than
+`timeout_seconds`, 5xx) is noted as an outage: the request is answered 503, not 401, because
+the token may well be valid (outages.py).
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import httpx2
 from fastmcp.server.auth import TokenVerifier
 from fastmcp.server.auth.auth import AccessToken
 from fastmcp.utilities.token_cache import TokenCache
 
 from sqlgate.auth.config import PROVIDER_TITLES, AuthConfig, ProviderConfig
+from sqlgate.auth.outages import describe, note, provider_failure
 from sqlgate.errors import ConfigError
 
 log = logging.getLogger("sqlgate.auth.upstream")
@@ -139,9 +143,14 @@ class UserInfoVerifier(TokenVerifier):
         if hit:
             return cached
         try:
-            info = await self._user_info(token)
-        except httpx2.HTTPError as exc:
-            log.warning("%s user info request failed: %s", self.provider, exc)
+            with anyio.fail_after(self._timeout):
+                info = await self._user_info(token)
+        except Exception as exc:
+            if not provider_failure(exc):
+                raise
+            why = describe(exc, self._timeout)
+            log.warning("%s user info request failed: %s", self.provider, why)
+            note("provider", f"user info {self.endpoints.userinfo}: {why}")
             return None
         if info is None:
             return None

@@ -11,6 +11,10 @@ PostgreSQL) machines:
   is a compare-and-set on that counter (`UPDATE … WHERE generation = expected`), so exactly one
   of N concurrent refreshes of one token moves the family on; rows of older generations stay so
   that their reuse is detected and can revoke the family (RFC 9700 §4.14.2).
+- `rotate_refresh` also seals the new token pair onto the row of the token it replaces (its
+  *successor*), so a retry of that token within the grace window gets the same pair back — after a
+  lost response or a crash — instead of nothing. While the provider is being asked (an upstream
+  refresh) the family is *pending*: the pair is finished by `finish_rotation`, or undone.
 - `revoke_family` is a marker that outlives the tokens it kills; it may even precede the
   family's first tokens (a code replayed while its winner is still issuing).
 
@@ -36,6 +40,20 @@ def token_hash(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+class StateStoreUnavailable(Exception):
+    """The state store could not be read or written (disk full, read-only, database down).
+
+    Answered 503 (outage_http.py); noted for the request first, because some callers (FastMCP's
+    token check) swallow exceptions and would otherwise answer 401 for a token that is fine."""
+
+    def __init__(self, location: str, reason: str) -> None:
+        from sqlgate.auth.outages import note
+
+        super().__init__(f"OAuth state store {location} unavailable: {reason}")
+        self.location, self.reason = location, reason
+        note("store", str(self))
+
+
 @dataclass(frozen=True)
 class CodeRecord:
     family_id: str  # the grant family the code starts when redeemed
@@ -51,6 +69,8 @@ class RefreshRecord:
     rotated_at: float  # when the family last moved on (seconds since the epoch)
     expires_at: float
     record: dict[str, Any]  # decrypted payload (client_id, scopes, …)
+    successor: dict[str, Any] | None = None  # the pair issued when this token was rotated
+    pending_since: float | None = None  # the family's rotation is waiting for the provider since
 
     @property
     def is_current(self) -> bool:
@@ -114,19 +134,30 @@ class GrantStore(ABC):
         A family already marked revoked stays revoked (its tokens are dead on arrival)."""
 
     @abstractmethod
-    def find_refresh(self, refresh_hash: str, now: float) -> tuple[str, int, int, bool, float, float, str] | None:
-        """(family_id, generation, current_generation, revoked, rotated_at, expires_at, sealed)."""
+    def find_refresh(self, refresh_hash: str, now: float) -> tuple | None:
+        """(family_id, generation, current_generation, revoked, rotated_at, expires_at, sealed,
+        successor_sealed | None, pending_since | None)."""
 
     @abstractmethod
-    def rotate_refresh(self, family_id: str, expected_generation: int, refresh_hash: str, sealed: str,
-                       expires_at: float, now: float) -> int | None:
-        """Compare-and-set: move the family from `expected_generation` to the next one and record the
-        new refresh token, in one transaction. The new generation, or None if another request won
-        (or the family is revoked)."""
+    def rotate_refresh(self, family_id: str, expected_generation: int, old_hash: str, refresh_hash: str,
+                       sealed: str, expires_at: float, successor: str, pending: bool, now: float) -> int | None:
+        """Compare-and-set: move the family from `expected_generation` to the next one, record the
+        new refresh token and seal `successor` (the pair) onto the old token's row, in one
+        transaction; `pending` marks the family as waiting for the provider. The new generation, or
+        None if another request won (or the family is revoked)."""
 
     @abstractmethod
-    def undo_rotation(self, family_id: str, generation: int, refresh_hash: str) -> bool:
-        """Step back from `generation` (just won by this caller) when the refresh could not be
+    def finish_rotation(self, family_id: str, generation: int, old_hash: str, successor: str) -> bool:
+        """End the pending state of `generation` with the complete pair (one transaction)."""
+
+    @abstractmethod
+    def take_over_rotation(self, family_id: str, generation: int, pending_since: float, now: float) -> bool:
+        """Compare-and-set on a stale pending rotation (its request died or gave up): the caller
+        finishes it. False if someone else took it or it finished."""
+
+    @abstractmethod
+    def undo_rotation(self, family_id: str, generation: int, refresh_hash: str, old_hash: str) -> bool:
+        """Step back from `generation` (won by this caller) when the refresh could not be
         completed, so the client may retry with the token it holds."""
 
     @abstractmethod
@@ -166,8 +197,9 @@ class GrantStore(ABC):
         found = self.find_refresh(token_hash(token), now)
         if found is None:
             return None
-        family_id, generation, current, revoked, rotated_at, expires_at, sealed = found
+        family_id, generation, current, revoked, rotated_at, expires_at, sealed, successor, pending = found
         record = self.unseal(sealed)
         if record is None:
             return None
-        return RefreshRecord(family_id, generation, current, revoked, rotated_at, expires_at, record)
+        return RefreshRecord(family_id, generation, current, revoked, rotated_at, expires_at, record,
+                             self.unseal(successor) if successor else None, pending)

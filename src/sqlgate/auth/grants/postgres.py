@@ -12,12 +12,15 @@ they are created at start-up under an advisory lock (replicas may start together
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import psycopg
 from cryptography.fernet import Fernet
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
-from sqlgate.auth.grants.base import GrantStore
+from sqlgate.auth.grants.base import GrantStore, StateStoreUnavailable
 
 P = "sqlgate_oauth_"
 _SCHEMA = f"""
@@ -61,6 +64,8 @@ CREATE TABLE IF NOT EXISTS {P}rate_windows (
     hits         integer NOT NULL,
     expires_at   double precision NOT NULL
 );
+ALTER TABLE {P}families ADD COLUMN IF NOT EXISTS pending_since double precision;
+ALTER TABLE {P}refresh_tokens ADD COLUMN IF NOT EXISTS successor text;
 """
 
 
@@ -90,12 +95,26 @@ class PostgresGrantStore(GrantStore):
     def location(self) -> str:
         return self._where
 
+    @contextmanager
+    def _tx(self) -> Iterator[psycopg.Connection]:
+        """One transaction, committed on exit. A database that is down, full or read-only is an
+        outage of the store (503), not a bug; constraint violations stay what they are."""
+        try:
+            with self._pool.connection() as con:
+                yield con
+        except psycopg.IntegrityError:
+            raise
+        except (psycopg.OperationalError, psycopg.errors.DiskFull, psycopg.errors.ReadOnlySqlTransaction,
+                PoolTimeout) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StateStoreUnavailable(self._where, reason) from exc
+
     def _one(self, sql: str, params: tuple) -> tuple | None:
-        with self._pool.connection() as con:  # one transaction, committed on exit
+        with self._tx() as con:
             return con.execute(sql, params).fetchone()
 
     def _count(self, sql: str, params: tuple) -> int:
-        with self._pool.connection() as con:
+        with self._tx() as con:
             return con.execute(sql, params).rowcount
 
     # ------------------------------------------------------------------ key-value
@@ -127,7 +146,7 @@ class PostgresGrantStore(GrantStore):
         return (row[0], row[1]) if row else None
 
     def take_code(self, code_hash, now, spent_until):
-        with self._pool.connection() as con:
+        with self._tx() as con:
             row = con.execute(f"DELETE FROM {P}codes WHERE code_hash = %s RETURNING family_id, sealed, expires_at",
                               (code_hash,)).fetchone()
             if row is None or row[2] <= now:
@@ -144,7 +163,7 @@ class PostgresGrantStore(GrantStore):
 
     # ------------------------------------------------------------------ families
     def issue_family(self, family_id, expires_at, refresh_hash, sealed, now):
-        with self._pool.connection() as con:
+        with self._tx() as con:
             con.execute(f"INSERT INTO {P}families (family_id, generation, revoked, rotated_at, "
                         "expires_at) VALUES (%s, 1, false, %s, %s) ON CONFLICT (family_id) DO UPDATE SET "
                         f"generation = 1, "
@@ -156,30 +175,49 @@ class PostgresGrantStore(GrantStore):
 
     def find_refresh(self, refresh_hash, now):
         row = self._one(f"SELECT r.family_id, r.generation, f.generation, f.revoked, f.rotated_at, r.expires_at, "
-                        f"r.sealed FROM {P}refresh_tokens r JOIN {P}families f ON f.family_id = r.family_id "
+                        f"r.sealed, r.successor, f.pending_since FROM {P}refresh_tokens r "
+                        f"JOIN {P}families f ON f.family_id = r.family_id "
                         "WHERE r.token_hash = %s AND r.expires_at > %s", (refresh_hash, now))
         return tuple(row) if row else None
 
-    def rotate_refresh(self, family_id, expected_generation, refresh_hash, sealed, expires_at, now):
-        with self._pool.connection() as con:
+    def rotate_refresh(self, family_id, expected_generation, old_hash, refresh_hash, sealed, expires_at,
+                       successor, pending, now):
+        with self._tx() as con:
             row = con.execute(f"UPDATE {P}families SET generation = generation + 1, rotated_at = %s, "
-                              "expires_at = greatest(expires_at, %s) "
+                              "pending_since = %s, expires_at = greatest(expires_at, %s) "
                               "WHERE family_id = %s AND generation = %s AND NOT revoked RETURNING generation",
-                              (now, expires_at, family_id, expected_generation)).fetchone()
+                              (now, now if pending else None, expires_at, family_id,
+                               expected_generation)).fetchone()
             if row is None:
                 return None
             con.execute(f"INSERT INTO {P}refresh_tokens (token_hash, family_id, generation, sealed, expires_at) "
                         "VALUES (%s, %s, %s, %s, %s)", (refresh_hash, family_id, row[0], sealed, expires_at))
+            con.execute(f"UPDATE {P}refresh_tokens SET successor = %s WHERE token_hash = %s", (successor, old_hash))
             return row[0]
 
-    def undo_rotation(self, family_id, generation, refresh_hash):
-        with self._pool.connection() as con:
-            row = con.execute(f"UPDATE {P}families SET generation = generation - 1 "
+    def finish_rotation(self, family_id, generation, old_hash, successor):
+        with self._tx() as con:
+            row = con.execute(f"UPDATE {P}families SET pending_since = NULL WHERE family_id = %s "
+                              "AND generation = %s AND NOT revoked RETURNING 1", (family_id, generation)).fetchone()
+            if row is None:
+                return False
+            con.execute(f"UPDATE {P}refresh_tokens SET successor = %s WHERE token_hash = %s", (successor, old_hash))
+            return True
+
+    def take_over_rotation(self, family_id, generation, pending_since, now):
+        return self._count(f"UPDATE {P}families SET pending_since = %s WHERE family_id = %s AND generation = %s "
+                           "AND pending_since = %s AND NOT revoked",
+                           (now, family_id, generation, pending_since)) == 1
+
+    def undo_rotation(self, family_id, generation, refresh_hash, old_hash):
+        with self._tx() as con:
+            row = con.execute(f"UPDATE {P}families SET generation = generation - 1, pending_since = NULL "
                               "WHERE family_id = %s AND generation = %s AND NOT revoked RETURNING 1",
                               (family_id, generation)).fetchone()
             if row is None:
                 return False
             con.execute(f"DELETE FROM {P}refresh_tokens WHERE token_hash = %s", (refresh_hash,))
+            con.execute(f"UPDATE {P}refresh_tokens SET successor = NULL WHERE token_hash = %s", (old_hash,))
             return True
 
     def revoke_family(self, family_id, until, now):
@@ -206,7 +244,7 @@ class PostgresGrantStore(GrantStore):
     # ------------------------------------------------------------------ upkeep
     def delete_expired(self, now):
         removed = 0
-        with self._pool.connection() as con:
+        with self._tx() as con:
             removed += con.execute(f"DELETE FROM {P}kv WHERE expires_at IS NOT NULL AND expires_at <= %s",
                                    (now,)).rowcount
             for table in ("codes", "spent_codes", "refresh_tokens", "families", "rate_windows"):

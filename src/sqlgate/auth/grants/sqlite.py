@@ -16,12 +16,12 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from cryptography.fernet import Fernet
 
-from sqlgate.auth.grants.base import GrantStore
+from sqlgate.auth.grants.base import GrantStore, StateStoreUnavailable
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
@@ -48,14 +48,16 @@ CREATE TABLE IF NOT EXISTS families (
     generation INTEGER NOT NULL,
     revoked    INTEGER NOT NULL DEFAULT 0,
     rotated_at REAL NOT NULL,
-    expires_at REAL NOT NULL
+    expires_at REAL NOT NULL,
+    pending_since REAL
 );
 CREATE TABLE IF NOT EXISTS refresh_tokens (
     token_hash TEXT PRIMARY KEY,
     family_id  TEXT NOT NULL,
     generation INTEGER NOT NULL,
     sealed     TEXT NOT NULL,
-    expires_at REAL NOT NULL
+    expires_at REAL NOT NULL,
+    successor  TEXT
 );
 CREATE INDEX IF NOT EXISTS refresh_tokens_family ON refresh_tokens (family_id);
 CREATE TABLE IF NOT EXISTS rate_windows (
@@ -65,6 +67,9 @@ CREATE TABLE IF NOT EXISTS rate_windows (
     expires_at   REAL NOT NULL
 );
 """
+
+# columns added after the first release of the schema: (table, column, type)
+_ADDED_COLUMNS = (("families", "pending_since", "REAL"), ("refresh_tokens", "successor", "TEXT"))
 
 MEMORY = ":memory:"
 
@@ -95,6 +100,9 @@ class SqliteGrantStore(GrantStore):
                     os.chmod(side, 0o600)
         with self._lock:
             self._con.executescript(_SCHEMA)
+            for table, column, kind in _ADDED_COLUMNS:
+                if column not in {row[1] for row in self._con.execute(f"PRAGMA table_info({table})")}:
+                    self._con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     @property
     def location(self) -> str:
@@ -103,18 +111,32 @@ class SqliteGrantStore(GrantStore):
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction holding SQLite's write lock from its first statement."""
-        with self._lock:
+        with self._lock, self._failures():
             self._con.execute("BEGIN IMMEDIATE")
             try:
                 yield self._con
+                self._con.execute("COMMIT")
             except BaseException:
-                self._con.execute("ROLLBACK")
+                if self._con.in_transaction:  # also after a failed COMMIT (disk full): never leave it open
+                    with suppress(sqlite3.Error):
+                        self._con.execute("ROLLBACK")
                 raise
-            self._con.execute("COMMIT")
 
     def _read(self, sql: str, params: tuple) -> tuple | None:
-        with self._lock:
+        with self._lock, self._failures():
             return self._con.execute(sql, params).fetchone()
+
+    @contextmanager
+    def _failures(self) -> Iterator[None]:
+        # disk full, read-only file or directory, I/O errors: an outage of the store (503), not a
+        # bug; constraint violations stay what they are
+        try:
+            yield
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            raise StateStoreUnavailable(self.location, f"{exc} (is the disk full, or the file or its directory "
+                                                       "read-only?)") from exc
 
     # ------------------------------------------------------------------ key-value
     def kv_get(self, collection, key, now):
@@ -177,32 +199,52 @@ class SqliteGrantStore(GrantStore):
 
     def find_refresh(self, refresh_hash, now):
         row = self._read("SELECT r.family_id, r.generation, f.generation, f.revoked, f.rotated_at, r.expires_at, "
-                         "r.sealed FROM refresh_tokens r JOIN families f ON f.family_id = r.family_id "
+                         "r.sealed, r.successor, f.pending_since FROM refresh_tokens r "
+                         "JOIN families f ON f.family_id = r.family_id "
                          "WHERE r.token_hash = ? AND r.expires_at > ?", (refresh_hash, now))
         if row is None:
             return None
-        return row[0], row[1], row[2], bool(row[3]), row[4], row[5], row[6]
+        return row[0], row[1], row[2], bool(row[3]), *row[4:]
 
-    def rotate_refresh(self, family_id, expected_generation, refresh_hash, sealed, expires_at, now):
+    def rotate_refresh(self, family_id, expected_generation, old_hash, refresh_hash, sealed, expires_at,
+                       successor, pending, now):
         with self._write() as con:
             row = con.execute("UPDATE families SET generation = generation + 1, rotated_at = ?, "
-                              "expires_at = max(expires_at, ?) "
+                              "pending_since = ?, expires_at = max(expires_at, ?) "
                               "WHERE family_id = ? AND generation = ? AND revoked = 0 RETURNING generation",
-                              (now, expires_at, family_id, expected_generation)).fetchone()
+                              (now, now if pending else None, expires_at, family_id,
+                               expected_generation)).fetchone()
             if row is None:
                 return None
             con.execute("INSERT INTO refresh_tokens (token_hash, family_id, generation, sealed, expires_at) "
                         "VALUES (?, ?, ?, ?, ?)", (refresh_hash, family_id, row[0], sealed, expires_at))
+            con.execute("UPDATE refresh_tokens SET successor = ? WHERE token_hash = ?", (successor, old_hash))
             return row[0]
 
-    def undo_rotation(self, family_id, generation, refresh_hash):
+    def finish_rotation(self, family_id, generation, old_hash, successor):
         with self._write() as con:
-            row = con.execute("UPDATE families SET generation = generation - 1 "
+            row = con.execute("UPDATE families SET pending_since = NULL WHERE family_id = ? AND generation = ? "
+                              "AND revoked = 0 RETURNING 1", (family_id, generation)).fetchone()
+            if row is None:
+                return False
+            con.execute("UPDATE refresh_tokens SET successor = ? WHERE token_hash = ?", (successor, old_hash))
+            return True
+
+    def take_over_rotation(self, family_id, generation, pending_since, now):
+        with self._write() as con:
+            return con.execute("UPDATE families SET pending_since = ? WHERE family_id = ? AND generation = ? "
+                               "AND pending_since = ? AND revoked = 0",
+                               (now, family_id, generation, pending_since)).rowcount == 1
+
+    def undo_rotation(self, family_id, generation, refresh_hash, old_hash):
+        with self._write() as con:
+            row = con.execute("UPDATE families SET generation = generation - 1, pending_since = NULL "
                               "WHERE family_id = ? AND generation = ? AND revoked = 0 RETURNING 1",
                               (family_id, generation)).fetchone()
             if row is None:
                 return False
             con.execute("DELETE FROM refresh_tokens WHERE token_hash = ?", (refresh_hash,))
+            con.execute("UPDATE refresh_tokens SET successor = NULL WHERE token_hash = ?", (old_hash,))
             return True
 
     def revoke_family(self, family_id, until, now):
