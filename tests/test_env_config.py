@@ -193,3 +193,12 @@ def test_registration_limits_and_cimd_from_env(project, tmp_path):
         assert not meta.get("client_id_metadata_document_supported")
     finally:
         stop_server(server)
+
+
+def test_refresh_timing_settings_from_env():
+    from sqlgate.config.env_auth import auth_from_env
+
+    auth, _transport = auth_from_env({"SQLGATE_AUTH_MODE": "jwt", "SQLGATE_AUTH_SECRET": "s" * 32,
+                                      "SQLGATE_AUTH_REFRESH_GRACE_SECONDS": "15",
+                                      "SQLGATE_AUTH_UPSTREAM_REFRESH_MARGIN_SECONDS": "120"})
+    assert auth["refresh_grace_seconds"] == "15" and auth["upstream_refresh_margin_seconds"] == "120"

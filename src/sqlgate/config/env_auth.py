@@ -25,6 +25,8 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "VALID_SCOPES": ("", "scopes"),
     "USERNAME_CLAIM": ("", "username_claim"),
     "CACHE_TTL": ("", "cache_ttl"),
+    "REFRESH_GRACE_SECONDS": ("", "refresh_grace_seconds"),
+    "UPSTREAM_REFRESH_MARGIN_SECONDS": ("", "upstream_refresh_margin_seconds"),
     # JWT
     "PUBLIC_KEY": ("jwt", "public_key"),
     "JWKS_URI": ("jwt", "jwks_uri"),
