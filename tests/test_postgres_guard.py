@@ -109,6 +109,14 @@ def pg(tmp_path_factory):
     ("SELECT * FROM pg_stat_statements", "other callers' queries"),
     ("SELECT http_get('http://169.254.169.254/')", "reaches other servers"),
     ("SELECT pg_background_launch('delete from accounts')", "executes SQL text"),
+    ("SELECT xpath('count(//*[count(//*) > 0])', x) FROM t", "XPath"),
+    ("SELECT PG_CATALOG.XPATH_EXISTS('//a', x) FROM t", "XPath"),
+    ("SELECT 1 WHERE XMLEXISTS('//a' PASSING BY REF (x))", "XPath"),
+    ("SELECT * FROM XMLTABLE('/r' PASSING (x) COLUMNS a int)", "XMLTABLE"),
+    ("SELECT public.run_sql('select 1')", "outside pg_catalog"),
+    ("SELECT * FROM \"Ext\".f()", "outside pg_catalog"),
+    ("SELECT mydb.public.run_sql('select 1')", "outside pg_catalog"),
+    ("SELECT 1 OPERATOR(public.===) 2", "operator public.=== is defined outside pg_catalog"),
 ])
 def test_refused(sql, fragment):
     with pytest.raises(QueryRefused, match=fragment):

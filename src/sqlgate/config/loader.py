@@ -29,6 +29,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "SQLGATE_DB_IDENTITY": ("engine", "identity"),
     "SQLGATE_DB_IDENTITY_KEY": ("engine", "identity_key"),
     "SQLGATE_DB_ROLE_CHECKS": ("engine", "role_checks"),
+    "SQLGATE_DB_ALLOWED_FUNCTIONS": ("engine", "allowed_functions"),
     "SQLGATE_DB_READ_ONLY": ("engine", "read_only"),
     "SQLGATE_DB_POOL_SIZE": ("engine", "pool_size"),
     "SQLGATE_DB_MAX_CONCURRENT_PER_CALLER": ("engine", "max_concurrent_per_caller"),

@@ -66,3 +66,59 @@ def _identity_problems(conn, me: str) -> list[str]:
     if creates:
         problems.append(f"the service role {me} may create objects in schema sqlgate (revoke CREATE)")
     return problems
+
+
+# sqlgate's own identity functions (templates/postgres/identity.sql): SECURITY DEFINER on purpose
+_IDENTITY_FUNCTIONS = ("username", "user_id", "user_email", "user_provider", "user_display_name", "claims",
+                       "_identity")
+
+
+def function_findings(conn, role_prefix: str | None = None) -> tuple[list[str], list[str]]:
+    """(problems, warnings) about functions outside pg_catalog that sqlgate's calls can EXECUTE: the
+    service role, and with role_prefix (set_role mode) every role it can become whose name starts
+    with the prefix. Their code is invisible to the query guard (it refuses them unless allow-listed,
+    but endpoint SQL, views and policies may call them):
+    - SECURITY DEFINER owned by a superuser or BYPASSRLS role: a problem (it can read every row past
+      row-level security), refused at start-up with role_checks: refuse;
+    - any other SECURITY DEFINER function, or one in a procedural language (plpgsql, plpython …,
+      which can EXECUTE SQL text): a warning."""
+    rows = conn.execute(
+        "SELECT format('%%I.%%I(%%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid)), "
+        "p.prosecdef, l.lanname, o.rolname, o.rolsuper OR o.rolbypassrls "
+        "FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace JOIN pg_language l ON l.oid = p.prolang "
+        "JOIN pg_roles o ON o.oid = p.proowner "
+        "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') "
+        "AND NOT (n.nspname = 'sqlgate' AND p.proname = ANY(%(own)s)) "
+        "AND (p.prosecdef OR l.lanname NOT IN ('sql', 'internal', 'c')) "
+        "AND EXISTS (SELECT 1 FROM pg_roles r WHERE (r.rolname = current_user OR (%(prefix)s::text <> '' "
+        "AND left(r.rolname, length(%(prefix)s)) = %(prefix)s AND pg_has_role(current_user, r.oid, 'MEMBER'))) "
+        "AND has_function_privilege(r.oid, p.oid, 'EXECUTE') AND has_schema_privilege(r.oid, n.oid, 'USAGE')) "
+        "ORDER BY 1", {"own": list(_IDENTITY_FUNCTIONS), "prefix": role_prefix or ""}).fetchall()
+    problems: list[str] = []
+    warnings: list[str] = []
+    for fn, definer, language, owner, privileged in rows:
+        if definer and privileged:
+            problems.append(f"function {fn} is SECURITY DEFINER and owned by {owner}, a superuser or BYPASSRLS "
+                            "role, and sqlgate's roles may execute it: it runs past row-level security (revoke "
+                            "EXECUTE from them, or change its owner)")
+        elif definer:
+            warnings.append(f"function {fn} is SECURITY DEFINER (runs as {owner}) and sqlgate's roles may execute "
+                            "it; the query tool refuses it unless engine.allowed_functions lists it")
+        else:
+            warnings.append(f"function {fn} is written in {language} (it can run any SQL) and sqlgate's roles may "
+                            "execute it; the query tool refuses it unless engine.allowed_functions lists it")
+    return problems, warnings
+
+
+def function_catalog(conn) -> tuple[frozenset[str], frozenset[tuple[str, str]]]:
+    """(names of pg_catalog's functions, (schema, name) of every other function), lower-cased, for
+    the query guard's decisions about unqualified names."""
+    builtin: set[str] = set()
+    outside: set[tuple[str, str]] = set()
+    for schema, name in conn.execute("SELECT n.nspname, p.proname FROM pg_proc p "
+                                     "JOIN pg_namespace n ON n.oid = p.pronamespace"):
+        if schema == "pg_catalog":
+            builtin.add(name.lower())
+        else:
+            outside.add((schema.lower(), name.lower()))
+    return frozenset(builtin), frozenset(outside)

@@ -5,10 +5,16 @@ arrives (waiting for the caller's share, for the pool and for a connection all c
   [BEGIN [READ ONLY]; SELECT set_config(identity…, true), set_config('statement_timeout', <left>, true)
    [, set_config('role', <mapped role>, true)]]     one round trip (pipeline)
   <the statement>                                   streamed, extended protocol
-  ROLLBACK; DISCARD ALL (pool reset)
+  ROLLBACK; DISCARD ALL + a fresh random seed (pool reset, one round trip)
 Everything a statement could leave behind on the connection (settings, role, temp objects,
-prepared statements, advisory locks, LISTEN) ends with ROLLBACK or DISCARD ALL, so the next caller
-gets a clean connection; a connection that cannot be reset is discarded.
+prepared statements, advisory locks, LISTEN, the random seed) ends with ROLLBACK or the reset, so the
+next caller gets a clean connection; a connection that cannot be reset is discarded.
+
+The call answers at its deadline (plus _GRACE) even when the server does not stop the statement
+(libxml2's XPath ignores statement_timeout and cancel): the statement runs in its own task; past the
+deadline the caller gets its timeout at once, and in the background the backend is terminated from
+a separate short-lived connection of the same role (a role may signal its own backends) and the
+connection is closed, so the pool replaces it.
 
 Untrusted SQL (the query tool) passes postgres_guard first and only the statement text it sliced
 out runs. Every statement, trusted or not, goes through the extended protocol (`cursor.stream()`),
@@ -24,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import secrets
 import time
 from contextlib import aclosing, suppress
 from typing import Any
@@ -33,12 +40,12 @@ from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from sqlgate.context import CallContext
+from sqlgate.context import CallContext, current_call
 from sqlgate.endpoints.sqlparams import to_pyformat
 from sqlgate.engine.admission import Admission
 from sqlgate.engine.base import Engine, Limits, QueryResult, RowShaper
-from sqlgate.engine.postgres_checks import service_role_problems
-from sqlgate.engine.postgres_guard import PostgresGuard
+from sqlgate.engine.postgres_checks import function_catalog, function_findings, service_role_problems
+from sqlgate.engine.postgres_guard import FunctionCatalog, PostgresGuard
 from sqlgate.engine.postgres_identity import (
     TOKEN_PARAM,
     Identity,
@@ -55,7 +62,9 @@ _ROLE_OK = re.compile(r"^[A-Za-z_][A-Za-z0-9_.@-]{0,62}$")
 # the guard's lexer (libpg_query) assumes these; pinned at connect so the server lexes the same way
 _PINNED_OPTIONS = "-c standard_conforming_strings=on -c backslash_quote=safe_encoding"
 _CHUNK = 256  # rows per network chunk while streaming a result
-_BACKSTOP = 2.0  # seconds past the deadline before the client gives up on the server's timeout
+_BACKSTOP = 2.0  # seconds a ROLLBACK / reset / cancel may take before the connection is closed
+_GRACE = 0.5  # seconds past the deadline before the client stops waiting for the server's timeout
+_TERMINATE_WITHIN = 3.0  # bound on terminating a runaway backend from a side connection
 # SQLSTATEs of an outage rather than of the statement: connection exceptions, server shutting down
 _UNAVAILABLE = frozenset({"08000", "08001", "08003", "08004", "08006", "57P01", "57P02", "57P03"})
 
@@ -64,14 +73,16 @@ class PostgresEngine(Engine):
     dialect = "postgres"
 
     def __init__(self, dsn: str, pool_size: int, read_only: bool, role_mode: str, role_prefix: str,
-                 identity: Identity, per_caller: int | None = None):
+                 identity: Identity, per_caller: int | None = None, functions: FunctionCatalog | None = None,
+                 service_role: str | None = None):
         self._dsn = dsn
         self._pool_size = pool_size
         self._read_only = read_only
         self._role_mode = role_mode
         self._role_prefix = role_prefix
         self._identity = identity
-        self._guard = PostgresGuard()
+        self._guard = PostgresGuard(functions)
+        self._service_role = service_role
         self._admission = Admission(pool_size, per_caller)
         self._pool: AsyncConnectionPool | None = None
         self._pool_lock = asyncio.Lock()
@@ -93,9 +104,14 @@ class PostgresEngine(Engine):
         else:
             key = cfg.identity_key.get_secret_value() if cfg.identity_key else None
             identity = SignedIdentity(key)  # ConfigError when the key is missing or short
+        set_role = cfg.role_mode == "set_role"
         try:  # start-up: reach the database (bounded), check the service role and the identity set-up
             with psycopg.connect(**cls._conninfo(cfg.dsn), autocommit=True) as probe:
+                service_role = probe.execute("SELECT current_user").fetchone()[0]
                 problems = service_role_problems(probe, identity.mode)
+                fn_problems, fn_warnings = function_findings(probe, cfg.role_prefix if set_role else None)
+                problems += fn_problems
+                builtin, outside = function_catalog(probe)
                 if isinstance(identity, SignedIdentity):
                     if not installed(probe):
                         raise ConfigError("the database has no sqlgate identity functions (schema sqlgate). Install "
@@ -112,8 +128,14 @@ class PostgresEngine(Engine):
                                   where="engine.dsn", problems=problems)
             for p in problems:
                 log.warning("PostgreSQL service role: %s", p)
+        for w in fn_warnings:
+            log.warning("PostgreSQL: %s", w)
+        allowed = frozenset(tuple(name.split(".", 1)) for name in cfg.allowed_functions)
+        for schema, name in sorted(allowed - outside):
+            log.warning("engine.allowed_functions: the database has no function %s.%s (yet)", schema, name)
+        functions = FunctionCatalog(builtin=builtin, outside=outside, allowed=allowed)  # type: ignore[arg-type]
         return cls(cfg.dsn, cfg.pool_size, cfg.read_only, cfg.role_mode, cfg.role_prefix, identity,
-                   cfg.max_concurrent_per_caller)
+                   cfg.max_concurrent_per_caller, functions, service_role)
 
     @staticmethod
     def _conninfo(dsn: str) -> dict[str, Any]:
@@ -152,6 +174,10 @@ class PostgresEngine(Engine):
         role = self._role_prefix + name
         if not _ROLE_OK.match(role):
             raise QueryFailed(f"username {name!r} cannot be mapped to a database role")
+        if not self._role_prefix or (self._service_role is not None
+                                     and role.lower() == self._service_role.lower()):
+            # the service role may be a member of more than the mapped roles; never run as itself
+            raise QueryFailed(f"username {name!r} maps to the service role, not to a caller's role")
         return role
 
     # ------------------------------------------------------------------ statements
@@ -189,8 +215,15 @@ class PostgresEngine(Engine):
                     raise DatabaseUnavailable(f"database unavailable: {self._health.last_error}") from None
                 raise QueryTimeout(f"query not started within the {limits.timeout_seconds:g} s timeout: every "
                                    "database connection is busy. Try again shortly.") from None
+            pid = conn.info.backend_pid
+            work = asyncio.ensure_future(self._run(conn, text, params, call, role, limits, deadline, read_only))
             try:
-                return await self._run(conn, text, params, call, role, limits, deadline, read_only)
+                # the server's statement_timeout ends the statement at the deadline; should it not
+                # (libxml2), the caller still gets its answer now and the connection is dealt with below
+                await asyncio.wait({work}, timeout=max(deadline - time.monotonic(), 0) + _GRACE)
+                if not work.done():
+                    raise _timeout(limits)
+                return work.result()
             except DatabaseUnavailable:
                 # other idle connections are probably dead too: let the pool test them now
                 self._background(pool.check())
@@ -199,7 +232,40 @@ class PostgresEngine(Engine):
                 # ROLLBACK and the pool's reset (DISCARD ALL) run after the answer has gone out: the
                 # pool hands the connection to nobody before its reset is done, so this only takes
                 # two round trips off the caller's latency, not a guarantee off the next caller
-                self._background(_give_back(pool, conn))
+                self._background(self._give_back(pool, conn, work, pid, time.monotonic() >= deadline))
+
+    async def _give_back(self, pool: AsyncConnectionPool, conn: psycopg.AsyncConnection,
+                         work: asyncio.Future, pid: int, overdue: bool) -> None:
+        if not work.done():
+            # past the deadline the server's statement_timeout has already failed to stop it:
+            # terminate the backend at once (from a side connection: this one is busy). A caller
+            # who went away early gets psycopg's cancel first, termination if that does not help.
+            if overdue:
+                await self._terminate(pid)
+            work.cancel()
+            await asyncio.wait({work}, timeout=_BACKSTOP)
+            if not work.done() and not overdue:
+                await self._terminate(pid)
+                await asyncio.wait({work}, timeout=_BACKSTOP)
+            if not work.done() or overdue:
+                await conn.close()  # the pool replaces it
+        if work.done() and not work.cancelled():
+            work.exception()  # retrieved: the caller got the outcome, or is gone
+        await _give_back(pool, conn)
+
+    async def _terminate(self, pid: int) -> None:
+        """pg_terminate_backend(pid) as the service role itself, on a fresh connection, bounded."""
+        try:
+            async with asyncio.timeout(_TERMINATE_WITHIN):
+                params = self._conninfo(self._dsn) | {"connect_timeout": max(1, int(_TERMINATE_WITHIN))}
+                async with await psycopg.AsyncConnection.connect(**params, autocommit=True) as side:
+                    cur = await side.execute("SELECT pg_terminate_backend(%s, %s)",
+                                             (pid, int(_TERMINATE_WITHIN * 500)))
+                    done = (await cur.fetchone() or (False,))[0]
+            log.warning("statement past its deadline not stopped by the server: backend %s %s", pid,
+                        "terminated" if done else "signalled to terminate (still running)")
+        except (psycopg.Error, TimeoutError, OSError) as exc:
+            log.warning("statement past its deadline: could not terminate backend %s: %s", pid, exc)
 
     def _background(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -220,13 +286,10 @@ class PostgresEngine(Engine):
         setup = "SELECT " + ", ".join(f"set_config(%(k{i})s, %(v{i})s, true)" for i in range(len(names)))
         setup_params = {f"k{i}": n for i, n in enumerate(names)} | {f"v{i}": settings[n] for i, n in enumerate(names)}
         try:
-            async with asyncio.timeout(left + _BACKSTOP):
-                async with conn.pipeline():
-                    await conn.execute("BEGIN READ ONLY" if read_only else "BEGIN")
-                    await conn.execute(setup, setup_params)
-                return await _fetch(conn, text, params, limits)
-        except TimeoutError:  # the server did not stop it in time: _finish cancels and closes
-            raise _timeout(limits) from None
+            async with conn.pipeline():
+                await conn.execute("BEGIN READ ONLY" if read_only else "BEGIN")
+                await conn.execute(setup, setup_params)
+            return await _fetch(conn, text, params, limits)
         except psycopg.errors.QueryCanceled:
             raise _timeout(limits) from None
         except psycopg.Error as exc:
@@ -242,6 +305,11 @@ class PostgresEngine(Engine):
         return future.result()
 
     # ------------------------------------------------------------------ catalog
+    async def _meta(self, sql: str, params: dict[str, Any] | None, limits: Limits) -> QueryResult:
+        """Catalog queries run as the current caller: in set_role mode as the caller's role (so
+        list_tables shows what that role can read), and under the caller's share of the pool."""
+        return await self.execute(sql, params, current_call(), limits)
+
     async def list_schemas(self, limits: Limits) -> QueryResult:
         return await self._meta(
             "SELECT current_database() AS database, n.nspname AS schema, obj_description(n.oid, 'pg_namespace') "
@@ -402,11 +470,14 @@ async def _reset(conn: psycopg.AsyncConnection) -> None:
     """psycopg_pool's reset hook, run on every returned connection before anyone else gets it.
 
     DISCARD ALL = RESET ALL + SET SESSION AUTHORIZATION DEFAULT + DEALLOCATE ALL + CLOSE ALL +
-    UNLISTEN * + pg_advisory_unlock_all() + DISCARD PLANS/TEMP/SEQUENCES: the complete reset, at the
-    price of one round trip (measured the same as SELECT 1). If it fails the pool discards the
-    connection."""
-    async with asyncio.timeout(_BACKSTOP):
+    UNLISTEN * + pg_advisory_unlock_all() + DISCARD PLANS/TEMP/SEQUENCES. It keeps the random seed,
+    which endpoint SQL may have set with setseed() (the query tool cannot): a new unpredictable seed
+    from our side goes in the same pipeline, so the reset stays one round trip. If it fails the pool
+    discards the connection."""
+    seed = secrets.randbelow(2**31) / 2**30 - 1.0  # setseed() takes [-1, 1]
+    async with asyncio.timeout(_BACKSTOP), conn.pipeline():
         await conn.execute("DISCARD ALL")
+        await conn.execute("SELECT setseed(%s::float8)", (seed,))
 
 
 def _type_name(conn, oid: int) -> str:

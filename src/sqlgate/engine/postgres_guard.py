@@ -2,13 +2,23 @@
 
 Admitted: exactly one statement, a SELECT (with WITH / VALUES / TABLE / set operations) or an
 EXPLAIN of such a SELECT. Refused anywhere in the tree: data-modifying statements (also as CTEs),
-SELECT … INTO, FOR UPDATE/SHARE, and every function that executes SQL text, changes settings or
-roles, signals or waits on other backends, takes locks, touches server files, reaches other
-servers or changes server state (the deny list below). Functions are matched on their last name
-part, lower-cased, whatever the schema qualification or quoting (the parser has already decoded
+SELECT … INTO, FOR UPDATE/SHARE, and every built-in function that executes SQL text, changes
+settings or roles, signals or waits on other backends, takes locks, touches server files, reaches
+other servers, changes server state or runs XPath (libxml2 ignores cancellation: an XPath call runs
+past every timeout) — the deny list below. Functions are matched on their last name part,
+lower-cased, whatever the schema qualification or quoting (the parser has already decoded
 `"pg_catalog"."PG_SLEEP"` / `U&"…"`); attribute notation `t.pg_sleep` is treated like a call.
 
-Why a deny list for functions while statements are an allow-list: PostgreSQL has thousands of
+Functions outside pg_catalog (created by the DBA or an extension) are code the guard cannot see: a
+plpgsql `run_sql(q)` doing `EXECUTE q` undoes every rule here. They are refused unless the project
+allow-lists them (engine.allowed_functions: [schema.fn, …]); sqlgate's identity accessors
+(sqlgate.username() & co.) are always allowed. An unqualified name is resolved by the server, not
+here, so the engine hands the guard the database's function names at start-up (FunctionCatalog):
+an unqualified name is accepted only if pg_catalog has a function of that name and no other schema
+had one at start-up (otherwise write pg_catalog.f or allow-list schema.f). Residual: operators and
+casts that resolve to user functions, and overloads of built-in names created after start-up.
+
+Why a deny list for built-ins while statements are an allow-list: PostgreSQL has thousands of
 harmless functions and the dangerous ones are a small, known family; an allow-list of functions
 would break ordinary SELECTs. Underneath, the transaction is READ ONLY, identity is signed (see
 postgres_identity) and the connection is reset after each call, so the list is one layer of several.
@@ -23,6 +33,7 @@ code on the server).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 
 from pglast import parser as pg_parser
 
@@ -64,6 +75,10 @@ _deny("changes server state", "pg_switch_wal", "pg_switch_xlog", "pg_create_*", 
 # the random seed is per connection and outlives DISCARD ALL: it would make the next caller's
 # random() predictable
 _deny("changes the connection's random seed", "setseed")
+# libxml2's XPath evaluation never checks for interrupts: neither statement_timeout nor a cancel
+# stops `xpath('count(//*[count(//*[count(//*) > 0]) > 0])', …)` (XMLTABLE: the node RangeTableFunc)
+_deny("evaluates XPath, which no timeout or cancel can stop", "xpath", "xpath_exists", "xmlexists",
+      "xmltable")
 _deny("assigns sequence values or transaction ids", "nextval", "setval", "txid_current",
       "pg_current_xact_id")
 # sqlgate's identity machinery (postgres_identity.sql): only its public accessors may be called
@@ -86,7 +101,48 @@ _FORBIDDEN_NODES = {
     "IntoClause": "SELECT … INTO (creates a table)", "intoClause": "SELECT … INTO (creates a table)",
     "LockingClause": "FOR UPDATE / FOR SHARE (takes row locks)",
     "lockingClause": "FOR UPDATE / FOR SHARE (takes row locks)",
+    "RangeTableFunc": "XMLTABLE (evaluates XPath, which no timeout or cancel can stop)",
 }
+_CATALOG_SCHEMA = "pg_catalog"
+
+
+@dataclass(frozen=True)
+class FunctionCatalog:
+    """What the engine learnt about the database's functions at start-up (lower-cased names).
+
+    builtin: names of pg_catalog's functions; None = unknown (unqualified names then pass on the
+    deny list alone — the engine always supplies it). outside: (schema, name) of every function
+    outside pg_catalog. allowed: (schema, name) the project allow-listed (engine.allowed_functions).
+    """
+
+    builtin: frozenset[str] | None = None
+    outside: frozenset[tuple[str, str]] = frozenset()
+    allowed: frozenset[tuple[str, str]] = frozenset()
+    # names that, unqualified, could resolve to a function outside pg_catalog nobody allow-listed
+    shadowed: frozenset[str] = field(init=False)
+    allowed_names: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shadowed", frozenset(n for s, n in self.outside
+                                                       if (s, n) not in self.allowed
+                                                       and not (s == _IDENTITY_SCHEMA and n in IDENTITY_ACCESSORS)))
+        object.__setattr__(self, "allowed_names", frozenset(n for _, n in self.allowed))
+
+    def refusal(self, names: list[str]) -> str | None:
+        name = names[-1].lower()
+        if len(names) > 1:
+            schema = names[-2].lower()
+            if schema == _CATALOG_SCHEMA or (schema, name) in self.allowed:
+                return None
+            return (f"is defined outside pg_catalog (in schema {names[-2]}), so the guard cannot see what it "
+                    "does; the project can allow-list it (engine.allowed_functions)")
+        if name in self.shadowed:
+            hint = (f"write pg_catalog.{name}() for the built-in one" if self.builtin and name in self.builtin
+                    else "the project can allow-list it as schema.name (engine.allowed_functions)")
+            return f"resolves to a function outside pg_catalog that is not allow-listed; {hint}"
+        if self.builtin is not None and name not in self.builtin and name not in self.allowed_names:
+            return "is not a built-in function (functions outside pg_catalog must be allow-listed and qualified)"
+        return None
 
 
 def _denied_name(name: str) -> str | None:
@@ -127,6 +183,9 @@ def _constant_string(node: dict) -> str | None:
 
 
 class PostgresGuard(Guard):
+    def __init__(self, functions: FunctionCatalog | None = None):
+        self.functions = functions or FunctionCatalog()
+
     def check(self, sql: str) -> CheckedStatement:
         try:
             tree = json.loads(pg_parser.parse_sql_json(sql))
@@ -149,7 +208,7 @@ class PostgresGuard(Guard):
         else:
             raise QueryRefused(f"only SELECT (WITH, VALUES, set operations) and EXPLAIN are accepted, "
                                f"not {_readable(kind)}")
-        _walk(node)
+        _walk(node, self.functions)
         return CheckedStatement(sql=_slice(sql, raw), kind=label)
 
 
@@ -162,7 +221,7 @@ def _slice(sql: str, raw: dict) -> str:
     return data[start:end].decode("utf-8")
 
 
-def _walk(root: dict) -> None:
+def _walk(root: dict, functions: FunctionCatalog) -> None:
     stack: list = [root]
     while stack:
         item = stack.pop()
@@ -177,6 +236,8 @@ def _walk(root: dict) -> None:
             if key == "FuncCall":
                 names = [n["String"]["sval"] for n in value["funcname"]]
                 why = function_refusal(names, value.get("args"))
+                if why is None and not (len(names) > 1 and names[-2].lower() == _IDENTITY_SCHEMA):
+                    why = functions.refusal(names)
                 if why is not None:
                     raise QueryRefused(f"refused: function {'.'.join(names)}() {why}; "
                                        "it is not allowed in the query tool")
@@ -185,10 +246,16 @@ def _walk(root: dict) -> None:
                 # `t.f` is also function-call syntax for f(t) ("attribute notation")
                 if len(fields) >= 2 and "String" in fields[-1]:
                     name = fields[-1]["String"]["sval"]
-                    why = _denied_name(name.lower())
+                    why = _attribute_refusal(name, functions)
                     if why is not None:
                         raise QueryRefused(f"refused: {name} (attribute notation calls function "
                                            f"{name}(), which {why})")
+            elif key == "A_Expr":
+                # OPERATOR(schema.op): an operator named in another schema runs that schema's function
+                op = [n.get("String", {}).get("sval", "") for n in value.get("name", []) if isinstance(n, dict)]
+                if len(op) > 1 and op[-2].lower() != _CATALOG_SCHEMA:
+                    raise QueryRefused(f"refused: operator {'.'.join(op)} is defined outside pg_catalog; it is "
+                                       "not allowed in the query tool")
             elif key == "ParamRef":
                 raise QueryRefused("refused: parameters ($1 …) cannot be bound in the query tool; "
                                    "write the values into the query")
@@ -196,7 +263,7 @@ def _walk(root: dict) -> None:
                 # `(t).f` is function-call syntax for f(t) too
                 for part in value.get("indirection", []):
                     name = part.get("String", {}).get("sval") if isinstance(part, dict) else None
-                    why = _denied_name(name.lower()) if name else None
+                    why = _attribute_refusal(name, functions) if name else None
                     if why is not None:
                         raise QueryRefused(f"refused: {name} (attribute notation calls function "
                                            f"{name}(), which {why})")
@@ -208,6 +275,14 @@ def _walk(root: dict) -> None:
                     raise QueryRefused(f"refused: {value['relname']} {why}; it is not allowed in the query tool")
             if isinstance(value, (dict, list)):
                 stack.append(value)
+
+
+def _attribute_refusal(name: str, functions: FunctionCatalog) -> str | None:
+    lower = name.lower()
+    why = _denied_name(lower)
+    if why is None and lower in functions.shadowed:
+        why = "is defined outside pg_catalog and not allow-listed"
+    return why
 
 
 def _readable(node_kind: str) -> str:

@@ -130,7 +130,8 @@ def builtin_tools(engine: Engine, cfg: SqlToolsConfig, limits: Callable[[], Limi
         tools.append(SqlgateTool.create(
             name="query",
             description=f"Run one read-only SQL query ({engine.dialect} dialect: SELECT, WITH, VALUES, "
-                        "DESCRIBE, SHOW, SUMMARIZE or EXPLAIN) and get columns and rows. Writes, settings, "
+                        f"{'TABLE' if engine.dialect == 'postgres' else 'DESCRIBE, SHOW, SUMMARIZE'} or EXPLAIN) and "
+                        "get columns and rows. Writes, settings, "
                         "file access and multiple statements are refused. Results are capped by rows, "
                         "bytes and time; `truncated: true` means you saw only part of the answer.",
             parameters=_obj({"sql": {"type": "string", "description": "One read-only SQL statement."}},
