@@ -372,11 +372,24 @@ async def test_unknown_statement_types_are_refused_not_crashed(engine):
 async def test_fetching_stops_when_the_answer_is_full(engine):
     limits = Limits(max_rows=1000, max_bytes=200_000, timeout_seconds=10)
     started = time.perf_counter()
-    qr = await engine.run_untrusted("SELECT range(60000) AS r FROM range(1001)", CallContext(), limits)
+    qr = await engine.run_untrusted("SELECT range(6000) AS r FROM range(1001)", CallContext(), limits)
     assert qr.truncated and qr.truncated_by == "max_bytes"
     assert time.perf_counter() - started < 5
-    qr = await engine.run_untrusted("SELECT repeat('x', 2000000) AS big FROM range(1001)", CallContext(), limits)
-    assert qr.truncated and qr.rows == []
+
+
+@pytest.mark.parametrize("sql", ["SELECT range(60000) AS r FROM range(1001)",
+                                 "SELECT repeat('x', 2000000) AS big FROM range(1001)",
+                                 "SELECT range(10000000) AS l"])
+async def test_a_row_too_big_for_the_answer_never_reaches_python(engine, sql):
+    """Bounded inside DuckDB: a single huge value is refused before it becomes Python objects."""
+    import psutil
+
+    proc = psutil.Process()
+    before = proc.memory_info().rss
+    limits = Limits(max_rows=1000, max_bytes=200_000, timeout_seconds=20)
+    with pytest.raises(QueryFailed, match="a row of the result is larger than the result limit"):
+        await engine.run_untrusted(sql, CallContext(), limits)
+    assert proc.memory_info().rss - before < 400 * 2**20
 
 
 async def test_half_fetched_results_do_not_hold_memory(engine):

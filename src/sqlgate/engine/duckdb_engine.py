@@ -30,7 +30,7 @@ from sqlgate.context import CallContext
 from sqlgate.engine import duckdb_identity
 from sqlgate.engine.admission import Admission
 from sqlgate.engine.base import Engine, Limits, QueryResult, RowShaper
-from sqlgate.engine.duckdb_guard import DuckDBGuard
+from sqlgate.engine.duckdb_guard import DuckDBGuard, row_size_guarded
 from sqlgate.engine.watchdog import Watchdog
 from sqlgate.errors import ConfigError, QueryFailed, QueryTimeout
 
@@ -162,7 +162,11 @@ class DuckDBEngine(Engine):
                 with duckdb_identity.bound(call, trusted, self.query_headers):
                     if not trusted:
                         # the guard runs here, on the worker, so a big query never blocks the event loop
-                        sql = self.guard.check(sql, cur).sql
+                        checked = self.guard.check(sql, cur)
+                        # rows are bounded inside DuckDB (2x max_bytes as text, so any row that could
+                        # fit the JSON answer passes; the shaper cuts exactly)
+                        sql = (row_size_guarded(checked.sql, 2 * limits.max_bytes + 1024)
+                               if checked.wrappable else checked.sql)
                     cur.execute(sql, params) if params else cur.execute(sql)
                     return self._fetch(cur, limits, deadline)
             except duckdb.InterruptException:

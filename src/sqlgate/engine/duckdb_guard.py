@@ -133,7 +133,7 @@ class DuckDBGuard(Guard):
             raise QueryRefused("this statement is not allowed: only read-only queries are accepted")
         if kind == "SELECT":
             self._check_tree(statement.query, con)
-            return CheckedStatement(sql=statement.query, kind="SELECT")
+            return CheckedStatement(sql=_as_subquery(statement.query, con), kind="SELECT", wrappable=True)
         if kind == "EXPLAIN":
             return self._explain(statement.query, con)
         raise QueryRefused(f"{_label(statement.query, kind)} is not allowed: only read-only queries are accepted")
@@ -266,6 +266,34 @@ def _arguments(call: dict) -> list:
 
 def _calls_any(body: str, names: frozenset[str]) -> bool:
     return any(re.search(rf"\b{re.escape(n)}\s*\(", body) for n in names)
+
+
+def row_size_guarded(sql: str, max_row_chars: int) -> str:
+    """The admitted SELECT as a subquery whose rows fail, inside DuckDB, once one is longer than
+    `max_row_chars` as text: a single 10-million-element list would otherwise become gigabytes of
+    Python objects before max_bytes could cut it. Order and column names are kept (duplicate names
+    get DuckDB's _1 suffixes)."""
+    limit = int(max_row_chars)
+    return (f"SELECT q.* FROM (\n{sql}\n) q WHERE CASE WHEN strlen(CAST(q AS VARCHAR)) > {limit} "
+            f"THEN error('a row of the result is larger than the result limit (limits.max_bytes); select fewer "
+            f"or smaller columns') ELSE true END")
+
+
+def _as_subquery(text: str, con: duckdb.DuckDBPyConnection) -> str:
+    """The statement without a trailing `;` (and the comments after it), proven to nest as a subquery."""
+    tokens = duckdb.tokenize(text)
+    code = [pos for pos, kind in tokens if str(kind).rsplit(".", 1)[-1] != "comment"]
+    if code and text[code[-1]:].startswith(";"):
+        text = text[:code[-1]]
+    wrapped = row_size_guarded(text, 1)
+    try:
+        statements = con.extract_statements(wrapped)
+    except duckdb.Error:
+        statements = []
+    if len(statements) != 1 or _type_name(statements[0]) != "SELECT":
+        raise QueryRefused("this statement cannot be used as a subquery, so it is refused; "
+                           "remove trailing text after the statement")
+    return text
 
 
 def _check_table_name(name: str) -> None:

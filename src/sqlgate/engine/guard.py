@@ -24,6 +24,9 @@ class CheckedStatement:
 
     sql: str
     kind: str  # e.g. "SELECT", "EXPLAIN"
+    # the text may be used as a subquery (no trailing `;`), so the engine can wrap it, e.g. to
+    # bound the size of each result row before any value reaches Python
+    wrappable: bool = False
 
 
 class Guard(abc.ABC):
