@@ -305,3 +305,55 @@ def test_dotted_claim_mapping_grants_scope(tmp_path):
         assert denied.status_code == 403 and 'error="insufficient_scope"' in denied.headers["www-authenticate"]
     finally:
         stop_server(server)
+
+
+def test_introspection_endpoint_down_is_503_not_401(tmp_path):
+    """Resource-server mode: the IdP's introspection endpoint unreachable → 503 + Retry-After (a 401
+    would make clients throw a valid token away); cached tokens keep working; recovery without restart."""
+    port = free_port()
+    resource = f"http://127.0.0.1:{port}/mcp"
+    idp = OidcProvider(redirect_uris=["http://127.0.0.1:45991/callback"], resources=[f"{resource}=opaque"])
+    server = None
+    try:
+        meta = idp.discovery()
+        server = start_auth_server(tmp_path, {
+            "introspection": {"url": meta["introspection_endpoint"], "client_id": f"{idp.client_id}-introspector",
+                              "client_secret": f"{idp.client_secret}-introspector", "cache_ttl": 300},
+            "remote": {"authorization_servers": [idp.issuer]}}, port=port)
+
+        def opaque() -> str:
+            r = httpx.post(meta["token_endpoint"], data={"grant_type": "client_credentials", "scope": "sql:read",
+                                                          "resource": resource},
+                           auth=(idp.client_id, idp.client_secret))
+            return r.json()["access_token"]
+
+        cached, unseen = opaque(), opaque()
+        assert username(whoami(server.url, cached)) == idp.client_id
+        idp.stop()
+        down = whoami(server.url, unseen)
+        assert down.status_code == 503, down.text
+        assert int(down.headers["retry-after"]) >= 1
+        assert username(whoami(server.url, cached)) == idp.client_id, "the cache holds"
+        idp = OidcProvider(redirect_uris=["http://127.0.0.1:45991/callback"], resources=[f"{resource}=opaque"],
+                           extra_args=["--port", str(idp.port)])
+        assert refused(whoami(server.url, unseen)), "the restarted IdP no longer knows the old token"
+        assert username(whoami(server.url, opaque())) == idp.client_id
+    finally:
+        if server is not None:
+            stop_server(server)
+        idp.stop()
+
+
+def test_jwks_endpoint_down_is_503_not_401(tmp_path):
+    port, dead = free_port(), free_port()  # nothing listens on `dead`
+    key, _pem = _rsa_pair()
+    server = start_auth_server(tmp_path, {"jwt": {"jwks_uri": f"http://127.0.0.1:{dead}/jwks",
+                                                  "issuer": "https://issuer.test", "algorithms": ["RS256"]}},
+                               port=port)
+    try:
+        token = _mint(key, "RS256", aud=f"http://127.0.0.1:{port}/mcp")
+        down = whoami(server.url, token)
+        assert down.status_code == 503 and int(down.headers["retry-after"]) >= 1, down.text
+        assert refused(whoami(server.url, "not.a.jwt")), "a malformed token is still a 401"
+    finally:
+        stop_server(server)

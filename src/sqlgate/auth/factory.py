@@ -96,6 +96,11 @@ def _resource_server(auth: AuthConfig, verifiers: list, base_url: str, resource_
     )
     provider.required_scopes = list(auth.authorization.required_scopes)
     provider.state = None
+    # the IdP's JWKS or introspection endpoint down is an outage (503 + Retry-After), not a bad token
+    from sqlgate.auth.outage_http import with_outage_middleware
+
+    plain = provider.get_middleware
+    provider.get_middleware = lambda: with_outage_middleware(plain())
     log.info("resource server: tokens via %s, authorization servers %s",
              " + ".join(type(getattr(v, "inner", v)).__name__ for v in verifiers), ", ".join(servers))
     return provider

@@ -22,6 +22,8 @@ from joserfc.jwk import ECKey, KeySet, OctKey, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 from joserfc.jwt import JWTClaimsRegistry
 
+from sqlgate.auth.outages import describe, note
+
 log = logging.getLogger("sqlgate.auth.jwt")
 
 HMAC = ("HS256", "HS384", "HS512")
@@ -59,8 +61,13 @@ class SqlgateJWTVerifier(TokenVerifier):
             fresh_enough = time.monotonic() - self._fetched_at < self._min_refresh
             if self._keys is None or (not fresh_enough and not _has_kid(self._keys, kid)):
                 assert self._jwks_uri is not None
-                async with httpx2.AsyncClient(timeout=self._timeout) as http:
-                    doc = (await http.get(self._jwks_uri)).raise_for_status().json()
+                try:
+                    async with httpx2.AsyncClient(timeout=self._timeout) as http:
+                        doc = (await http.get(self._jwks_uri)).raise_for_status().json()
+                except (httpx2.HTTPError, ValueError) as exc:
+                    # the IdP's key endpoint is down: an outage (503), not a bad token (401)
+                    note("provider", f"JWKS {self._jwks_uri}: {describe(exc, self._timeout)}")
+                    raise
                 self._keys = KeySet.import_key_set(doc)
                 self._fetched_at = time.monotonic()
         return self._keys

@@ -58,6 +58,31 @@ class TimedOAuth2Client(AsyncOAuth2Client):
             raise
 
 
+class NotingTransport(httpx2.AsyncBaseTransport):
+    """An httpx transport that notes the provider as down when it cannot be reached or answers 5xx.
+
+    For clients sqlgate does not call itself (FastMCP's introspection verifier swallows failures
+    and says "invalid token"): the note makes the request a 503, not a 401.
+    """
+
+    def __init__(self, what: str) -> None:
+        self._inner = httpx2.AsyncHTTPTransport()
+        self._what = what
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        try:
+            response = await self._inner.handle_async_request(request)
+        except httpx2.TransportError as exc:
+            note("provider", f"{self._what} {request.url}: {describe(exc, 0)}")
+            raise
+        if response.status_code >= 500:
+            note("provider", f"{self._what} {request.url}: HTTP {response.status_code}")
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 def describe(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, TimeoutError | httpx2.TimeoutException):
         return f"no answer within {timeout:g} s"

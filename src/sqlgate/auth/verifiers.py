@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx2
 from fastmcp.server.auth import TokenVerifier
 from fastmcp.server.auth.auth import AccessToken
 from fastmcp.server.auth.providers.introspection import IntrospectionTokenVerifier
 
 from sqlgate.auth.config import AuthConfig
 from sqlgate.auth.jwt_verifier import SqlgateJWTVerifier
+from sqlgate.auth.outages import NotingTransport
 
 
 def claim_at(claims: dict[str, Any], path: str) -> Any:
@@ -54,9 +56,12 @@ def build_verifiers(auth: AuthConfig, resource_url: str) -> list[TokenVerifier]:
         ), auth.username_claim, "jwt"))
     if auth.introspection is not None:
         i = auth.introspection
+        # a transport that notes an unreachable or failing endpoint, so the caller gets 503, not 401
+        http = httpx2.AsyncClient(timeout=i.timeout_seconds, transport=NotingTransport("introspection"))
         verifiers.append(IdentityMapping(IntrospectionTokenVerifier(
             introspection_url=i.url, client_id=i.client_id, client_secret=i.client_secret,
             client_auth_method=i.auth_method, timeout_seconds=int(i.timeout_seconds),
             audience=list(i.audience or [resource_url]), cache_ttl_seconds=i.cache_ttl or None,
+            http_client=http,
         ), auth.username_claim, "introspection"))
     return verifiers
