@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import httpx2
 import yaml
 from mcp.client.auth import OAuthClientProvider
@@ -113,3 +114,18 @@ async def call_tool(url: str, auth, name: str, args: dict[str, Any] | None = Non
     ):
         await session.initialize()
         return await session.call_tool(name, args or {})
+
+
+def login_to_callback(server, callback_path: str, redirect_uri: str) -> tuple[Browser, str]:
+    """A login (DCR, /authorize, consent, the provider's login form) run up to the provider's
+    redirect back to sqlgate's `callback_path`, which is returned, not followed."""
+    from tests.idp.launcher import pkce_pair
+
+    client_id = httpx.post(f"{server.base}/register", json={
+        "redirect_uris": [redirect_uri], "token_endpoint_auth_method": "none"}).json()["client_id"]
+    _, challenge = pkce_pair()
+    browser = Browser("alice", "alice-password")
+    url = httpx.URL(f"{server.base}/authorize", params={
+        "response_type": "code", "client_id": client_id, "redirect_uri": redirect_uri, "state": "st",
+        "scope": "sqlgate:access", "code_challenge": challenge, "code_challenge_method": "S256"})
+    return browser, browser.run(str(url), f"{server.base}{callback_path}")

@@ -14,7 +14,7 @@ import anyio
 import httpx
 import pytest
 
-from tests.auth_support import MemoryTokenStorage, call_tool, oauth_client, start_auth_server
+from tests.auth_support import MemoryTokenStorage, call_tool, login_to_callback, oauth_client, start_auth_server
 from tests.browser import Browser, query_of
 from tests.conftest import free_port, stop_server
 from tests.fakes.providers import FakeAtlassian, FakeGitHub, FakeGoogle, FakeSalesforce
@@ -58,14 +58,7 @@ def test_token_request_for_another_resource_is_invalid_target(oidc):
 
 # ---------------------------------------------------------------------- the IdP callback
 def _to_callback(server, callback_path: str) -> tuple[Browser, str]:
-    """Run /authorize through consent and the provider's login; stop at sqlgate's own callback."""
-    client_id = _client(server.base)
-    _, challenge = pkce_pair()
-    browser = Browser("alice", "alice-password")
-    url = httpx.URL(f"{server.base}/authorize", params={
-        "response_type": "code", "client_id": client_id, "redirect_uri": REDIRECT, "state": "st",
-        "scope": "sqlgate:access", "code_challenge": challenge, "code_challenge_method": "S256"})
-    return browser, browser.run(str(url), f"{server.base}{callback_path}")
+    return login_to_callback(server, callback_path, REDIRECT)
 
 
 @pytest.mark.parametrize("fake_class", [FakeGitHub, FakeAtlassian])

@@ -18,6 +18,7 @@ import time
 import httpx
 import pytest
 
+from tests.auth_support import login_to_callback
 from tests.browser import Browser
 from tests.outage_support import Hanging, google_stack
 from tests.test_auth_flows import bearer_call, result_of
@@ -28,17 +29,7 @@ REDIRECT = "http://127.0.0.1:45970/callback"
 
 
 def to_callback(server) -> tuple[Browser, str]:
-    """A login run up to the provider's redirect back to sqlgate's callback (not followed)."""
-    from tests.idp.launcher import pkce_pair
-
-    client_id = httpx.post(f"{server.base}/register", json={"redirect_uris": [REDIRECT],
-                                                            "token_endpoint_auth_method": "none"}).json()["client_id"]
-    _, challenge = pkce_pair()
-    browser = Browser("alice", "alice-password")
-    url = httpx.URL(f"{server.base}/authorize", params={
-        "response_type": "code", "client_id": client_id, "redirect_uri": REDIRECT, "state": "st",
-        "scope": "sqlgate:access", "code_challenge": challenge, "code_challenge_method": "S256"})
-    return browser, browser.run(str(url), f"{server.base}/google/callback")
+    return login_to_callback(server, "/google/callback", REDIRECT)
 
 
 def unavailable(r: httpx.Response, page: bool = False) -> bool:
