@@ -174,7 +174,7 @@ async def test_query_tool_refuses_and_nothing_changes(guarded, sql, fragments, t
     assert after["counts"]["customers"] == EXPECTED_COUNTS["customers"]
 
 
-# Refusal messages say *which* statement was refused, even for statements sqlglot cannot parse.
+# Refusal messages say *which* statement was refused, named by its first keyword.
 @pytest.mark.parametrize(("sql", "keyword"), [
     pytest.param("LOAD httpfs", "LOAD", id="load"),
     pytest.param("CALL pragma_version()", "CALL", id="call"),
