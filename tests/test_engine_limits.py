@@ -20,7 +20,7 @@ from sqlgate.components import MAX_ERROR_CHARS
 from sqlgate.config.loader import load_project
 from sqlgate.context import CallContext, UserContext
 from sqlgate.engine import Limits, open_engine
-from sqlgate.errors import QueryFailed, QueryTimeout
+from sqlgate.errors import QueryFailed, QueryRefused, QueryTimeout
 from tests.auth_support import start_auth_server
 from tests.clients import hs256_bearer, mcp_session
 from tests.conftest import EXAMPLE, free_port, isolated_env, start_server, stop_server
@@ -199,3 +199,27 @@ def test_failures_are_typed(tmp_path):
             await engine.close()
 
     asyncio.run(go())
+
+
+async def test_allowed_paths_open_those_files_to_the_projects_sql_only(tmp_path):
+    """engine.allowed_paths: the project's SQL (endpoints, views) reads those files and nothing else;
+    the query tool reads them only through the project's views, never with read_csv() itself."""
+    project = _project(tmp_path / "project", "allowed_paths: [files]\n")
+    (project / "files").mkdir()
+    csv = project / "files" / "sales.csv"
+    csv.write_text("id,amount\n1,10\n2,32\n")
+    seed = project / "sql" / "seed.sql"
+    seed.write_text(seed.read_text() + f"\nCREATE VIEW sales AS SELECT * FROM read_csv('{csv}');\n")
+    engine = open_engine(load_project(project, env={"SQLGATE_CONFIG": str(tmp_path / "none.yml")}))
+    limits = Limits(max_rows=10, max_bytes=10_000, timeout_seconds=10)
+    try:
+        own = await engine.execute(f"SELECT sum(amount) FROM read_csv('{csv}')", None, CallContext(), limits)
+        assert own.rows == [[42]]
+        with pytest.raises(QueryFailed, match="file system operations are disabled"):
+            await engine.execute("SELECT * FROM read_csv('/etc/passwd')", None, CallContext(), limits)
+        via_view = await engine.run_untrusted("SELECT sum(amount) FROM sales", CallContext(), limits)
+        assert via_view.rows == [[42]]
+        with pytest.raises(QueryRefused, match="read_csv"):
+            await engine.run_untrusted(f"SELECT * FROM read_csv('{csv}')", CallContext(), limits)
+    finally:
+        await engine.close()

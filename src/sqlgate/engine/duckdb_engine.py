@@ -107,10 +107,6 @@ class DuckDBEngine(Engine):
         for entry in cfg.allowed_paths:
             p = project.path(entry).resolve()
             (dirs if p.is_dir() else files).append(str(p) + ("/" if p.is_dir() else ""))
-        if dirs:
-            config["allowed_directories"] = dirs
-        if files:
-            config["allowed_paths"] = files
         try:
             if in_memory:
                 db = duckdb.connect(":memory:", config=config)
@@ -125,6 +121,12 @@ class DuckDBEngine(Engine):
         # in this order: temp_directory cannot change once external access is off, and nothing
         # can change once the configuration is locked (the seed ran above with file access on)
         db.execute("SET temp_directory = $1", [temp_directory])
+        # files SQL may read despite external access being off; DuckDB takes them only once the
+        # database has started and before external access is switched off
+        if dirs:
+            db.execute("SET allowed_directories = $1", [dirs])
+        if files:
+            db.execute("SET allowed_paths = $1", [files])
         # DuckDB draws a progress bar on stdout for long queries: on stdio that would corrupt MCP
         # (a connection setting; cursors made from this connection inherit it)
         db.execute("SET enable_progress_bar = false")
