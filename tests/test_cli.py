@@ -129,3 +129,13 @@ def test_pg_identity_prints_its_setup_sql(tmp_path):
     assert "SECURITY DEFINER" in proc.stdout and "CREATE SCHEMA" in proc.stdout.upper()
     usage = sqlgate("pg-identity", "--help", tmp=tmp_path)
     assert "sqlgate pg-identity" in usage.stdout and "install" in usage.stdout
+
+
+def test_run_takes_the_project_before_or_after_the_kind(project):
+    """The README writes `sqlgate run -p DIR tool NAME …`; `sqlgate run tool NAME -p DIR` works too."""
+    before = sqlgate("run", "-p", str(project), "tool", "whoami", "--user-context", '{"username": "alice"}',
+                     tmp=project.parent, check=True)
+    after = sqlgate("run", "tool", "whoami", "-p", str(project), "--user-context", '{"username": "alice"}',
+                    tmp=project.parent, check=True)
+    assert json.loads(before.stdout)["result"]["username"] == "alice"
+    assert json.loads(after.stdout) == json.loads(before.stdout)

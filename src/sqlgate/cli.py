@@ -255,25 +255,38 @@ UserOpt = Annotated[str | None, typer.Option("--user-context",
                                              help='Caller as JSON, e.g. \'{"username": "alice"}\'.')]
 
 
+@run_app.callback()
+def run_options(ctx: typer.Context, project: ProjectOpt = Path("."), profile: ProfileOpt = None) -> None:
+    """Project and profile may also come before the kind: `sqlgate run -p DIR tool NAME`."""
+    ctx.obj = {"project": project, "profile": profile}
+
+
+def _where(ctx: typer.Context, project: Path, profile: str | None) -> tuple[Path, str | None]:
+    """The command's own -p/--profile win; else what was given before the kind."""
+    outer = ctx.obj or {}
+    return (project if project != Path(".") else outer.get("project", project),
+            profile if profile is not None else outer.get("profile"))
+
+
 @run_app.command("tool")
-def run_tool(name: str, project: ProjectOpt = Path("."), profile: ProfileOpt = None,
+def run_tool(ctx: typer.Context, name: str, project: ProjectOpt = Path("."), profile: ProfileOpt = None,
              param: ParamOpt = None, user_context: UserOpt = None) -> None:
     """Run a tool."""
-    _run("tool", name, project, profile, param or [], user_context)
+    _run("tool", name, *_where(ctx, project, profile), param or [], user_context)
 
 
 @run_app.command("resource")
-def run_resource(name: str, project: ProjectOpt = Path("."), profile: ProfileOpt = None,
+def run_resource(ctx: typer.Context, name: str, project: ProjectOpt = Path("."), profile: ProfileOpt = None,
                  param: ParamOpt = None, user_context: UserOpt = None) -> None:
     """Read a resource (by name or URI template)."""
-    _run("resource", name, project, profile, param or [], user_context)
+    _run("resource", name, *_where(ctx, project, profile), param or [], user_context)
 
 
 @run_app.command("prompt")
-def run_prompt(name: str, project: ProjectOpt = Path("."), profile: ProfileOpt = None,
+def run_prompt(ctx: typer.Context, name: str, project: ProjectOpt = Path("."), profile: ProfileOpt = None,
                param: ParamOpt = None) -> None:
     """Render a prompt."""
-    _run("prompt", name, project, profile, param or [], None)
+    _run("prompt", name, *_where(ctx, project, profile), param or [], None)
 
 
 @app.command("pg-identity", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
