@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import re
@@ -40,6 +41,16 @@ def _schema_problem(schema_json: str) -> str | None:
     return None
 
 
+# JSON Schema 2020-12 keywords a parameter may carry: what the validator implements plus the
+# annotation vocabularies. Anything else is a typo (`defualt`, `minimun`) that would silently
+# change behaviour, so it is an error; extensions are spelled x-….
+SCHEMA_KEYWORDS = frozenset(Draft202012Validator.VALIDATORS) | {
+    "title", "description", "default", "examples", "deprecated", "readOnly", "writeOnly", "$comment",
+    "$id", "$schema", "$defs", "$anchor", "$dynamicAnchor", "contentMediaType", "contentEncoding",
+    "contentSchema",
+}
+
+
 class Parameter(BaseModel):
     """A typed parameter; every JSON-Schema keyword given is kept verbatim in the inputSchema."""
 
@@ -53,6 +64,11 @@ class Parameter(BaseModel):
 
     @model_validator(mode="after")
     def _schema_ok(self) -> Parameter:
+        for key in self.__pydantic_extra__ or {}:
+            if key not in SCHEMA_KEYWORDS and not key.startswith("x-"):
+                near = difflib.get_close_matches(key, sorted(SCHEMA_KEYWORDS | {"required"}), n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else " (custom keywords start with x-)"
+                raise ValueError(f"unknown keyword {key!r}: not JSON Schema{hint}")
         schema = self.json_schema()
         _check_schema(schema)
         if "default" in schema:
