@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 import httpx
 import httpx2
+import pytest
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
@@ -206,3 +207,13 @@ async def test_sighup_reloads_endpoints_and_keeps_them_on_error(shop_project, tm
             assert "added" in names and "broken" not in names
     finally:
         stop_server(server)
+
+
+async def test_a_missing_resource_is_an_mcp_error(shop_server):
+    from mcp.shared.exceptions import MCPError
+
+    async with http_session(shop_server.url) as session:
+        found = await session.read_resource("shop://customers/3")
+        assert '"customer_id":3' in found.contents[0].text
+        with pytest.raises(MCPError, match=r"resource shop://customers/999999 not found"):
+            await session.read_resource("shop://customers/999999")

@@ -45,3 +45,7 @@ class DatabaseUnavailable(QueryFailed):
 
 class InvalidArguments(SqlgateError):
     """Arguments do not match an endpoint's declared parameters."""
+
+
+class ResourceNotFound(SqlgateError):
+    """A resource URI that names nothing (e.g. a record id with no row)."""

@@ -15,7 +15,7 @@ from sqlgate.context import CallContext
 from sqlgate.endpoints.loader import Endpoint
 from sqlgate.endpoints.models import PromptDef
 from sqlgate.engine.base import Engine, Limits, QueryResult
-from sqlgate.errors import InvalidArguments, QueryFailed, QueryTimeout
+from sqlgate.errors import InvalidArguments, QueryFailed, QueryTimeout, ResourceNotFound
 
 
 def prepare_arguments(ep: Endpoint, arguments: dict[str, Any] | None) -> dict[str, Any]:
@@ -44,7 +44,11 @@ async def execute(ep: Endpoint, arguments: dict[str, Any] | None, engine: Engine
     if ep.sql is not None:
         params = {name: args[name] for name in ep.sql_params}
         qr = await engine.execute(ep.sql, params, call, limits)
-        return shape(ep, qr)
+        envelope = shape(ep, qr)
+        if ep.kind == "resource" and envelope["result"] is None and _declared_kind(ep) == "object":
+            # a record resource whose query found no row does not exist: an error, not `null`
+            raise ResourceNotFound(f"resource {_uri(ep, args)} not found")
+        return envelope
     return {"result": await _call_python(ep, args, engine, call, limits), "truncated": False}
 
 
@@ -72,9 +76,19 @@ async def _call_python(ep: Endpoint, args: dict[str, Any], engine: Engine, call:
         runtime.unbind(token)
 
 
+def _declared_kind(ep: Endpoint) -> str:
+    return (getattr(ep.definition, "return_", None) or {}).get("type", "array")
+
+
+def _uri(ep: Endpoint, args: dict[str, Any]) -> str:
+    uri = ep.definition.uri
+    for key, value in args.items():
+        uri = uri.replace("{" + key + "}", str(value))
+    return uri
+
+
 def shape(ep: Endpoint, qr: QueryResult) -> dict[str, Any]:
-    declared = getattr(ep.definition, "return_", None) or {}
-    kind = declared.get("type", "array")
+    kind = _declared_kind(ep)
     if kind == "array":
         result: Any = qr.records()
     elif kind == "object":
