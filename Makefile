@@ -21,6 +21,7 @@ install-test: $(BIN)/python
 	cd tests/idp && npm ci --no-audit --no-fund --loglevel=error
 
 serve: install
+	@echo "sqlgate is installed as $(CURDIR)/$(BIN)/sqlgate; to use it elsewhere: export PATH=\"$(CURDIR)/$(BIN):\$$PATH\""
 	$(BIN)/sqlgate serve --project examples/shop --transport http --host $(HOST) --port $(PORT)
 
 lint: install-test
