@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +140,14 @@ def test_run_takes_the_project_before_or_after_the_kind(project):
                     tmp=project.parent, check=True)
     assert json.loads(before.stdout)["result"]["username"] == "alice"
     assert json.loads(after.stdout) == json.loads(before.stdout)
+
+
+def test_validate_binds_endpoint_sql_against_the_database(project, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(project, broken, ignore=shutil.ignore_patterns("*.duckdb", "*.wal"))
+    tool = broken / "tools" / "top_customers.yml"
+    tool.write_text(tool.read_text().replace("FROM customers", "FROM customerz", 1))
+    proc = sqlgate("validate", "-p", str(broken), tmp=tmp_path)
+    assert proc.returncode == 2
+    assert "tools/top_customers.yml" in proc.stderr and "customerz does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -166,8 +166,11 @@ def validate(project: ProjectOpt = Path("."), profile: ProfileOpt = None) -> Non
     try:
         loaded = _load(project, profile)
         endpoints = load_endpoints(loaded.root)
+        unbound = _bind_problems(loaded, endpoints)
     except SqlgateError as exc:
         _fail(exc)
+    if unbound:
+        _fail(SqlgateError("endpoint SQL does not fit the database:\n" + "\n".join(f"  - {p}" for p in unbound)))
     for ep in endpoints:
         for w in ep.warnings:
             err.print(f"[yellow]warning:[/] {w}")
@@ -176,6 +179,29 @@ def validate(project: ProjectOpt = Path("."), profile: ProfileOpt = None) -> Non
                   "statement checker alone to refuse writes")
     out.print(f"[green]ok[/] {loaded.settings.name}: {len(endpoints)} endpoint(s) valid "
               f"(profile {loaded.settings.profile})")
+
+
+def _bind_problems(loaded, endpoints) -> list[str]:
+    """Open the database (read-only, as served) and bind every endpoint's SQL against it.
+
+    DuckDB only: a PostgreSQL project's database may not be reachable from where it is validated."""
+    import asyncio
+
+    from sqlgate.engine import open_engine
+
+    if loaded.settings.engine.type != "duckdb":
+        return []
+    engine = open_engine(loaded)
+    try:
+        problems = []
+        for ep in endpoints:
+            if ep.sql is not None:
+                problem = engine.bind_problem(ep.sql)
+                if problem:
+                    problems.append(f"{ep.file}: {ep.kind} {ep.name!r}: {problem}")
+        return problems
+    finally:
+        asyncio.run(engine.close())
 
 
 def _parse_params(params: list[str]) -> dict[str, Any]:

@@ -174,5 +174,10 @@ class Engine(abc.ABC):
         QueryTimeout or DatabaseUnavailable.
         """
 
+    def bind_problem(self, sql: str) -> str | None:
+        """Why the project's `sql` cannot be bound against the database (a missing table or column …),
+        or None. For `sqlgate validate`; an engine that cannot tell says None."""
+        return None
+
     @abc.abstractmethod
     async def close(self) -> None: ...

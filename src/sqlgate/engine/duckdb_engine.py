@@ -248,6 +248,19 @@ class DuckDBEngine(Engine):
             return asyncio.run_coroutine_threadsafe(self.execute(sql, params, call, limits), loop).result()
         return self._pool.submit(self._run, sql, params, call, limits, deadline, True).result()
 
+    def bind_problem(self, sql: str) -> str | None:
+        # PREPARE binds names and types without running anything ($name parameters stay open)
+        cur = self._db.cursor()
+        try:
+            with duckdb_identity.bound(CallContext(), trusted=True):
+                cur.execute(f"PREPARE __sqlgate_validate AS {sql}")
+                cur.execute("DEALLOCATE __sqlgate_validate")
+        except duckdb.Error as exc:
+            return _clean_error(exc)
+        finally:
+            cur.close()
+        return None
+
     # ------------------------------------------------------------------ catalog
     async def list_schemas(self, limits: Limits) -> QueryResult:
         return await self._meta(
