@@ -20,7 +20,7 @@ from tests.conftest import free_port, stop_server
 from tests.fakes.providers import FakeAtlassian, FakeGitHub, FakeGoogle, FakeSalesforce
 from tests.idp.launcher import OidcProvider, pkce_pair
 from tests.test_auth_flows import _authorize_by_hand, bearer_call, drop_stack, login, make_stack
-from tests.test_auth_providers import urls
+from tests.test_auth_providers import fake_provider_server, urls
 
 REDIRECT = "http://127.0.0.1:45981/callback"
 
@@ -64,26 +64,20 @@ def _to_callback(server, callback_path: str) -> tuple[Browser, str]:
 @pytest.mark.parametrize("fake_class", [FakeGitHub, FakeAtlassian])
 def test_wrong_code_at_the_callback_is_a_readable_400_without_the_providers_text(tmp_path, fake_class):
     kind = fake_class.NAME
-    port = free_port()
-    with fake_class(f"{kind}-client", f"{kind}-secret", [f"http://127.0.0.1:{port}/{kind}/callback"]) as fake:
-        server = start_auth_server(tmp_path, {"provider": kind, kind: {
-            "client_id": f"{kind}-client", "client_secret": f"{kind}-secret", **urls(kind, fake.base_url)}}, port=port)
-        try:
-            browser, callback = _to_callback(server, f"/{kind}/callback")
-            real_code = query_of(callback)["code"]
-            wrong = callback.replace(real_code, "not-the-code")
-            r = browser.http.get(wrong)
-            assert r.status_code == 400 and r.headers["content-type"].startswith("text/html"), r.text
-            assert "did not accept this sign-in" in r.text
-            provider_text = fake.TOKEN_ERRORS["bad_code"][2]
-            assert provider_text not in r.text and "invalid_grant" not in r.text
-            # the login can still complete with the provider's real code
-            done = browser.http.get(callback)
-            assert done.status_code == 302 and done.headers["location"].startswith(REDIRECT)
-            assert "exchanging the provider's code failed" in server.logs()
-            browser.close()
-        finally:
-            stop_server(server)
+    with fake_provider_server(fake_class, tmp_path) as (fake, server):
+        browser, callback = _to_callback(server, f"/{kind}/callback")
+        real_code = query_of(callback)["code"]
+        wrong = callback.replace(real_code, "not-the-code")
+        r = browser.http.get(wrong)
+        assert r.status_code == 400 and r.headers["content-type"].startswith("text/html"), r.text
+        assert "did not accept this sign-in" in r.text
+        provider_text = fake.TOKEN_ERRORS["bad_code"][2]
+        assert provider_text not in r.text and "invalid_grant" not in r.text
+        # the login can still complete with the provider's real code
+        done = browser.http.get(callback)
+        assert done.status_code == 302 and done.headers["location"].startswith(REDIRECT)
+        assert "exchanging the provider's code failed" in server.logs()
+        browser.close()
 
 
 def test_provider_down_at_the_callback_is_503_with_retry_after(tmp_path):
@@ -106,32 +100,25 @@ def test_provider_down_at_the_callback_is_503_with_retry_after(tmp_path):
 # ---------------------------------------------------------------------- upstream revocation
 @pytest.mark.parametrize("fake_class", [FakeGoogle, FakeSalesforce])
 def test_revoking_a_sqlgate_token_revokes_the_upstream_tokens_with_the_providers_token(tmp_path, fake_class):
-    kind = fake_class.NAME
-    port = free_port()
-    with fake_class(f"{kind}-client", f"{kind}-secret", [f"http://127.0.0.1:{port}/{kind}/callback"]) as fake:
-        server = start_auth_server(tmp_path, {"provider": kind, kind: {
-            "client_id": f"{kind}-client", "client_secret": f"{kind}-secret", **urls(kind, fake.base_url)}}, port=port)
-        try:
-            storage = MemoryTokenStorage()
-            browser = Browser("alice", "alice-password")
-            res = anyio.run(call_tool, server.url, oauth_client(server.url, browser, storage), "upstream_identity")
-            browser.close()
-            upstream_access = res.structured_content["result"]["t"]
-            upstream_refresh = next(iter(fake.refresh_tokens))
-            assert upstream_access in fake.tokens
-            r = httpx.post(f"{server.base}/revoke", data={"token": storage.tokens.access_token,
-                                                          "client_id": storage.client.client_id})
-            assert r.status_code == 200
-            revoked = [req.form.get("token") for req in fake.seen if req.path.endswith("/revoke")]
-            assert upstream_refresh in revoked, "the provider got its own refresh token"
-            assert storage.tokens.access_token not in revoked and storage.tokens.refresh_token not in revoked
-            assert upstream_access not in fake.tokens and upstream_refresh not in fake.refresh_tokens
-            logs = server.logs()
-            assert "revoked the upstream refresh_token of grant" in logs
-            assert "Successfully revoked" not in logs and "refused to revoke" not in logs
-            assert bearer_call(server.url, storage.tokens.access_token).status_code == 401
-        finally:
-            stop_server(server)
+    with fake_provider_server(fake_class, tmp_path) as (fake, server):
+        storage = MemoryTokenStorage()
+        browser = Browser("alice", "alice-password")
+        res = anyio.run(call_tool, server.url, oauth_client(server.url, browser, storage), "upstream_identity")
+        browser.close()
+        upstream_access = res.structured_content["result"]["t"]
+        upstream_refresh = next(iter(fake.refresh_tokens))
+        assert upstream_access in fake.tokens
+        r = httpx.post(f"{server.base}/revoke", data={"token": storage.tokens.access_token,
+                                                      "client_id": storage.client.client_id})
+        assert r.status_code == 200
+        revoked = [req.form.get("token") for req in fake.seen if req.path.endswith("/revoke")]
+        assert upstream_refresh in revoked, "the provider got its own refresh token"
+        assert storage.tokens.access_token not in revoked and storage.tokens.refresh_token not in revoked
+        assert upstream_access not in fake.tokens and upstream_refresh not in fake.refresh_tokens
+        logs = server.logs()
+        assert "revoked the upstream refresh_token of grant" in logs
+        assert "Successfully revoked" not in logs and "refused to revoke" not in logs
+        assert bearer_call(server.url, storage.tokens.access_token).status_code == 401
 
 
 def test_revocation_reaches_the_real_idp(oidc):

@@ -7,6 +7,8 @@ own endpoints — then SQL sees the user, and revocation ends access.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import anyio
 import httpx
 import pytest
@@ -39,19 +41,25 @@ EXPECTED = {  # (username, email, user id prefix) for alice as each provider rep
 }
 
 
-@pytest.fixture(params=list(FAKES))
-def stack(request, tmp_path):
-    kind = request.param
+@contextmanager
+def fake_provider_server(fake_class, tmp_path, extra_env: dict[str, str] | None = None, **auth):
+    """A faithful fake of `fake_class`'s provider and a sqlgate proxying to it: (fake, server)."""
+    kind = fake_class.NAME
     port = free_port()
-    fake = FAKES[kind](f"{kind}-client", f"{kind}-secret", [f"http://127.0.0.1:{port}/{kind}/callback"])
-    with fake:
-        auth = {"provider": kind, kind: {"client_id": f"{kind}-client", "client_secret": f"{kind}-secret",
-                                         **urls(kind, fake.base_url)}}
-        server = start_auth_server(tmp_path, auth, port=port)
+    with fake_class(f"{kind}-client", f"{kind}-secret", [f"http://127.0.0.1:{port}/{kind}/callback"]) as fake:
+        server = start_auth_server(tmp_path, {"provider": kind, kind: {
+            "client_id": f"{kind}-client", "client_secret": f"{kind}-secret", **urls(kind, fake.base_url)}, **auth},
+            port=port, extra_env=extra_env)
         try:
-            yield kind, fake, server
+            yield fake, server
         finally:
             stop_server(server)
+
+
+@pytest.fixture(params=list(FAKES))
+def stack(request, tmp_path):
+    with fake_provider_server(FAKES[request.param], tmp_path) as (fake, server):
+        yield request.param, fake, server
 
 
 def flow(server, user: str = "alice"):
@@ -101,58 +109,39 @@ def accepted(server, token: str) -> bool:
 
 
 def test_github_private_email_comes_from_user_emails(tmp_path):
-    port = free_port()
-    with FakeGitHub("gh", "gh-secret", [f"http://127.0.0.1:{port}/github/callback"]) as fake:
-        server = start_auth_server(tmp_path, {"provider": "github", "github": {
-            "client_id": "gh", "client_secret": "gh-secret", **urls("github", fake.base_url)}}, port=port)
-        try:
-            _, (username, email, *_rest) = flow(server, "bob")
-        finally:
-            stop_server(server)
+    with fake_provider_server(FakeGitHub, tmp_path) as (fake, server):
+        _, (username, email, *_rest) = flow(server, "bob")
     assert (username, email) == ("bob", "bob@example.test")
     assert ("GET", "/user/emails") in fake.requests
 
 
 def test_user_info_is_cached_for_cache_ttl(tmp_path):
-    port = free_port()
-    with FakeGoogle("g", "g-secret", [f"http://127.0.0.1:{port}/google/callback"]) as fake:
-        server = start_auth_server(tmp_path, {"provider": "google", "cache_ttl": 300, "google": {
-            "client_id": "g", "client_secret": "g-secret", **urls("google", fake.base_url)}}, port=port)
-        try:
-            storage, _ = flow(server)
-            before = fake.requests.count(("GET", "/v1/userinfo"))
-            for _ in range(5):
-                r = httpx.post(server.url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
-                               headers={"Authorization": f"Bearer {storage.tokens.access_token}",
-                                        "Accept": "application/json, text/event-stream"})
-                assert r.status_code != 401
-            assert fake.requests.count(("GET", "/v1/userinfo")) == before
-        finally:
-            stop_server(server)
+    with fake_provider_server(FakeGoogle, tmp_path, cache_ttl=300) as (fake, server):
+        storage, _ = flow(server)
+        before = fake.requests.count(("GET", "/v1/userinfo"))
+        for _ in range(5):
+            r = httpx.post(server.url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                           headers={"Authorization": f"Bearer {storage.tokens.access_token}",
+                                    "Accept": "application/json, text/event-stream"})
+            assert r.status_code != 401
+        assert fake.requests.count(("GET", "/v1/userinfo")) == before
 
 
 def test_upstream_token_never_in_logs_even_at_debug_level(tmp_path):
     """The seed's promise: the provider's token is available to the project's SQL, and never logged."""
-    port = free_port()
-    with FakeGitHub("gh", "gh-secret", [f"http://127.0.0.1:{port}/github/callback"]) as fake:
-        server = start_auth_server(tmp_path, {"provider": "github", "github": {
-            "client_id": "gh", "client_secret": "gh-secret", **urls("github", fake.base_url)}}, port=port,
-            extra_env={"SQLGATE_LOG_LEVEL": "debug"})
-        try:
-            storage = MemoryTokenStorage()
-            browser = Browser("alice", "alice-password")
-            auth = oauth_client(server.url, browser, storage)
-            res = anyio.run(call_tool, server.url, auth, "has_upstream_token")
-            browser.close()
-            assert res.structured_content["result"] is True
-            for sql in ["SELECT get_user_external_token()", "SELECT * FROM duckdb_variables()",
-                        "SELECT getvariable('sqlgate_ctx')"]:
-                res = anyio.run(call_tool, server.url, oauth_client(server.url, Browser(), storage), "query",
-                                {"sql": sql})
-                assert all(tok not in str(res.content) for tok in fake.tokens)
-            logs = server.logs()
-        finally:
-            stop_server(server)
+    with fake_provider_server(FakeGitHub, tmp_path, extra_env={"SQLGATE_LOG_LEVEL": "debug"}) as (fake, server):
+        storage = MemoryTokenStorage()
+        browser = Browser("alice", "alice-password")
+        auth = oauth_client(server.url, browser, storage)
+        res = anyio.run(call_tool, server.url, auth, "has_upstream_token")
+        browser.close()
+        assert res.structured_content["result"] is True
+        for sql in ["SELECT get_user_external_token()", "SELECT * FROM duckdb_variables()",
+                    "SELECT getvariable('sqlgate_ctx')"]:
+            res = anyio.run(call_tool, server.url, oauth_client(server.url, Browser(), storage), "query",
+                            {"sql": sql})
+            assert all(tok not in str(res.content) for tok in fake.tokens)
+        logs = server.logs()
     assert "DEBUG" in logs or "debug" in logs.lower(), "the server did not log at debug level"
     assert fake.tokens, "the fake issued no token"
     for token in fake.tokens:

@@ -538,40 +538,33 @@ def test_cli_message_with_closing_tag_lookalike(tmp_path):
     assert_clean_cli_error(proc, "default '[/etc]'")
 
 
-@pytest.mark.parametrize(("typo", "meant"), [("defualt: 5", "default"), ("minimun: 1", "minimum"),
-                                             ("requried: false", "required"), ("maxLenght: 3", "maxLength")])
-def test_typos_in_parameter_definitions_are_errors_with_a_suggestion(tmp_path, typo, meant):
-    root = write_project(tmp_path / "p", files={"tools/a.yml": f"""\
+def number_tool(*keyword_lines: str) -> str:
+    """Tool `a` with one integer parameter `n` carrying these extra YAML keyword lines."""
+    extra = "".join(f"\n              {line}" for line in keyword_lines)
+    return textwrap.dedent(f"""\
         tool:
           name: a
           description: A test tool.
           parameters:
             - name: n
               type: integer
-              description: A number.
-              {typo}
+              description: A number.{extra}
           source:
             code: SELECT $n AS n
-        """})
+        """)
+
+
+@pytest.mark.parametrize(("typo", "meant"), [("defualt: 5", "default"), ("minimun: 1", "minimum"),
+                                             ("requried: false", "required"), ("maxLenght: 3", "maxLength")])
+def test_typos_in_parameter_definitions_are_errors_with_a_suggestion(tmp_path, typo, meant):
+    root = write_project(tmp_path / "p", files={"tools/a.yml": number_tool(typo)})
     msg = endpoint_error(root)
     assert "tools/a.yml:5:" in msg and "tool.parameters[0]" in msg
     assert f"unknown keyword {typo.split(':')[0]!r}" in msg and f"did you mean {meant!r}" in msg
 
 
 def test_extension_keywords_are_allowed(tmp_path):
-    root = write_project(tmp_path / "p", files={"tools/a.yml": """\
-        tool:
-          name: a
-          description: A test tool.
-          parameters:
-            - name: n
-              type: integer
-              description: A number.
-              x-unit: seconds
-              examples: [1, 2]
-          source:
-            code: SELECT $n AS n
-        """})
+    root = write_project(tmp_path / "p", files={"tools/a.yml": number_tool("x-unit: seconds", "examples: [1, 2]")})
     from sqlgate.endpoints.loader import load_endpoints
 
     assert [e.name for e in load_endpoints(root)] == ["a"]
