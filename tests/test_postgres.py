@@ -25,22 +25,14 @@ from sqlgate.engine import Limits, open_engine
 from sqlgate.engine.postgres_identity import install
 from sqlgate.errors import QueryFailed, QueryRefused
 from tests.conftest import EXAMPLE, free_port, isolated_env, start_server, stop_server
+from tests.grant_backends import ADMIN_DSN, postgres_available
 
-ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 SECRET = "postgres-test-shared-secret-0123456789abcdef"
 IDENTITY_KEY = "identity-key-for-tests-0123456789abcdef"
 LIMITS = Limits(max_rows=1000, max_bytes=1_000_000, timeout_seconds=10)
 
 
-def _pg_available() -> bool:
-    try:
-        with psycopg.connect(ADMIN_DSN, connect_timeout=3):
-            return True
-    except psycopg.Error:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _pg_available(), reason="no PostgreSQL on 127.0.0.1:5432")
+pytestmark = pytest.mark.skipif(not postgres_available(), reason="no PostgreSQL on 127.0.0.1:5432")
 
 
 @pytest.fixture(scope="module")
