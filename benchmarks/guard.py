@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from harness import HOST, isolated_env, running
+from harness import HOST, bench_calls, isolated_env, running
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
@@ -41,20 +39,6 @@ def project(root: Path) -> Path:
 def server_cmd(proj: Path):
     return lambda port: [PY, "-m", "sqlgate", "serve", "-p", str(proj), "--transport", "http", "--host", HOST,
                          "--port", str(port), "--log-level", "warning"]
-
-
-def load(bench_tool: Path, server, tool: str, args: dict, calls: int, concurrency: int) -> dict:
-    cmd = [PY, str(bench_tool), server.mcp_url, tool, "--args", json.dumps(args), "-n", str(calls),
-           "-c", str(concurrency), "--warmup", "20", "--json"]
-    cpu = server.cpu_s()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    cpu = server.cpu_s() - cpu
-    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or len(rows) != 1:
-        raise RuntimeError(f"bench.py failed: {proc.stderr[-500:]} {rows}")
-    out = rows[0]
-    out["cpu_ms"] = cpu * 1000 / (out["calls"] + 20 * concurrency)
-    return out
 
 
 def spread(values: list[float]) -> str:
@@ -107,8 +91,8 @@ def main() -> int:
             for _round in range(opts.rounds):
                 for c in (1, 8):
                     for name, (_, _, tool, args) in servers.items():
-                        results[name][c].append(load(opts.bench_tool, running_servers[name], tool, args,
-                                                     opts.calls, c))
+                        results[name][c].append(bench_calls(opts.bench_tool, running_servers[name], tool, args,
+                                                            opts.calls, c))
     print("| server, tool | c | calls/s median (min-max) | server CPU ms/call median (min-max) |")
     print("|---|---|---|---|")
     for name, by_c in results.items():

@@ -124,3 +124,25 @@ def running(make_cmd: Callable[[int], list[str]], env: dict[str, str], log: Path
         yield server
     finally:
         stop(server.proc)
+
+
+def bench_calls(bench_tool: Path, server: Server, tool: str, args: dict, calls: int, concurrency: int,
+                warmup: int = 20) -> dict:
+    """One run of the shared load generator (bench.py) against `server`, plus the server's CPU per
+    call (`cpu_ms`, warm-up calls included) — steadier than calls/s on a busy machine."""
+    import json
+    import sys
+
+    cmd = [sys.executable, str(bench_tool), server.mcp_url, tool, "--args", json.dumps(args), "-n", str(calls),
+           "-c", str(concurrency), "--warmup", str(warmup), "--json"]
+    if server.token:
+        cmd += ["--token", server.token]
+    cpu = server.cpu_s()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    cpu = server.cpu_s() - cpu
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or len(rows) != 1:
+        raise RuntimeError(f"bench.py against {server.mcp_url} failed: {proc.stderr[-500:]} {rows}")
+    out = rows[0]
+    out["cpu_ms"] = cpu * 1000 / (out["calls"] + warmup * concurrency)
+    return out

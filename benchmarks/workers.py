@@ -11,14 +11,12 @@ generator competes with the servers for the same CPUs, so the ratio is a lower b
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from harness import HOST, isolated_env, running
+from harness import HOST, bench_calls, isolated_env, running
 from projects import ping_project
 
 PY = sys.executable
@@ -28,15 +26,6 @@ DEFAULT_BENCH_TOOL = Path("/work/shared/tools/bench.py")
 def cmd(project: Path, workers: int):
     return lambda port: [PY, "-m", "sqlgate", "serve", "-p", str(project), "--transport", "http", "--host", HOST,
                          "--port", str(port), "--log-level", "warning", "--workers", str(workers)]
-
-
-def load(bench_tool: Path, url: str, calls: int, concurrency: int) -> float:
-    proc = subprocess.run([PY, str(bench_tool), url, "ping", "--args", "{}", "-n", str(calls), "-c", str(concurrency),
-                           "--warmup", "20", "--json"], capture_output=True, text=True, timeout=600)
-    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or len(rows) != 1:
-        raise RuntimeError(f"bench.py failed: {proc.stderr[-500:]}")
-    return rows[0]["calls_per_s"]
 
 
 def main() -> int:
@@ -53,8 +42,9 @@ def main() -> int:
         results: dict[str, list[float]] = {"1 worker": [], "2 workers": []}
         with running(cmd(one, 1), env, work / "one.log") as s1, running(cmd(two, 2), env, work / "two.log") as s2:
             for _ in range(opts.rounds):
-                results["1 worker"].append(load(opts.bench_tool, s1.mcp_url, opts.calls, opts.concurrency))
-                results["2 workers"].append(load(opts.bench_tool, s2.mcp_url, opts.calls, opts.concurrency))
+                for name, server in (("1 worker", s1), ("2 workers", s2)):
+                    run = bench_calls(opts.bench_tool, server, "ping", {}, opts.calls, opts.concurrency)
+                    results[name].append(run["calls_per_s"])
     print(f"| server | calls/s at c={opts.concurrency}, median (min-max) |")
     print("|---|---|")
     for name, values in results.items():
