@@ -381,15 +381,21 @@ async def test_fetching_stops_when_the_answer_is_full(engine):
                                  "SELECT repeat('x', 2000000) AS big FROM range(1001)",
                                  "SELECT range(10000000) AS l"])
 async def test_a_row_too_big_for_the_answer_never_reaches_python(engine, sql):
-    """Bounded inside DuckDB: a single huge value is refused before it becomes Python objects."""
-    import psutil
+    """Bounded inside DuckDB: a single huge value is refused before it becomes Python objects.
 
-    proc = psutil.Process()
-    before = proc.memory_info().rss
+    Python's own allocations are traced (DuckDB's, capped by engine.memory_limit, are not): a
+    10-million-element list as Python objects would be over a gigabyte."""
+    import tracemalloc
+
     limits = Limits(max_rows=1000, max_bytes=200_000, timeout_seconds=20)
-    with pytest.raises(QueryFailed, match="a row of the result is larger than the result limit"):
-        await engine.run_untrusted(sql, CallContext(), limits)
-    assert proc.memory_info().rss - before < 400 * 2**20
+    tracemalloc.start()
+    try:
+        with pytest.raises(QueryFailed, match="a row of the result is larger than the result limit"):
+            await engine.run_untrusted(sql, CallContext(), limits)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 * 2**20, f"{peak / 2**20:.0f} MiB of Python objects"
 
 
 async def test_half_fetched_results_do_not_hold_memory(engine):
@@ -439,3 +445,18 @@ async def test_awkward_values_convert_or_fail_typed(engine):
     assert qr.rows[0][0] == 259200.0 and qr.rows[0][2] == "inf"
     with contextlib.suppress(QueryFailed):  # a typed error is fine; an untyped crash is not
         await engine.run_untrusted("SELECT INTERVAL 100000000 YEARS AS huge", CallContext(), LIMITS)
+
+
+@pytest.mark.parametrize(("sql", "outcome"), [
+    ("SELECT 1 -- ) q, (SELECT 2", [[1]]),      # a trailing comment cannot reach the wrapper's SQL
+    ("SELECT 1; /* ; */", [[1]]),
+    ("SELECT 42;;", [[42]]),
+    ("SELECT 1 /* open", QueryRefused),
+    ("SELECT 1;\n) q UNION SELECT 2 --", QueryRefused),
+])
+async def test_the_row_size_wrapper_cannot_be_escaped(engine, sql, outcome):
+    if outcome is QueryRefused:
+        with pytest.raises(QueryRefused):
+            await engine.run_untrusted(sql, CallContext(), LIMITS)
+    else:
+        assert (await engine.run_untrusted(sql, CallContext(), LIMITS)).rows == outcome

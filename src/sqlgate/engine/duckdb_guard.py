@@ -283,8 +283,8 @@ def _as_subquery(text: str, con: duckdb.DuckDBPyConnection) -> str:
     """The statement without a trailing `;` (and the comments after it), proven to nest as a subquery."""
     tokens = duckdb.tokenize(text)
     code = [pos for pos, kind in tokens if str(kind).rsplit(".", 1)[-1] != "comment"]
-    if code and text[code[-1]:].startswith(";"):
-        text = text[:code[-1]]
+    while code and text[code[-1]:].startswith(";"):  # `SELECT 1;;` too
+        text = text[:code.pop()]
     wrapped = row_size_guarded(text, 1)
     try:
         statements = con.extract_statements(wrapped)
