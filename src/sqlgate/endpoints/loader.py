@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from sqlgate.config.yamlio import load_yaml_file, pydantic_problems
 from sqlgate.endpoints.models import EndpointFile, PromptDef, ResourceDef, ToolDef
-from sqlgate.endpoints.sqlparams import sql_parameters
+from sqlgate.endpoints.sqlparams import colon_names, sql_parameters
 from sqlgate.errors import ConfigError
 
 KIND_DIRS = {"tool": "tools", "resource": "resources", "prompt": "prompts"}
@@ -129,6 +129,13 @@ def _load_one(root: Path, path: Path) -> Endpoint | None:
             ep.sql_params = sql_parameters(ep.sql)
         except ConfigError as exc:
             raise ConfigError(f"cannot read the SQL: {exc.message}", where=f"{rel} ({kind}.source)") from None
+        colon_style = [p for p in colon_names(ep.sql) if p in declared and p not in ep.sql_params]
+        if colon_style:
+            raise ConfigError(
+                f"SQL uses {', '.join(':' + p for p in colon_style)}: sqlgate parameters are written "
+                f"{', '.join('$' + p for p in colon_style)}",
+                where=f"{rel} ({kind}.source)",
+            )
         undeclared = [p for p in ep.sql_params if p not in declared]
         if undeclared:
             raise ConfigError(
