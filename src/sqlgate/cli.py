@@ -181,22 +181,39 @@ def validate(project: ProjectOpt = Path("."), profile: ProfileOpt = None) -> Non
               f"(profile {loaded.settings.profile})")
 
 
+_SAMPLES = {"string": "", "integer": 0, "number": 0.5, "boolean": False}
+
+
+def _sample(schema: dict[str, Any]) -> Any:
+    """A value of the parameter's type, so engines that plan with typed parameters can bind."""
+    for key in ("default", "examples", "enum"):
+        if key in schema:
+            return schema[key][0] if key != "default" else schema[key]
+    return _SAMPLES.get(schema["type"])
+
+
 def _bind_problems(loaded, endpoints) -> list[str]:
     """Open the database (read-only, as served) and bind every endpoint's SQL against it.
 
-    DuckDB only: a PostgreSQL project's database may not be reachable from where it is validated."""
+    A PostgreSQL database that cannot be reached from here is a warning, not a failure: validation
+    often runs where only the project files are."""
     import asyncio
 
     from sqlgate.engine import open_engine
 
-    if loaded.settings.engine.type != "duckdb":
+    try:
+        engine = open_engine(loaded)
+    except SqlgateError as exc:
+        if loaded.settings.engine.type == "duckdb" or "cannot connect" not in str(exc):
+            raise
+        err.print(f"[yellow]warning:[/] endpoint SQL not checked against the database: {escape(str(exc))}")
         return []
-    engine = open_engine(loaded)
     try:
         problems = []
         for ep in endpoints:
             if ep.sql is not None:
-                problem = engine.bind_problem(ep.sql)
+                samples = {p.name: _sample(p.json_schema()) for p in ep.definition.parameters}
+                problem = engine.bind_problem(ep.sql, samples)
                 if problem:
                     problems.append(f"{ep.file}: {ep.kind} {ep.name!r}: {problem}")
         return problems
