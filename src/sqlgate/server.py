@@ -21,6 +21,7 @@ from sqlgate.audit.log import AuditMiddleware, AuditSink
 from sqlgate.auth.factory import build_auth
 from sqlgate.auth.scopes import ScopeFilter, ScopeRegistry
 from sqlgate.broadcast import OpenConnections
+from sqlgate.completions import Completer
 from sqlgate.components import (
     SqlgatePrompt,
     SqlgateResource,
@@ -36,6 +37,7 @@ from sqlgate.endpoints.loader import Endpoint, load_endpoints, reset_module_cach
 from sqlgate.endpoints.models import ResourceDef, ToolDef
 from sqlgate.engine import Engine, Limits, open_engine
 from sqlgate.errors import SqlgateError
+from sqlgate.notices import CallNotices
 from sqlgate.sqltools.builtin import builtin_tools
 
 log = logging.getLogger("sqlgate.server")
@@ -73,6 +75,16 @@ class App:
             else:
                 self.mcp.add_prompt(_prompt(ep))
         self.endpoints = endpoints
+
+    def may_use(self, kind: str, key: str) -> bool:
+        """Does the current caller hold the scopes this endpoint needs (for requests that bypass the
+        scope guard and filter, such as completions)?"""
+        if self.scopes is None:
+            return True
+        from fastmcp.server.dependencies import get_access_token
+
+        token = get_access_token()
+        return token is None or not self.scopes.missing(kind, key, self.scopes.caller_scopes(token))
 
     def reload(self) -> int:
         """Re-read every endpoint file (explicit reload, e.g. SIGHUP).
@@ -224,9 +236,12 @@ def build_app(project: LoadedProject, engine: Engine | None = None,
     mcp._mcp_server.title = settings.title  # FastMCP passes no title to the SDK's server info
     app = App(project=project, engine=engine, endpoints=[], mcp=mcp)
     mcp.add_middleware(app.connections)
+    mcp.add_middleware(CallNotices())
     if settings.auth.enabled:
         app.scopes = ScopeRegistry(list(settings.auth.authorization.claim_mappings))
-        mcp.add_middleware(ScopeFilter(app.scopes))
+        mcp.add_middleware(ScopeFilter(app.scopes, list_locked_tools=settings.locked_tools == "list"))
+    mcp.add_completion_handler(Completer(lambda: app.endpoints, engine, lambda: app.limits,
+                                         app.may_use).__call__)
 
     if settings.audit.enabled:
         audit_path = project.path(settings.audit.path) if settings.audit.path else None
