@@ -54,6 +54,7 @@ SLOW_YML = """tool:
 REGION_PROMPT = """prompt:
   name: region_report
   description: Report on one region.
+  icons: [{src: "https://shop.example.test/report.svg", sizes: [any]}]
   parameters:
     - name: region
       type: string
@@ -71,6 +72,7 @@ REGION_PROMPT = """prompt:
 BY_REGION = """resource:
   uri: shop://regions/{region}/customers
   description: Customers of one region.
+  icons: [{src: "https://shop.example.test/people.svg", theme: dark}]
   parameters:
     - name: region
       type: string
@@ -267,6 +269,11 @@ async def test_icons_title_and_website_in_listings(server):
         assert info.icons and info.icons[0].src == PNG and info.icons[0].sizes == ["48x48"]
         slow = next(t for t in (await s.list_tools()).tools if t.name == "slow")
         assert slow.icons and slow.icons[0].mime_type == "image/png" and slow.icons[0].sizes == ["16x16"]
+        prompt = next(p for p in (await s.list_prompts()).prompts if p.name == "region_report")
+        assert [i.src for i in prompt.icons or []] == ["https://shop.example.test/report.svg"]
+        template = next(t for t in (await s.list_resource_templates()).resource_templates
+                        if t.uri_template == "shop://regions/{region}/customers")
+        assert template.icons and template.icons[0].theme == "dark"
 
 
 def test_cors_preflight_and_exposed_headers(server):
@@ -365,3 +372,38 @@ async def test_locked_tools_are_hidden_or_listed_with_their_scope(tmp_path, mode
             assert "Locked" not in admin.description
     finally:
         stop_server(srv)
+
+
+@pytest.mark.parametrize(("yaml_text", "expected"), [
+    ("tool:\n  name: t\n  description: d\n  icons: [{src: 'http://plain.example/i.png'}]\n"
+     "  source: {code: SELECT 1}\n", "icons"),
+    ("tool:\n  name: t\n  description: d\n  parameters:\n    - {name: a, type: string, description: x,"
+     " complete: {sql: SELECT 1}}\n  source: {code: SELECT $a}\n", "`complete` is for prompt arguments"),
+    ("prompt:\n  name: p\n  description: d\n  parameters:\n    - {name: a, type: string, description: x,"
+     " complete: {sql: SELECT $secret}}\n  messages: [{prompt: '{{ a }}'}]\n", "completion SQL uses $secret"),
+])
+def test_endpoint_files_check_icons_and_completion_sources(tmp_path, yaml_text, expected):
+    from sqlgate.endpoints.loader import load_endpoints
+    from sqlgate.errors import ConfigError
+
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools" / "x.yml").write_text(yaml_text)
+    with pytest.raises(ConfigError) as err:
+        load_endpoints(tmp_path)
+    assert expected in err.value.render()
+
+
+def test_protocol_settings_from_the_environment(tmp_path):
+    from sqlgate.config.loader import load_project
+    from sqlgate.errors import ConfigError
+
+    project = _project(tmp_path)
+    env = {"SQLGATE_CONFIG": str(tmp_path / "none.yml"), "SQLGATE_CORS_ORIGINS": "https://a.example, https://b.example",
+           "SQLGATE_LOCKED_TOOLS": "list", "SQLGATE_RESUME_BUFFER_BYTES": "0", "SQLGATE_JSON_RESPONSE": "true"}
+    settings = load_project(project, env=env).settings
+    assert settings.transport.cors_origins == ["https://a.example", "https://b.example"]
+    assert settings.locked_tools == "list" and settings.transport.resume_buffer_bytes == 0
+    assert settings.transport.json_response is True and settings.title == "Shop data"
+    with pytest.raises(ConfigError) as err:
+        load_project(project, env={**env, "SQLGATE_CORS_ORIGINS": "https://a.example/mcp"})
+    assert "is not an origin" in err.value.render()
