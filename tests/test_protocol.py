@@ -350,6 +350,10 @@ async def test_locked_tools_are_hidden_or_listed_with_their_scope(tmp_path, mode
     (project / "tools" / "admin_report.yml").write_text(
         "tool:\n  name: admin_report\n  description: For admins.\n  scopes: [reports:admin]\n"
         "  source:\n    code: SELECT 1 AS one\n")
+    (project / "prompts" / "admin_prompt.yml").write_text(
+        "prompt:\n  name: admin_prompt\n  description: For admins.\n  scopes: [reports:admin]\n  parameters:\n"
+        "    - {name: level, type: string, description: how deep, enum: [overview, detail]}\n"
+        "  messages: [{prompt: 'Give an {{ level }}'}]\n")
     srv = start_auth_server(tmp, {"jwt": {"secret": secret, "algorithms": ["HS256"], "issuer": "https://issuer.test"}},
                             extra_env={"SQLGATE_LOCKED_TOOLS": mode})
     try:
@@ -362,6 +366,9 @@ async def test_locked_tools_are_hidden_or_listed_with_their_scope(tmp_path, mode
                 assert "needs scope(s) reports:admin" in locked.description
                 assert locked.meta["sqlgate/requiredScopes"] == ["reports:admin"]
                 assert "Locked" not in tools["query"].description
+            # completions answer only for what the caller may use
+            locked_prompt = types.PromptReference(name="admin_prompt")
+            assert (await s.complete(locked_prompt, {"name": "level", "value": ""})).completion.values == []
         # calling it still needs the scope: 403 with the scope to step up to
         r = httpx.post(srv.url, headers={**HEADERS, **_bearer(secret, srv.url, "sqlgate:access")}, timeout=10,
                        json={"jsonrpc": "2.0", "id": 3, "method": "tools/call",
@@ -370,6 +377,8 @@ async def test_locked_tools_are_hidden_or_listed_with_their_scope(tmp_path, mode
         async with session(srv.url, headers=_bearer(secret, srv.url, "sqlgate:access reports:admin")) as (s, _):
             admin = next(t for t in (await s.list_tools()).tools if t.name == "admin_report")
             assert "Locked" not in admin.description
+            levels = await s.complete(types.PromptReference(name="admin_prompt"), {"name": "level", "value": ""})
+            assert levels.completion.values == ["overview", "detail"]
     finally:
         stop_server(srv)
 
