@@ -416,3 +416,27 @@ def test_protocol_settings_from_the_environment(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_project(project, env={**env, "SQLGATE_CORS_ORIGINS": "https://a.example/mcp"})
     assert "is not an origin" in err.value.render()
+
+
+async def test_event_store_stays_within_its_byte_budget():
+    from sqlgate.resume import BoundedEventStore
+
+    store = BoundedEventStore(max_bytes=5_000)
+
+    def note(i: int) -> types.JSONRPCNotification:
+        return types.JSONRPCNotification(jsonrpc="2.0", method="notifications/message",
+                                         params={"level": "info", "data": f"{i}:" + "x" * 400})
+
+    ids = [await store.store_event("s1", note(i)) for i in range(40)]
+    assert store.used <= store.max_bytes
+    replayed: list[str] = []
+
+    async def collect(event) -> None:
+        replayed.append(event.message.params["data"].split(":")[0])
+
+    assert await store.replay_events_after(ids[0], collect) is None  # dropped long ago
+    assert await store.replay_events_after(ids[-3], collect) == "s1"
+    assert replayed == ["38", "39"]
+    # an event larger than the whole budget is not kept (nor does it evict everything else)
+    await store.store_event("s2", types.JSONRPCNotification(jsonrpc="2.0", method="x", params={"d": "y" * 10_000}))
+    assert store.used <= store.max_bytes and await store.replay_events_after(ids[-2], collect) == "s1"

@@ -48,7 +48,7 @@ class JsonRpcIdGuard:
             body += message.get("body", b"")
             more = message.get("more_body", False)
         if _SUSPECT_ID.search(body) and self._has_bad_id(body):
-            await _invalid_request(send)
+            await json_rpc_error(send, "Invalid Request: a JSON-RPC id must be a string or an integer")
             return
         replay = iter(messages)
 
@@ -69,9 +69,9 @@ class JsonRpcIdGuard:
         return any(bad_id(m) for m in (payload if isinstance(payload, list) else [payload]))
 
 
-async def _invalid_request(send: Send) -> None:
-    body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {
-        "code": -32600, "message": "Invalid Request: a JSON-RPC id must be a string or an integer"}}).encode()
+async def json_rpc_error(send: Send, message: str) -> None:
+    """HTTP 400 with a JSON-RPC -32600 (Invalid Request) error that answers no id."""
+    body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": message}}).encode()
     await send({"type": "http.response.start", "status": 400, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
@@ -107,11 +107,7 @@ class NoReplayGuard:
         if (scope["type"] == "http" and scope.get("method") == "GET"
                 and scope.get("path", "").rstrip("/") == self.mcp_path
                 and any(name == b"last-event-id" for name, _ in scope.get("headers", []))):
-            body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {
-                "code": -32600, "message": "this server does not resume streams (stateless, or "
-                                           "transport.resume_buffer_bytes is 0): send the request again"}}).encode()
-            await send({"type": "http.response.start", "status": 400, "headers": [
-                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
+            await json_rpc_error(send, "this server does not resume streams (stateless, or "
+                                       "transport.resume_buffer_bytes is 0): send the request again")
             return
         await self.app(scope, receive, send)
