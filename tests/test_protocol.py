@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import mcp_types as types
+import psutil
 import pytest
 import yaml
 from joserfc import jwt
@@ -325,9 +326,18 @@ async def test_stdio_stdout_carries_only_mcp_even_when_project_code_prints(tmp_p
     inbox = Inbox()
     async with stdio_client(params, errlog=errlog) as (read, write), \
             ClientSession(read, write, message_handler=inbox.on_message) as s:
-        await s.initialize()
+        init = await s.initialize()
         result = await s.call_tool("noisy", {})
         assert result.structured_content["result"] == {"ok": True}
+        # a reload reaches the stdio client too
+        assert init.capabilities.tools.list_changed is True
+        (project / "tools" / "added_later.yml").write_text(
+            "tool:\n  name: added_later\n  description: new\n  source:\n    code: SELECT 1 AS one\n")
+        server_process = next(p for p in psutil.Process().children(recursive=True)
+                              if str(project) in " ".join(p.cmdline()))
+        server_process.send_signal(signal.SIGHUP)
+        await inbox.wait_for(types.ToolListChangedNotification)
+        assert "added_later" in {t.name for t in (await s.list_tools()).tools}
     assert inbox.errors == [], inbox.errors  # every stdout line was a JSON-RPC message
     errlog.seek(0)
     printed = errlog.read()

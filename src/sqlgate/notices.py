@@ -29,6 +29,9 @@ _MCP_LEVEL = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "wa
 class CallNotices(Middleware):
     def __init__(self, progress_after: float = PROGRESS_AFTER_SECONDS):
         self.progress_after = progress_after
+        # FastMCP also writes every client log message to the server log; the audit line and the
+        # error handling already log each call's outcome once
+        logging.getLogger("fastmcp.server.context.to_client").setLevel(logging.CRITICAL + 1)
 
     async def on_call_tool(self, context, call_next):
         result = await self._observed(context, call_next, f"tool {context.message.name!r}")
