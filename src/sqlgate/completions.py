@@ -18,6 +18,7 @@ from mcp_types import Completion, PromptReference, ResourceTemplateReference
 from sqlgate.context import current_call
 from sqlgate.endpoints.loader import Endpoint
 from sqlgate.endpoints.models import Parameter
+from sqlgate.endpoints.sqlparams import sql_parameters
 from sqlgate.engine import Engine, Limits
 from sqlgate.errors import SqlgateError
 
@@ -65,9 +66,7 @@ class Completer:
         params: dict[str, Any] = {p.name: given.get(p.name) for p in ep.definition.parameters}
         params["value"] = typed
         limits = self.limits().tightened(**COMPLETION_LIMITS)
-        from sqlgate.endpoints.sqlparams import sql_parameters
-
-        used = sql_parameters(param.complete.sql)
+        used = sql_parameters(param.complete.sql)  # a small scanner; checked at load already
         try:
             result = await self.engine.execute(param.complete.sql, {k: params[k] for k in used}, current_call(),
                                                limits)
