@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -59,6 +60,20 @@ def _load(project: Path, profile: str | None):
     return load_project(project, profile)
 
 
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Point fd 1 (and so print(), C extensions, child processes) at stderr for a while."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _setup_logging(level: str) -> None:
     from sqlgate.logredact import install
 
@@ -114,10 +129,13 @@ def serve(
         _fail(SqlgateError("--workers needs --transport http (stdio serves one client)"))
     _setup_logging(log_level)
     try:
-        loaded = _load(project, profile).with_transport(host=host, port=port)
-        # built here also with workers: it validates everything and builds the database once,
-        # before the workers start (they would race to build it)
-        application = build_app(loaded)
+        # on stdio, stdout is the MCP wire: whatever project code prints while it is imported goes
+        # to stderr (while serving, the mcp SDK diverts fd 1 itself)
+        with stdout_to_stderr() if transport == "stdio" else contextlib.nullcontext():
+            loaded = _load(project, profile).with_transport(host=host, port=port)
+            # built here also with workers: it validates everything and builds the database once,
+            # before the workers start (they would race to build it)
+            application = build_app(loaded)
     except SqlgateError as exc:
         _fail(exc)
     t = loaded.settings.transport

@@ -110,6 +110,7 @@ def _load_one(root: Path, path: Path) -> Endpoint | None:
                 if "default" in p.json_schema()}
     ep = Endpoint(kind=kind, name=name, definition=definition, file=rel, input_schema=schema,
                   validator=Draft202012Validator(schema), defaults=defaults)
+    _check_completion_sql(definition, rel, kind)
     if isinstance(definition, PromptDef):
         return ep
     declared = [p.name for p in definition.parameters]
@@ -152,6 +153,23 @@ def _load_one(root: Path, path: Path) -> Endpoint | None:
         _check_signature(ep.function, declared, rel, fn_name)
         ep.is_async = inspect.iscoroutinefunction(ep.function)
     return ep
+
+
+def _check_completion_sql(definition, rel: str, kind: str) -> None:
+    """A parameter's `complete.sql` may use `$value` and the endpoint's parameters, nothing else."""
+    allowed = {"value", *(p.name for p in definition.parameters)}
+    for p in definition.parameters:
+        if p.complete is None:
+            continue
+        where = f"{rel} ({kind}.parameters.{p.name}.complete.sql)"
+        try:
+            used = sql_parameters(p.complete.sql)
+        except ConfigError as exc:
+            raise ConfigError(f"cannot read the SQL: {exc.message}", where=where) from None
+        unknown = [u for u in used if u not in allowed]
+        if unknown:
+            raise ConfigError(f"completion SQL uses {', '.join('$' + u for u in unknown)}; it may use $value "
+                              "(the text typed so far) and the endpoint's parameters", where=where)
 
 
 def _resource_name(defn: ResourceDef) -> str:
