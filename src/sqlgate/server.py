@@ -46,6 +46,7 @@ class App:
     mcp: FastMCP
     builtin_names: list[str] = field(default_factory=list)
     scopes: ScopeRegistry | None = None
+    _tasks: set[asyncio.Task] = field(default_factory=set)
 
     @property
     def limits(self) -> Limits:
@@ -100,6 +101,24 @@ class App:
         else:
             settle_heap()
             log.info("reloaded %d endpoint(s)", count)
+        self._reopen_database()
+
+    def _reopen_database(self) -> None:
+        """After `sqlgate refresh` swapped the database file: open the new one off the event loop;
+        calls in flight finish on the old file (DuckDBEngine.reopen_if_replaced)."""
+        reopen = getattr(self.engine, "reopen_if_replaced", None)
+        if reopen is None:
+            return
+
+        async def run() -> None:
+            try:
+                await asyncio.to_thread(reopen)
+            except SqlgateError as exc:
+                log.error("reload could not open the rebuilt database, keeping the previous one: %s", exc)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)  # keep a reference until done (the loop holds tasks weakly)
+        task.add_done_callback(self._tasks.discard)
 
 
 async def _clean_oauth_state(auth, settings) -> None:
