@@ -155,7 +155,19 @@ class DuckDBEngine(Engine):
             return False
         if _file_id(self._label) == self._current.file_id:
             return False
-        db, _ = _open_hardened(self._project, build=False)
+        # DuckDB keeps one instance per path in the process, and the old one (still serving calls)
+        # would be handed back: open the new file through a name of its own, a hard link made
+        # and removed around the open (the open file stays; only the name goes)
+        alias = Path(self._label).with_name(f".{Path(self._label).name}.reopen-{os.getpid()}-{time.time_ns()}")
+        try:
+            os.link(self._label, alias)
+        except OSError as exc:
+            raise ConfigError(f"cannot open the rebuilt database {self._label}: {exc}; restart the server",
+                              where="sqlgate.yml (engine.path)") from None
+        try:
+            db, _ = _open_hardened(self._project, build=False, open_path=str(alias))
+        finally:
+            alias.unlink(missing_ok=True)
         duckdb_identity.register(db)
         fresh = _Database(db, _file_id(self._label))
         with self._lock:
@@ -388,10 +400,11 @@ class DuckDBEngine(Engine):
             self._retired.clear()
 
 
-def _open_hardened(project, build: bool, progress=None) -> tuple[duckdb.DuckDBPyConnection, str]:
+def _open_hardened(project, build: bool, progress=None,
+                   open_path: str | None = None) -> tuple[duckdb.DuckDBPyConnection, str]:
     """The project's database as the server uses it: built if needed (when `build`), sources
     attached, file access limited to the sources and allowed_paths, external access off,
-    configuration locked."""
+    configuration locked. `open_path`: another name of the same file to open it by."""
     from sqlgate.engine import duckdb_build
     from sqlgate.engine.duckdb_sources import access_lists, attach, load_views, resolve_sources
 
@@ -424,7 +437,7 @@ def _open_hardened(project, build: bool, progress=None) -> tuple[duckdb.DuckDBPy
             duckdb_identity.register(db)
             duckdb_build.populate(db, project, sources, views, report)
         else:
-            db = duckdb.connect(path, read_only=cfg.read_only, config=config)
+            db = duckdb.connect(open_path or path, read_only=cfg.read_only, config=config)
             attach(db, sources)
     except duckdb.Error as exc:
         raise ConfigError(f"cannot open DuckDB database {path}: {_clean_error(exc)}",
