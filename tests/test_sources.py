@@ -19,6 +19,7 @@ import zipfile
 from pathlib import Path
 
 import duckdb
+import httpx
 import pytest
 
 from sqlgate.config.loader import load_project
@@ -26,7 +27,7 @@ from sqlgate.context import CallContext
 from sqlgate.engine import Limits, open_engine
 from sqlgate.errors import ConfigError, QueryFailed
 from tests.clients import mcp_session
-from tests.conftest import EXAMPLE, ROOT, SQLGATE, isolated_env, start_server, stop_server
+from tests.conftest import EXAMPLE, ROOT, SQLGATE, free_port, isolated_env, start_server, stop_server
 
 SALES_ROWS = 100_000
 PARTS, PART_ROWS = 3, 10
@@ -429,3 +430,50 @@ def test_memory_engine_with_sources_and_allowed_paths(tmp_path):
             await engine.close()
 
     assert asyncio.run(go()) == ([[10]], [[2]])
+
+
+def _readme_commands(heading: str) -> list[str]:
+    section = (ROOT / "README.md").read_text().split(f"## {heading}\n", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+async def test_readme_folder_to_server_commands_work(tmp_path):
+    """The README's "From a folder of files" commands, run as written (in a scratch directory,
+    sqlgate on PATH), end with a server that answers a question about the files."""
+    lines = _readme_commands("From a folder of files to a served MCP server")
+    *setup, serve = lines
+    assert serve.startswith("sqlgate serve") and "--port 8000" in serve
+    env = isolated_env(tmp_path)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    for line in setup:
+        proc = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, f"{line}\n{proc.stdout}\n{proc.stderr}"
+    port = free_port()
+    log = tmp_path / "readme-serve.log"
+    server = subprocess.Popen(["bash", "-c", "exec " + serve.replace("--port 8000", f"--port {port}")],
+                              cwd=tmp_path, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90  # generous: the machine is shared
+        while True:
+            assert server.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.2)
+        async with mcp_session(f"{base}/mcp") as s:
+            names = {i["name"] for i in _content(await s.call_tool("list_tables", {}))["items"]}
+            assert {"orders", "daily"} <= names
+            res = await s.call_tool("query", {"sql": "SELECT customer, sum(total) FROM orders GROUP BY ALL "
+                                                     "ORDER BY 2 DESC LIMIT 1"})
+            assert _content(res)["rows"] == [["Ann", 17.5]]
+            res = await s.call_tool("query", {"sql": "SELECT sum(visits) FROM daily"})
+            assert _content(res)["rows"] == [[215]]
+    finally:
+        server.terminate()
+        server.wait(10)
