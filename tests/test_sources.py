@@ -477,3 +477,17 @@ async def test_readme_folder_to_server_commands_work(tmp_path):
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_a_view_reading_a_file_by_path_fails_at_start_naming_it(tmp_path):
+    (tmp_path / "a.csv").write_text("x\n1\n")
+    (tmp_path / "views").mkdir()
+    (tmp_path / "views" / "raw.sql").write_text("-- reads a file directly\nSELECT * FROM read_csv('a.csv')\n")
+    (tmp_path / "views" / "two.sql").write_text("SELECT 1; SELECT 2")
+    (tmp_path / "sqlgate.yml").write_text("name: v\nengine: {path: data/v.duckdb}\n")
+    loaded = load_project(tmp_path, env={"SQLGATE_CONFIG": str(tmp_path / "none.yml")})
+    with pytest.raises(ConfigError, match=r"views/two.sql: a view file holds exactly one SELECT"):
+        open_engine(loaded)
+    (tmp_path / "views" / "two.sql").unlink()
+    with pytest.raises(ConfigError, match=r"views/raw.sql: view .raw. cannot be read by the server.*a source"):
+        open_engine(loaded)

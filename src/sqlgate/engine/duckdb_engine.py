@@ -456,4 +456,20 @@ def _open_hardened(project, build: bool, progress=None,
     db.execute("SET enable_progress_bar = false")
     db.execute("SET enable_external_access = false")
     db.execute("SET lock_configuration = true")
+    _check_views(db, views)
     return db, path
+
+
+def _check_views(db: duckdb.DuckDBPyConnection, views) -> None:
+    """Bind every views/ file as the server will (external access off), so a view that reads a
+    file by path fails at start with its file named, not at the first query."""
+    from sqlgate.engine.duckdb_sources import VIEWS_DIR, ident
+
+    for view in views:
+        try:
+            db.execute(f"SELECT * FROM {ident(view.name)} LIMIT 0").fetchall()
+        except duckdb.Error as exc:
+            db.close()
+            raise ConfigError(f"view {view.name!r} cannot be read by the server: {_clean_error(exc)} (views "
+                              "read tables and sources; make a file a source instead of reading it by path)",
+                              where=f"{VIEWS_DIR}/{view.path.name}") from None
