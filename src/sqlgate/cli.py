@@ -91,7 +91,7 @@ def init(
     if from_:
         out.print("Sources: " + ", ".join(info["sources"]))
         for note in info["skipped"]:
-            err.print(f"[yellow]skipped:[/] {escape(note)}")
+            err.print(f"[yellow]skipped:[/] {escape(note)}", soft_wrap=True)
         example = f"  sqlgate validate -p {directory}\n"
     else:
         example = (f"  sqlgate list -p {directory}\n"
@@ -111,7 +111,7 @@ def refresh(project: ProjectOpt = Path("."), profile: ProfileOpt = None) -> None
     from sqlgate.engine.duckdb_build import refresh as rebuild
 
     def progress(message: str) -> None:
-        err.print(f"[dim]{escape(message)}[/]", highlight=False)
+        err.print(f"[dim]{escape(message)}[/]", highlight=False, soft_wrap=True)
 
     try:
         path = rebuild(_load(project, profile), progress)
