@@ -471,7 +471,7 @@ async def test_readme_folder_to_server_commands_work(tmp_path):
             assert {"orders", "daily"} <= names
             res = await s.call_tool("query", {"sql": "SELECT customer, sum(total) FROM orders GROUP BY ALL "
                                                      "ORDER BY 2 DESC LIMIT 1"})
-            assert _content(res)["rows"] == [["Ann", 17.5]]
+            assert _content(res)["rows"] == [["Ann", 27.5]]
             res = await s.call_tool("query", {"sql": "SELECT sum(visits) FROM daily"})
             assert _content(res)["rows"] == [[215]]
     finally:
