@@ -28,6 +28,7 @@ from sqlgate.engine import Limits, open_engine
 from sqlgate.errors import ConfigError, QueryFailed
 from tests.clients import mcp_session
 from tests.conftest import EXAMPLE, ROOT, SQLGATE, free_port, isolated_env, start_server, stop_server
+from tests.readme import bash_block
 
 SALES_ROWS = 100_000
 PARTS, PART_ROWS = 3, 10
@@ -432,16 +433,10 @@ def test_memory_engine_with_sources_and_allowed_paths(tmp_path):
     assert asyncio.run(go()) == ([[10]], [[2]])
 
 
-def _readme_commands(heading: str) -> list[str]:
-    section = (ROOT / "README.md").read_text().split(f"## {heading}\n", 1)[1]
-    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
-    return [line for line in block.splitlines() if line.strip()]
-
-
 async def test_readme_folder_to_server_commands_work(tmp_path):
     """The README's "From a folder of files" commands, run as written (in a scratch directory,
     sqlgate on PATH), end with a server that answers a question about the files."""
-    lines = _readme_commands("From a folder of files to a served MCP server")
+    lines = bash_block("## From a folder of files to a served MCP server")
     *setup, serve = lines
     assert serve.startswith("sqlgate serve") and "--port 8000" in serve
     env = isolated_env(tmp_path)
