@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from sqlgate.answers import ENVELOPE_BYTES, encoded_cost
 from sqlgate.config.loader import load_project
 from sqlgate.context import CallContext, UserContext
 from sqlgate.endpoints import executor
@@ -84,10 +85,8 @@ async def test_max_bytes_truncates_and_payload_stays_under_the_cap(limited_serve
     assert sc["row_count"] == len(sc["rows"])
     assert [r[0] for r in sc["rows"]] == list(range(sc["row_count"]))  # a prefix, nothing skipped
     assert len(compact(sc["rows"])) <= 2048
-    # the cap is used, not wasted: one more row would not have fitted
-    assert len(compact([*sc["rows"], sc["rows"][-1]])) > 2048 - 64
-    # the whole response (columns, types, hint around the rows) is the cap plus a small envelope
-    assert len(res.content[0].text.encode("utf-8")) <= 2048 + 512
+    # the cap is the whole message: the answer in both encodings (text escaped) plus the envelope
+    assert encoded_cost(res.content[0].text) + ENVELOPE_BYTES <= 2048
 
 
 async def test_max_bytes_leaves_small_results_alone(limited_server):
