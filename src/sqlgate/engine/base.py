@@ -91,6 +91,9 @@ class RowShaper:
         # the whole answer counts: column names and types too (an alias can be as long as the SQL)
         reserve = ENVELOPE_BYTES + CURSOR_RESERVE + _ANSWER_KEYS_RESERVE
         self._budget = limits.max_bytes - reserve - encoded_cost(self._dumps([columns, types], ensure_ascii=False))
+        if self._budget < 0 and limits.max_bytes < 2 * reserve:
+            raise QueryFailed(f"the {limits.max_bytes}-byte result limit (limits.max_bytes) leaves no room for rows: "
+                              f"an answer needs about {reserve} bytes for its envelope, hint and cursor")
         if self._budget < 0:
             raise QueryFailed(f"the result's column names and types alone exceed the {limits.max_bytes}-byte "
                               "result limit; select fewer columns or give them shorter names")
