@@ -102,7 +102,7 @@ def message_size(sc: dict) -> int:
 
 
 async def page_through(session: ClientSession, tool: str, args: dict, key: str = "rows",
-                       max_pages: int | None = None) -> tuple[list, int]:
+                       max_pages: int | None = None, budget: int = MAX_BYTES) -> tuple[list, int]:
     """Every row of a paged answer, following next_cursor (or the first `max_pages` pages); checks
     each page on the way."""
     rows: list = []
@@ -114,7 +114,7 @@ async def page_through(session: ClientSession, tool: str, args: dict, key: str =
         sc = res.structured_content
         if pages == 0:
             assert json.loads(res.content[0].text) == sc  # the text is the same answer
-        assert message_size(sc) <= MAX_BYTES
+        assert message_size(sc) <= budget
         assert sc["row_count"] == len(sc[key])
         pages += 1
         rows += sc[key]
@@ -123,7 +123,7 @@ async def page_through(session: ClientSession, tool: str, args: dict, key: str =
             return rows, pages
         assert sc["row_count"] > 0 and sc["next_cursor"] and "cursor" in sc["hint"]
         # the cap is used, not wasted: the page is at least 90 % of the budget
-        assert message_size(sc) > 0.9 * MAX_BYTES
+        assert message_size(sc) > 0.9 * budget
         cursor = sc["next_cursor"]
     return rows, pages
 
@@ -271,3 +271,17 @@ async def test_a_missing_resource_is_an_mcp_error(http_server):
         with pytest.raises(MCPError):
             await s.read_resource("nothing://here")
 
+
+
+async def test_cursors_work_across_workers(project, tmp_path):
+    """`--workers 2` serves stateless HTTP: the pages of one answer land on either worker, and each
+    accepts the cursor the other signed (the supervisor hands its secret to both)."""
+    server = start_server(project, tmp_path, env=isolated_env(tmp_path, **ENV, SQLGATE_MAX_BYTES="20000"),
+                          args=["--workers", "2"], timeout=60)
+    try:
+        async with mcp_session(server.url) as s:
+            rows, pages = await page_through(s, "query", {"sql": "SELECT i FROM range(12000) t(i) ORDER BY i"},
+                                             budget=20_000)
+    finally:
+        stop_server(server)
+    assert [r[0] for r in rows] == list(range(12000)) and pages >= 8
