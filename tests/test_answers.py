@@ -55,7 +55,8 @@ resource:
 def write_project(root: Path) -> Path:
     (root / "tools").mkdir(parents=True)
     (root / "resources").mkdir()
-    (root / "sqlgate.yml").write_text("name: answers\nengine:\n  path: ':memory:'\n  seed: seed.sql\n")
+    (root / "sqlgate.yml").write_text("name: answers\nengine:\n  path: ':memory:'\n  seed: seed.sql\n"
+                                      "audit:\n  path: audit.jsonl\n")
     (root / "seed.sql").write_text("CREATE TABLE notes (id INTEGER PRIMARY KEY, note VARCHAR);\n"
                                    "COMMENT ON TABLE notes IS 'Short notes';\n")
     (root / "tools" / "numbers.yml").write_text(NUMBERS_TOOL)
@@ -285,3 +286,18 @@ async def test_cursors_work_across_workers(project, tmp_path):
     finally:
         stop_server(server)
     assert [r[0] for r in rows] == list(range(12000)) and pages >= 8
+
+
+async def test_audit_events_say_truncated_and_failed(http_server, project):
+    async with mcp_session(http_server.url) as s:
+        cut = await s.call_tool("query", {"sql": "SELECT i, 'audit-cut' AS tag FROM range(300000) t(i) ORDER BY i"})
+        whole = await s.call_tool("query", {"sql": "SELECT 'audit-whole' AS tag"})
+        failed = await s.call_tool("query", {"sql": "SELECT 'audit-failed' FROM no_such_table"})
+    assert cut.structured_content["truncated"] and not whole.structured_content["truncated"] and failed.is_error
+    events = [json.loads(line) for line in (project / "audit.jsonl").read_text().splitlines()]
+    by_tag = {tag: e for e in events for tag in ("audit-cut", "audit-whole", "audit-failed")
+              if tag in json.dumps(e.get("arguments"))}
+    assert by_tag["audit-cut"]["status"] == "ok" and by_tag["audit-cut"]["truncated"] is True
+    assert by_tag["audit-cut"]["rows"] == cut.structured_content["row_count"]
+    assert by_tag["audit-whole"]["truncated"] is False and by_tag["audit-whole"]["rows"] == 1
+    assert by_tag["audit-failed"]["status"] == "error" and "no_such_table" in by_tag["audit-failed"]["error"]

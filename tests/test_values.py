@@ -82,3 +82,51 @@ async def test_postgres_values_match_duckdb(pg):
         assert got == expected, (expr, got)
     assert row[-1] == "qgA="
     assert qr.types[0] == "interval" and qr.types[-1] == "bytea"
+
+
+async def _page_all(tool, sql: str) -> tuple[list, dict]:
+    """Every row of the query tool's answer, following next_cursor (in-process, the real tool)."""
+    rows, args, first = [], {"sql": sql}, None
+    while True:
+        sc = (await tool.run(args)).structured_content
+        first = first or sc
+        rows += sc["rows"]
+        if not sc["truncated"]:
+            return rows, first
+        args = {"sql": sql, "cursor": sc["next_cursor"]}
+
+
+def _query_tool(engine):
+    from sqlgate.config.models import SqlToolsConfig
+    from sqlgate.paging import Pager
+    from sqlgate.sqltools.builtin import builtin_tools
+
+    small = Limits(max_rows=70, max_bytes=100_000, timeout_seconds=10)
+    tools = builtin_tools(engine, SqlToolsConfig(), lambda: small, lambda: _as("alice"), Pager("k", 60))
+    return next(t for t in tools if t.name == "query")
+
+
+@_pg_only
+async def test_postgres_paging_returns_every_row_once(pg):
+    engine = _engine(pg)
+    try:
+        tool = _query_tool(engine)
+        rows, first = await _page_all(tool, "SELECT g % 7 AS k, g FROM generate_series(1, 500) g")
+        assert sorted(r[1] for r in rows) == list(range(1, 501))  # no ORDER BY: the pager's total order
+        assert "ORDER BY ALL" in first["hint"]
+        rows, _ = await _page_all(tool, "SELECT g FROM generate_series(1, 500) g ORDER BY g DESC")
+        assert [r[0] for r in rows] == list(range(500, 0, -1))  # the query's own order, kept
+        # columns PostgreSQL cannot sort: no cursor, and the hint asks for an ORDER BY
+        sc = (await tool.run({"sql": "SELECT json_build_object('g', g) AS j FROM generate_series(1, 500) g"})
+              ).structured_content
+        assert sc["truncated"] and "next_cursor" not in sc and "add an ORDER BY" in sc["hint"]
+    finally:
+        await engine.close()
+
+
+async def test_duckdb_paging_returns_every_row_once(duck):
+    tool = _query_tool(duck)
+    rows, _ = await _page_all(tool, "SELECT (i * 31) % 500 AS k, {'n': i} AS s FROM range(500) t(i)")
+    assert sorted(r[0] for r in rows) == list(range(500))
+    rows, _ = await _page_all(tool, "SELECT i FROM range(500) t(i) ORDER BY i DESC")
+    assert [r[0] for r in rows] == list(range(499, -1, -1))
