@@ -190,9 +190,9 @@ async def test_builtin_tools_on_postgres(pg):
     try:
         tables = {r["name"]: r for r in (await engine.list_tables("public", LIMITS)).records()}
         assert tables["accounts"]["comment"] == "Customer accounts, one owner each"
-        desc = await engine.describe_table("accounts", None, LIMITS)
-        assert [c["name"] for c in desc["columns"]] == ["id", "owner", "name", "balance"]
-        assert desc["keys"][0]["type"] == "PRIMARY KEY" and desc["keys"][0]["columns"] == ["id"]
+        about, columns = await engine.describe_table("accounts", None, LIMITS)
+        assert [c["name"] for c in columns.records()] == ["id", "owner", "name", "balance"]
+        assert about["keys"][0]["type"] == "PRIMARY KEY" and about["keys"][0]["columns"] == ["id"]
         assert any(e["name"] == "owner" and e["kind"] == "column" for e in await engine.catalog_entries())
     finally:
         await engine.close()

@@ -38,6 +38,7 @@ from sqlgate.endpoints.models import ResourceDef, ToolDef
 from sqlgate.engine import Engine, Limits, open_engine
 from sqlgate.errors import SqlgateError
 from sqlgate.notices import CallNotices
+from sqlgate.paging import Pager, resolve_secret
 from sqlgate.sqltools.builtin import builtin_tools
 
 log = logging.getLogger("sqlgate.server")
@@ -51,6 +52,7 @@ class App:
     mcp: FastMCP
     builtin_names: list[str] = field(default_factory=list)
     scopes: ScopeRegistry | None = None
+    pager: Pager | None = None
     connections: OpenConnections = field(default_factory=OpenConnections)
     _announcing: set[asyncio.Task] = field(default_factory=set)
 
@@ -174,11 +176,11 @@ def _tool(ep: Endpoint, app: App) -> SqlgateTool:
     assert isinstance(defn, ToolDef)
 
     async def handler(args: dict[str, Any]) -> dict[str, Any]:
-        return await executor.execute(ep, args, app.engine, app.limits, current_call())
+        return await executor.execute(ep, args, app.engine, app.limits, current_call(), app.pager)
 
     annotations = defn.annotations.model_dump(exclude_none=True) if defn.annotations else None
     tool = SqlgateTool.create(
-        name=ep.name, title=defn.title, description=defn.description, parameters=ep.input_schema,
+        name=ep.name, title=defn.title, description=defn.description, parameters=executor.tool_input_schema(ep),
         output_schema=executor.output_schema(ep), handler=handler, annotations=annotations,
         tags=set(defn.tags), validate=False,
     )
@@ -252,7 +254,8 @@ def build_app(project: LoadedProject, engine: Engine | None = None,
         icons=_icons(settings.icons),
     )
     mcp._mcp_server.title = settings.title  # FastMCP passes no title to the SDK's server info
-    app = App(project=project, engine=engine, endpoints=[], mcp=mcp)
+    app = App(project=project, engine=engine, endpoints=[], mcp=mcp,
+              pager=Pager(resolve_secret(settings, auth), settings.limits.cursor_ttl_seconds))
     mcp.add_middleware(app.connections)
     mcp.add_middleware(CallNotices())
     if settings.auth.enabled:
@@ -265,7 +268,7 @@ def build_app(project: LoadedProject, engine: Engine | None = None,
         audit_path = project.path(settings.audit.path) if settings.audit.path else None
         mcp.add_middleware(AuditMiddleware(AuditSink(audit_path, settings.audit.log_arguments)))
 
-    for tool in builtin_tools(engine, settings.sql_tools, lambda: app.limits, current_call):
+    for tool in builtin_tools(engine, settings.sql_tools, lambda: app.limits, current_call, app.pager):
         mcp.add_tool(tool)
         app.builtin_names.append(tool.name)
         if app.scopes is not None:

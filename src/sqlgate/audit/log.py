@@ -41,9 +41,10 @@ class AuditSink:
             event.pop("arguments", None)
         u = event.get("user") or {}
         who = u.get("username") or "anonymous"
+        outcome = event["status"] + (f" ({event.get('rows')} rows, truncated)" if event.get("truncated") else "")
         log.info("%s %s by %s (id=%s provider=%s name=%s email=%s) -> %s in %.1f ms",
                  event["kind"], event["name"], who, u.get("user_id") or "-", u.get("provider") or "-",
-                 u.get("display_name") or "-", u.get("email") or "-", event["status"], event["duration_ms"])
+                 u.get("display_name") or "-", u.get("email") or "-", outcome, event["duration_ms"])
         if self._path is not None:
             line = json.dumps(event, ensure_ascii=False, default=str)
             with self._lock, self._path.open("a", encoding="utf-8") as fh:
@@ -57,11 +58,12 @@ class AuditMiddleware(Middleware):
     async def _audit(self, kind: str, name: str, arguments: dict[str, Any] | None,
                      context: MiddlewareContext, call_next) -> Any:
         started = time.perf_counter()
-        status, error = "ok", None
+        status, error, answer = "ok", None, None
         try:
             result = await call_next(context)
             if getattr(result, "is_error", False):
                 status = "error"
+            answer = getattr(result, "structured_content", None)
             return result
         except Exception as exc:
             status, error = "error", str(exc)
@@ -75,6 +77,10 @@ class AuditMiddleware(Middleware):
             }
             if error:
                 event["error"] = error
+            if isinstance(answer, dict) and "truncated" in answer:
+                # every tool answer carries these (sqlgate.answers): a partial answer is logged as one
+                event["truncated"] = bool(answer["truncated"])
+                event["rows"] = answer.get("row_count")
             self.sink.emit(event)
 
     async def on_call_tool(self, context, call_next):

@@ -38,6 +38,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "SQLGATE_DB_TEMP_DIRECTORY": ("engine", "temp_directory"),
     "SQLGATE_MAX_ROWS": ("limits", "max_rows"),
     "SQLGATE_MAX_BYTES": ("limits", "max_bytes"),
+    "SQLGATE_CURSOR_SECRET": ("limits", "cursor_secret"),
     "SQLGATE_QUERY_TIMEOUT": ("limits", "timeout_seconds"),
     "SQLGATE_MAX_SQL_LENGTH": ("limits", "max_sql_length"),
     "SQLGATE_SQL_TOOLS": ("sql_tools", "enabled"),

@@ -135,10 +135,17 @@ class LimitsConfig(Strict):
     """Per-call limits. Only configuration sets them; tool arguments cannot raise them."""
 
     max_rows: int = Field(default=1000, ge=1)
+    # the whole MCP message of one answer (both encodings of a tool answer, JSON escaping, envelope):
+    # the official Python client refuses an SSE event over 1 MiB (1,048,576 bytes)
     max_bytes: int = Field(default=1_000_000, ge=1024)
     timeout_seconds: float = Field(default=30.0, gt=0)
     # longest SQL text the query tool accepts, checked before anything parses it (characters)
     max_sql_length: int = Field(default=100_000, ge=100)
+    # signs the cursors of paged answers; share it between replicas (default: the OAuth state key,
+    # else engine.identity_key, else one made per server process)
+    cursor_secret: SecretStr | None = None
+    # how long a cursor stays valid
+    cursor_ttl_seconds: float = Field(default=3600, gt=0)
 
 
 class EndpointLimits(Strict):

@@ -30,10 +30,12 @@ import duckdb
 from sqlgate.context import CallContext
 from sqlgate.engine import duckdb_identity
 from sqlgate.engine.admission import Admission
-from sqlgate.engine.base import Engine, Limits, QueryResult, RowShaper
-from sqlgate.engine.duckdb_guard import DuckDBGuard, row_size_guarded
+from sqlgate.engine.base import Engine, Limits, QueryResult, RowShaper, trusted_page
+from sqlgate.engine.duckdb_guard import DuckDBGuard, paged, row_size_guarded
+from sqlgate.engine.values import duckdb_interval
 from sqlgate.engine.watchdog import Watchdog
 from sqlgate.errors import ConfigError, QueryFailed, QueryTimeout
+from sqlgate.paging import FIRST, Page
 
 log = logging.getLogger("sqlgate.engine")
 
@@ -208,7 +210,7 @@ class DuckDBEngine(Engine):
 
     # ------------------------------------------------------------------ execution
     def _run(self, sql: str, params: dict[str, Any] | None, call: CallContext, limits: Limits,
-             deadline: float, trusted: bool, slot: dict[str, Any] | None = None) -> QueryResult:
+             deadline: float, trusted: bool, slot: dict[str, Any] | None = None, page: Page = FIRST) -> QueryResult:
         # a cursor of its own per call: closing it frees a half-fetched result, and interrupting it
         # (timeout, cancelled client) can only ever stop this call
         database = self._enter()
@@ -226,15 +228,33 @@ class DuckDBEngine(Engine):
             ticket = self._watchdog.arm(remaining, cur.interrupt)
             try:
                 with duckdb_identity.bound(call, trusted, self.query_headers):
+                    pageable, ordered = trusted, False
                     if not trusted:
                         # the guard runs here, on the worker, so a big query never blocks the event loop
                         checked = database.guard.check(sql, cur)
+                        pageable, ordered = checked.wrappable, checked.ordered
+                        inner = checked.sql
+                        if checked.wrappable and (page.offset or page.order_all):
+                            inner = paged(inner, limits.max_rows + 1, page.offset, page.order_all)
                         # rows are bounded inside DuckDB (2x max_bytes as text, so any row that could
                         # fit the JSON answer passes; the shaper cuts exactly)
-                        sql = (row_size_guarded(checked.sql, 2 * limits.max_bytes + 1024)
-                               if checked.wrappable else checked.sql)
+                        sql = (row_size_guarded(inner, 2 * limits.max_bytes + 1024)
+                               if checked.wrappable else inner)
+                    elif page.offset:
+                        sql = trusted_page(sql, limits.max_rows + 1, page)
                     cur.execute(sql, params) if params else cur.execute(sql)
-                    return self._fetch(cur, limits, deadline)
+                    intervals = _interval_columns(cur.description)
+                    if intervals and pageable:
+                        # DuckDB hands INTERVALs to Python as timedelta, a month as 30 days: read
+                        # them as DuckDB's own text instead (the same statement, one projection over it)
+                        types = [str(d[1]) for d in cur.description]
+                        cur.execute(_intervals_as_text(sql, cur.description, intervals), params) \
+                            if params else cur.execute(_intervals_as_text(sql, cur.description, intervals))
+                        qr = self._fetch(cur, limits, deadline, types, intervals)
+                    else:
+                        qr = self._fetch(cur, limits, deadline)
+                    qr.pageable, qr.ordered, qr.page = pageable, ordered, page
+                    return qr
             except duckdb.InterruptException:
                 if self._watchdog.disarm(ticket):
                     raise QueryTimeout(
@@ -255,12 +275,15 @@ class DuckDBEngine(Engine):
             self._leave(database)
 
     @staticmethod
-    def _fetch(cur: duckdb.DuckDBPyConnection, limits: Limits, deadline: float) -> QueryResult:
+    def _fetch(cur: duckdb.DuckDBPyConnection, limits: Limits, deadline: float,
+               types: list[str] | None = None, intervals: list[int] | None = None) -> QueryResult:
         """Fetch in growing batches until the answer is full, so huge rows stop early."""
         description = cur.description
         if description is None:
             return QueryResult(columns=[], types=[], rows=[], limits=limits)
-        shaper = RowShaper([d[0] for d in description], [str(d[1]) for d in description], limits)
+        converters = {i: duckdb_interval for i in intervals or []}
+        shaper = RowShaper([d[0] for d in description], types or [str(d[1]) for d in description], limits,
+                           converters)
         batch = 16
         while not shaper.full:
             rows = cur.fetchmany(batch)
@@ -273,7 +296,7 @@ class DuckDBEngine(Engine):
         return shaper.result()
 
     async def _submit(self, sql: str, params: dict[str, Any] | None, call: CallContext, limits: Limits,
-                      trusted: bool) -> QueryResult:
+                      trusted: bool, page: Page = FIRST) -> QueryResult:
         deadline = time.monotonic() + limits.timeout_seconds  # one deadline: waiting counts too
         if self._admission is None:
             self._loop = asyncio.get_running_loop()
@@ -281,7 +304,8 @@ class DuckDBEngine(Engine):
         async with self._admission.slot(call.principal, deadline, limits.timeout_seconds):
             loop = asyncio.get_running_loop()
             slot: dict[str, Any] = {}
-            fut = loop.run_in_executor(self._pool, self._run, sql, params, call, limits, deadline, trusted, slot)
+            fut = loop.run_in_executor(self._pool, self._run, sql, params, call, limits, deadline, trusted, slot,
+                                       page)
             try:
                 return await asyncio.shield(fut)
             except asyncio.CancelledError:
@@ -296,11 +320,11 @@ class DuckDBEngine(Engine):
                 raise
 
     async def execute(self, sql: str, params: dict[str, Any] | None, call: CallContext,
-                      limits: Limits) -> QueryResult:
-        return await self._submit(sql, params, call, limits, trusted=True)
+                      limits: Limits, page: Page = FIRST) -> QueryResult:
+        return await self._submit(sql, params, call, limits, trusted=True, page=page)
 
-    async def run_untrusted(self, sql: str, call: CallContext, limits: Limits) -> QueryResult:
-        return await self._submit(sql, None, call, limits, trusted=False)
+    async def run_untrusted(self, sql: str, call: CallContext, limits: Limits, page: Page = FIRST) -> QueryResult:
+        return await self._submit(sql, None, call, limits, trusted=False, page=page)
 
     def execute_blocking(self, sql: str, params: dict[str, Any] | None, call: CallContext,
                          limits: Limits) -> QueryResult:
@@ -398,6 +422,18 @@ class DuckDBEngine(Engine):
             for database in databases:
                 database.close()
             self._retired.clear()
+
+
+def _interval_columns(description) -> list[int]:
+    return [i for i, d in enumerate(description or []) if str(d[1]) == "INTERVAL"]
+
+
+def _intervals_as_text(sql: str, description, intervals: list[int]) -> str:
+    """The same statement with its INTERVAL columns as VARCHAR (DuckDB's exact text of them)."""
+    names = ", ".join(
+        f'CAST(q."{description[i][0].replace(chr(34), chr(34) * 2)}" AS VARCHAR) AS '
+        f'"{description[i][0].replace(chr(34), chr(34) * 2)}"' for i in intervals)
+    return f"SELECT * REPLACE ({names}) FROM (\n{sql}\n) q"
 
 
 def _open_hardened(project, build: bool, progress=None,
