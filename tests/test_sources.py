@@ -26,7 +26,7 @@ from sqlgate.config.loader import load_project
 from sqlgate.context import CallContext
 from sqlgate.engine import Limits, open_engine
 from sqlgate.errors import ConfigError, QueryFailed
-from tests.clients import mcp_session
+from tests.clients import mcp_session, records
 from tests.conftest import EXAMPLE, ROOT, SQLGATE, free_port, isolated_env, start_server, stop_server
 from tests.readme import bash_block
 
@@ -120,7 +120,7 @@ def _content(result) -> dict:
 
 async def test_sources_are_listed_described_searched_and_queried(data_server):
     async with mcp_session(data_server.url) as s:
-        items = _content(await s.call_tool("list_tables", {}))["items"]
+        items = records(_content(await s.call_tool("list_tables", {})))
         listed = {(i["schema"], i["name"]): i for i in items}
         assert {("main", "sales"), ("main", "events"), ("main", "notes"), ("main", "big_sales"),
                 ("main", "regions"), ("crm", "customers"), ("warehouse", "stock")} <= set(listed)
@@ -132,16 +132,16 @@ async def test_sources_are_listed_described_searched_and_queried(data_server):
         assert "CRM export" in listed[("crm", "customers")]["comment"]
 
         sales = _content(await s.call_tool("describe_table", {"table": "sales"}))
-        columns = {c["name"]: c for c in sales["columns"]}
+        columns = {c["name"]: c for c in records(sales)}
         assert columns["amount"]["comment"] == "Sale amount in EUR" and columns["amount"]["type"] == "BIGINT"
         crm = _content(await s.call_tool("describe_table", {"table": "customers", "schema": "crm"}))
-        assert [(c["name"], c["type"]) for c in crm["columns"]] == [
+        assert [(c["name"], c["type"]) for c in records(crm)] == [
             ("id", "BIGINT"), ("name", "VARCHAR"), ("since", "DATE"), ("score", "DOUBLE"), ("photo", "BLOB"),
             ("misc", "VARCHAR")]
 
-        hits = _content(await s.call_tool("search_objects", {"keywords": "sale amount EUR"}))["items"]
+        hits = records(_content(await s.call_tool("search_objects", {"keywords": "sale amount EUR"})))
         assert (hits[0]["table"], hits[0]["name"]) == ("sales", "amount")
-        hits = _content(await s.call_tool("search_objects", {"keywords": "stock"}))["items"]
+        hits = records(_content(await s.call_tool("search_objects", {"keywords": "stock"})))
         assert ("warehouse", "stock") in {(h["schema"], h["name"]) for h in hits}
 
         async def one(sql: str):
@@ -462,7 +462,7 @@ async def test_readme_folder_to_server_commands_work(tmp_path):
                 pass
             await asyncio.sleep(0.2)
         async with mcp_session(f"{base}/mcp") as s:
-            names = {i["name"] for i in _content(await s.call_tool("list_tables", {}))["items"]}
+            names = {i["name"] for i in records(_content(await s.call_tool("list_tables", {})))}
             assert {"orders", "daily"} <= names
             res = await s.call_tool("query", {"sql": "SELECT customer, sum(total) FROM orders GROUP BY ALL "
                                                      "ORDER BY 2 DESC LIMIT 1"})
