@@ -32,6 +32,7 @@ from sqlgate.engine import duckdb_identity
 from sqlgate.engine.admission import Admission
 from sqlgate.engine.base import Engine, Limits, QueryResult, RowShaper
 from sqlgate.engine.duckdb_guard import DuckDBGuard, row_size_guarded
+from sqlgate.engine.duckdb_sources import hide_paths, path_aliases
 from sqlgate.engine.watchdog import Watchdog
 from sqlgate.errors import ConfigError, QueryFailed, QueryTimeout
 
@@ -120,6 +121,7 @@ class DuckDBEngine(Engine):
         self._admission: Admission | None = None  # made on the event loop of the first call
         self._loop: asyncio.AbstractEventLoop | None = None
         self.query_headers: frozenset[str] = frozenset()  # sql_tools.request_headers
+        self._path_aliases: list[tuple[str, str]] = []  # absolute paths errors show otherwise
         duckdb_identity.register(db)
         self._current = _Database(db, None if label == ":memory:" else _file_id(label))
         self._retired: list[_Database] = []
@@ -144,6 +146,7 @@ class DuckDBEngine(Engine):
         cfg = project.settings.engine
         engine = cls(db, cfg.pool_size, path, cfg.max_concurrent_per_caller, project)
         engine.query_headers = frozenset(h.lower() for h in project.settings.sql_tools.request_headers)
+        engine._path_aliases = path_aliases(project)
         return engine
 
     def reopen_if_replaced(self) -> bool:
@@ -242,9 +245,9 @@ class DuckDBEngine(Engine):
                 raise QueryFailed("query was interrupted") from None
             except duckdb.OutOfMemoryException as exc:
                 raise QueryFailed("the query needs more memory than the engine may use (engine.memory_limit): "
-                                  f"{_clean_error(exc)}") from None
+                                  f"{hide_paths(_clean_error(exc), self._path_aliases)}") from None
             except duckdb.Error as exc:
-                raise QueryFailed(_clean_error(exc)) from None
+                raise QueryFailed(hide_paths(_clean_error(exc), self._path_aliases)) from None
             except (OverflowError, ValueError) as exc:  # DuckDB's own conversion to Python values
                 raise QueryFailed(_unconvertible(exc)) from None
             finally:
@@ -438,7 +441,11 @@ def _open_hardened(project, build: bool, progress=None,
             duckdb_build.populate(db, project, sources, views, report)
         else:
             db = duckdb.connect(open_path or path, read_only=cfg.read_only, config=config)
-            attach(db, sources)
+            try:
+                attach(db, sources)
+            except ConfigError:
+                db.close()  # a reload that refuses the file must not keep it open
+                raise
     except duckdb.Error as exc:
         raise ConfigError(f"cannot open DuckDB database {path}: {_clean_error(exc)}",
                           where="sqlgate.yml (engine)") from None
