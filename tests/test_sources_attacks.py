@@ -210,3 +210,34 @@ def test_macros_calling_refused_macros_are_refused_at_any_depth():
 ])
 def test_view_query_is_cut_where_duckdb_tokenizes_as(create, query):
     assert view_query(create) == query
+
+
+# ---------------------------------------------------------------- a careless operator
+async def test_a_rebuild_from_a_changed_sqlgate_yml_is_not_switched_to(tmp_path):
+    """sqlgate.yml gains a source, `sqlgate refresh` builds it, SIGHUP: the running server still has
+    the old configuration (allow-list, attached files), so every query of the new source would fail.
+    It keeps serving the old file and says to restart; a rebuild from the same configuration is
+    switched to."""
+    from sqlgate.engine import duckdb_build
+
+    root = _project(tmp_path / "careless")
+    eng = _open(root)
+    try:
+        (root / "data" / "more.csv").write_text("k\n1\n")
+        duckdb_build.refresh(load_project(root, env={"SQLGATE_CONFIG": str(root / "none.yml")}), lambda _: None)
+        assert eng.reopen_if_replaced(), "same sqlgate.yml: switched"
+        (root / "sqlgate.yml").write_text(PROJECT_YML + "  more: {path: data/more.csv}\n")
+        duckdb_build.refresh(load_project(root, env={"SQLGATE_CONFIG": str(root / "none.yml")}), lambda _: None)
+        with pytest.raises(ConfigError, match="restart the server"):
+            eng.reopen_if_replaced()
+        rows = (await eng.run_untrusted("SELECT count(*) FROM w.stock", CallContext(), LIMITS)).rows
+        assert rows == [[2]], "the previous database still serves"
+        with pytest.raises(QueryFailed, match="more"):
+            await eng.run_untrusted("SELECT * FROM more", CallContext(), LIMITS)
+    finally:
+        await eng.close()
+    eng = _open(root)  # a restart serves it
+    try:
+        assert (await eng.run_untrusted("SELECT k FROM more", CallContext(), LIMITS)).rows == [[1]]
+    finally:
+        await eng.close()

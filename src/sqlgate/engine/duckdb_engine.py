@@ -171,6 +171,11 @@ class DuckDBEngine(Engine):
             db, _ = _open_hardened(self._project, build=False, open_path=str(alias))
         finally:
             alias.unlink(missing_ok=True)
+        try:
+            _require_same_sources(self._project, db)
+        except ConfigError:
+            db.close()
+            raise
         duckdb_identity.register(db)
         fresh = _Database(db, _file_id(self._label))
         with self._lock:
@@ -465,6 +470,19 @@ def _open_hardened(project, build: bool, progress=None,
     db.execute("SET lock_configuration = true")
     _check_views(db, views)
     return db, path
+
+
+def _require_same_sources(project, db: duckdb.DuckDBPyConnection) -> None:
+    """A rebuilt file is served with the configuration the server started with (its allow-listed
+    files, attached sources, path aliases): one built from another sqlgate.yml would fail on
+    every query that reads a new source, so it is not switched to."""
+    from sqlgate.engine.duckdb_sources import fingerprint, load_views, read_marker, resolve_sources
+
+    built = read_marker(db)
+    if built is not None and built != fingerprint(project, resolve_sources(project), load_views(project.root)):
+        raise ConfigError("the rebuilt database was built from other sources, seed or views than this server "
+                          "runs with (sqlgate.yml changed since it started): restart the server to serve it",
+                          where="sqlgate.yml (sources)")
 
 
 def _check_views(db: duckdb.DuckDBPyConnection, views) -> None:
