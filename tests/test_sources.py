@@ -196,6 +196,23 @@ async def test_query_tool_reads_no_other_file(data_server, data_project):
     assert not (data_project / "out.csv").exists() and not (data_project / "out.parquet").exists()
 
 
+async def test_query_tool_sees_no_server_path(data_server, data_project):
+    """View definitions hold the sources' absolute paths and the hidden alias of an attached file
+    reaches its views unchecked: both are refused; the catalog a model looks around in still answers
+    (more attacks in tests/test_sources_attacks.py)."""
+    async with mcp_session(data_server.url) as s:
+        for sql in ["SELECT sql FROM duckdb_views()", "SELECT * FROM information_schema.views",
+                    "SELECT * FROM pg_views", "SELECT * FROM sqlite_master",
+                    "SELECT * FROM __sqlgate_src_warehouse.main.stock", "SELECT * FROM __sqlgate_build"]:
+            result = await s.call_tool("query", {"sql": sql})
+            assert result.is_error, f"{sql!r} was answered: {result.content[0].text[:200]}"
+            assert str(data_project) not in result.content[0].text, sql
+        result = await s.call_tool("query", {"sql": "SELECT table_schema, table_name FROM information_schema.tables "
+                                                    "UNION ALL SELECT schema_name, table_name FROM duckdb_tables()"})
+        text = result.content[0].text
+        assert not result.is_error and "stock" in text and str(data_project) not in text, text
+
+
 async def test_engine_itself_reads_only_the_source_files(data_project, tmp_path):
     """Below the guard: the connection the project's own SQL runs on has exactly the sources'
     files (a glob: its folder) allow-listed; `..`, symlinks and other paths are refused by DuckDB."""

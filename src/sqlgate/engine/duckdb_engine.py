@@ -32,6 +32,7 @@ from sqlgate.engine import duckdb_identity
 from sqlgate.engine.admission import Admission
 from sqlgate.engine.base import Engine, Limits, QueryResult, RowShaper, trusted_page
 from sqlgate.engine.duckdb_guard import DuckDBGuard, paged, row_size_guarded
+from sqlgate.engine.duckdb_sources import hide_paths, path_aliases
 from sqlgate.engine.values import duckdb_interval
 from sqlgate.engine.watchdog import Watchdog
 from sqlgate.errors import ConfigError, QueryFailed, QueryTimeout
@@ -122,6 +123,7 @@ class DuckDBEngine(Engine):
         self._admission: Admission | None = None  # made on the event loop of the first call
         self._loop: asyncio.AbstractEventLoop | None = None
         self.query_headers: frozenset[str] = frozenset()  # sql_tools.request_headers
+        self._path_aliases: list[tuple[str, str]] = []  # absolute paths errors show otherwise
         duckdb_identity.register(db)
         self._current = _Database(db, None if label == ":memory:" else _file_id(label))
         self._retired: list[_Database] = []
@@ -146,6 +148,7 @@ class DuckDBEngine(Engine):
         cfg = project.settings.engine
         engine = cls(db, cfg.pool_size, path, cfg.max_concurrent_per_caller, project)
         engine.query_headers = frozenset(h.lower() for h in project.settings.sql_tools.request_headers)
+        engine._path_aliases = path_aliases(project)
         return engine
 
     def reopen_if_replaced(self) -> bool:
@@ -170,6 +173,11 @@ class DuckDBEngine(Engine):
             db, _ = _open_hardened(self._project, build=False, open_path=str(alias))
         finally:
             alias.unlink(missing_ok=True)
+        try:
+            _require_same_sources(self._project, db)
+        except ConfigError:
+            db.close()
+            raise
         duckdb_identity.register(db)
         fresh = _Database(db, _file_id(self._label))
         with self._lock:
@@ -262,9 +270,9 @@ class DuckDBEngine(Engine):
                 raise QueryFailed("query was interrupted") from None
             except duckdb.OutOfMemoryException as exc:
                 raise QueryFailed("the query needs more memory than the engine may use (engine.memory_limit): "
-                                  f"{_clean_error(exc)}") from None
+                                  f"{hide_paths(_clean_error(exc), self._path_aliases)}") from None
             except duckdb.Error as exc:
-                raise QueryFailed(_clean_error(exc)) from None
+                raise QueryFailed(hide_paths(_clean_error(exc), self._path_aliases)) from None
             except (OverflowError, ValueError) as exc:  # DuckDB's own conversion to Python values
                 raise QueryFailed(_unconvertible(exc)) from None
             finally:
@@ -474,7 +482,11 @@ def _open_hardened(project, build: bool, progress=None,
             duckdb_build.populate(db, project, sources, views, report)
         else:
             db = duckdb.connect(open_path or path, read_only=cfg.read_only, config=config)
-            attach(db, sources)
+            try:
+                attach(db, sources)
+            except ConfigError:
+                db.close()  # a reload that refuses the file must not keep it open
+                raise
     except duckdb.Error as exc:
         raise ConfigError(f"cannot open DuckDB database {path}: {_clean_error(exc)}",
                           where="sqlgate.yml (engine)") from None
@@ -494,6 +506,19 @@ def _open_hardened(project, build: bool, progress=None,
     db.execute("SET lock_configuration = true")
     _check_views(db, views)
     return db, path
+
+
+def _require_same_sources(project, db: duckdb.DuckDBPyConnection) -> None:
+    """A rebuilt file is served with the configuration the server started with (its allow-listed
+    files, attached sources, path aliases): one built from another sqlgate.yml would fail on
+    every query that reads a new source, so it is not switched to."""
+    from sqlgate.engine.duckdb_sources import fingerprint, load_views, read_marker, resolve_sources
+
+    built = read_marker(db)
+    if built is not None and built != fingerprint(project, resolve_sources(project), load_views(project.root)):
+        raise ConfigError("the rebuilt database was built from other sources, seed or views than this server "
+                          "runs with (sqlgate.yml changed since it started): restart the server to serve it",
+                          where="sqlgate.yml (sources)")
 
 
 def _check_views(db: duckdb.DuckDBPyConnection, views) -> None:

@@ -32,7 +32,7 @@ SAFE_TABLE_FUNCTIONS = frozenset({
     "range", "generate_series", "unnest", "repeat", "repeat_row", "json_each", "json_tree",
     "duckdb_columns", "duckdb_constraints", "duckdb_dependencies", "duckdb_functions", "duckdb_indexes",
     "duckdb_keywords", "duckdb_schemas", "duckdb_sequences", "duckdb_tables", "duckdb_types",
-    "duckdb_views", "duckdb_optimizers", "pragma_table_info", "pragma_show", "pragma_version",
+    "duckdb_optimizers", "pragma_table_info", "pragma_show", "pragma_version",
     "pragma_collations", "icu_calendar_names", "pg_timezone_names", "test_all_types", "summary",
 })
 # Scalar functions refused on top of the engine's own side-effect list: they read the server's
@@ -47,11 +47,18 @@ DENIED_FUNCTIONS = frozenset({
 # Side-effect functions that are harmless for a reader (random values), so they stay usable.
 _HARMLESS_SIDE_EFFECTS = frozenset({"random", "uuid", "uuidv4", "uuidv7", "gen_random_uuid", "error"})
 # Built-in views over refused table functions (paths of databases, settings, logs, statements).
+# duckdb_views() is refused too: a view's definition holds the absolute paths of the files a source
+# reads (`read_csv('/home/…/data/x.csv')`), and list_tables / describe_table describe views without it.
 DENIED_VIEWS = frozenset({
     "duckdb_databases", "pragma_database_list", "duckdb_logs", "pg_settings", "pg_prepared_statements",
     "duckdb_settings", "duckdb_secrets", "duckdb_temporary_files", "duckdb_variables", "duckdb_extensions",
     "duckdb_memory", "pg_database",
+    "duckdb_views", "information_schema.views", "pg_views", "pg_class", "pg_description",
+    "sqlite_master", "sqlite_schema", "sqlite_temp_master", "sqlite_temp_schema",
 })
+# sqlgate's own catalog entries (the hidden aliases of attached source files, the build record):
+# the query tool reaches source data through the source's schema, whose views were checked.
+HIDDEN_PREFIX = "__sqlgate"
 # Query nodes a read may contain; anything else (INSERT/UPDATE/DELETE/MERGE nodes of a writable CTE
 # …) is refused. An allow-list, so a node type added by a later DuckDB is refused until reviewed.
 READ_NODES = frozenset({"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NODE", "CTE_NODE"})
@@ -81,8 +88,17 @@ class DuckDBGuard(Guard):
         refused = denied | (table_functions - self._tables)
         macros = macros or {}
         # macros are expanded after this check: one whose body calls a refused function
-        # (pg_sleep -> sleep_ms, get_block_size -> pragma_database_size …) is refused itself
-        self._denied = denied | {name for name, (body, _) in macros.items() if _calls_any(body, refused)}
+        # (pg_sleep -> sleep_ms, get_block_size -> pragma_database_size …) is refused itself, and
+        # so is one calling such a macro, however deep (until nothing new is refused)
+        refused_macros: set[str] = set()
+        while True:
+            calls = _calls_pattern(refused | refused_macros)
+            more = {name for name, (body, _) in macros.items()
+                    if name not in refused_macros and calls.search(body)}
+            if not more:
+                break
+            refused_macros |= more
+        self._denied = denied | refused_macros
         self._fanout = {name: fan for name, (_, fan) in macros.items()}
         self._settings = settings
         self._cache: OrderedDict[str, CheckedStatement] = OrderedDict()
@@ -212,6 +228,7 @@ class DuckDBGuard(Guard):
                 name = str(node.get("function_name", "")).lower()
                 if name == "get_user_external_token":
                     raise QueryRefused(NOT_FOR_QUERIES)
+                _check_hidden(node.get("catalog"), node.get("schema"), name)
                 if name in self._denied:
                     raise QueryRefused(
                         f"function {name}() is not allowed in read-only queries (it changes state, reads "
@@ -222,7 +239,7 @@ class DuckDBGuard(Guard):
                 if kind == "SHOW_REF" and table.lower() in self._settings:
                     raise QueryRefused(f"SHOW {table} reads a server setting, which is not available in "
                                        "read-only queries")
-                _check_table_name(table)
+                _check_table_name(table, str(node.get("schema_name") or ""), str(node.get("catalog_name") or ""))
             # every child, table-function arguments included: nothing is passed over unvisited
             stack.extend(v for v in node.values() if isinstance(v, dict | list))
         if self._expanded_size(root) > MAX_EXPANDED_NODES:
@@ -260,6 +277,22 @@ class DuckDBGuard(Guard):
         return sizes.get(id(root), 0)
 
 
+def view_query(create_sql: str) -> str | None:
+    """The query of a `CREATE VIEW name [(columns)] AS query` text (duckdb_views().sql), by DuckDB's
+    tokens: the text after the first AS keyword outside parentheses. None when there is none."""
+    tokens = duckdb.tokenize(create_sql)
+    depth = 0
+    for i, (pos, kind) in enumerate(tokens):
+        end = tokens[i + 1][0] if i + 1 < len(tokens) else len(create_sql)
+        word = create_sql[pos:end].strip()
+        kind_name = str(kind).rsplit(".", 1)[-1]
+        if kind_name == "operator":
+            depth += word.count("(") - word.count(")")
+        elif kind_name == "keyword" and depth == 0 and word.upper() == "AS":
+            return create_sql[end:].strip() or None
+    return None
+
+
 def _arguments(call: dict) -> list:
     """A function call's argument expressions (DuckDB 2 nests each under `arguments[i].expression`)."""
     args = call.get("arguments")
@@ -268,8 +301,10 @@ def _arguments(call: dict) -> list:
     return list(call.get("children") or [])
 
 
-def _calls_any(body: str, names: frozenset[str]) -> bool:
-    return any(re.search(rf"\b{re.escape(n)}\s*\(", body) for n in names)
+def _calls_pattern(names: frozenset[str] | set[str]) -> re.Pattern:
+    """A call of any of `names` in a macro body (DuckDB stores bodies normalised: `name(`)."""
+    alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) or "(?!)"
+    return re.compile(rf"\b(?:{alternatives})\s*\(", re.IGNORECASE)
 
 
 def row_size_guarded(sql: str, max_row_chars: int) -> str:
@@ -307,11 +342,20 @@ def _as_subquery(text: str, con: duckdb.DuckDBPyConnection) -> str:
     return text
 
 
-def _check_table_name(name: str) -> None:
+def _check_hidden(*parts: object) -> None:
+    for part in parts:
+        if isinstance(part, str) and part.lower().startswith(HIDDEN_PREFIX):
+            raise QueryRefused(f"{part} is sqlgate's own and not available in read-only queries; query the "
+                               "tables and views list_tables shows")
+
+
+def _check_table_name(name: str, schema: str = "", catalog: str = "") -> None:
     if not name:
         return
-    if name.lower() in DENIED_VIEWS:
-        raise QueryRefused(f"{name} is not available in read-only queries (it shows server paths or settings)")
+    _check_hidden(catalog, schema, name)
+    if name.lower() in DENIED_VIEWS or f"{schema}.{name}".lower() in DENIED_VIEWS:
+        raise QueryRefused(f"{name} is not available in read-only queries (it shows server paths or settings); "
+                           "list_tables and describe_table describe the database")
     if _FILE_LIKE.search(name):
         raise QueryRefused(f"reading files is not allowed (table reference {name!r})")
 

@@ -189,6 +189,24 @@ def load_views(root: Path) -> list[ViewFile]:
     return views
 
 
+def path_aliases(project) -> list[tuple[str, str]]:
+    """(absolute path, what to show instead) for error messages: DuckDB names the files it failed to
+    read by the absolute paths of the sources' views, and the server's file system is not the AI
+    client's business. A source shows as configured, anything under the project relative to it."""
+    pairs: list[tuple[str, str]] = []
+    for cfg in project.settings.sources.values():
+        pairs += [(_absolute(project.root, raw), raw) for raw in cfg.paths]
+    for root in {os.path.abspath(project.root), os.path.realpath(project.root)}:
+        pairs += [(root + os.sep, ""), (root, ".")]
+    return sorted(pairs, key=lambda pair: len(pair[0]), reverse=True)
+
+
+def hide_paths(text: str, aliases: list[tuple[str, str]]) -> str:
+    for absolute, shown in aliases:
+        text = text.replace(absolute, shown)
+    return text
+
+
 def access_lists(sources: list[Source]) -> tuple[list[str], list[str]]:
     """(directories, files) the engine allow-lists for the sources' views.
 
@@ -225,13 +243,47 @@ def fingerprint(project, sources: list[Source], views: list[ViewFile]) -> str:
 # ---------------------------------------------------------------------------- building
 def attach(con: duckdb.DuckDBPyConnection, sources: list[Source]) -> None:
     """Attach the DuckDB-file sources read-only (at build and at every open, before the lock)."""
-    for src in sources:
-        if src.format == "duckdb":
+    attached = [src for src in sources if src.format == "duckdb"]
+    for src in attached:
+        try:
+            con.execute(f"ATTACH {literal(src.files[0])} AS {ident(src.attach_alias)} (READ_ONLY)")
+        except duckdb.Error as exc:
+            raise ConfigError(f"source {src.name!r}: cannot attach {src.files[0]}: {_short(exc)}",
+                              where=_where(src.name)) from None
+    if attached:
+        check_attached_code(con, attached)
+
+
+def check_attached_code(con: duckdb.DuckDBPyConnection, attached: list[Source]) -> None:
+    """An attached file may come from anyone, and its views and generated columns are SQL that
+    DuckDB expands when a query reads them — after the guard judged the query, with the server's
+    rights (current_setting('allowed_paths'), duckdb_databases() …). Each must pass the guard the
+    query tool's own SQL passes, or the file is not served. Checked at every open: the file can
+    change between builds. (Its macros are only reached through these, and by name the guard
+    refuses any macro that calls a refused function.)"""
+    from sqlgate.engine.duckdb_guard import DuckDBGuard, view_query
+    from sqlgate.errors import QueryRefused
+
+    guard = DuckDBGuard.for_connection(con)
+    for src in attached:
+        code = [(f"view {schema}.{name}", view_query(sql)) for schema, name, sql in con.execute(
+            "SELECT schema_name, view_name, sql FROM duckdb_views() WHERE database_name = $db AND NOT internal "
+            "ORDER BY 1, 2", {"db": src.attach_alias}).fetchall()]
+        code += [(f"generated column {schema}.{table}.{column}", f"SELECT {expression}")
+                 for schema, table, column, expression in con.execute(
+                     "SELECT schema_name, table_name, column_name, generation_expression FROM duckdb_columns() "
+                     "WHERE database_name = $db AND is_generated ORDER BY 1, 2, 3",
+                     {"db": src.attach_alias}).fetchall()]
+        for what, sql in code:
             try:
-                con.execute(f"ATTACH {literal(src.files[0])} AS {ident(src.attach_alias)} (READ_ONLY)")
-            except duckdb.Error as exc:
-                raise ConfigError(f"source {src.name!r}: cannot attach {src.files[0]}: {_short(exc)}",
-                                  where=_where(src.name)) from None
+                if sql is None:
+                    raise QueryRefused("its definition could not be read")
+                guard.check(sql, con)
+            except QueryRefused as exc:
+                raise ConfigError(
+                    f"source {src.name!r}: the {what} in {src.files[0]} cannot be served: {exc} (an attached "
+                    "file's views run with the server's rights; drop it from the file, or copy the tables "
+                    "you need into a file of your own)", where=_where(src.name)) from None
 
 
 def build_sources(con: duckdb.DuckDBPyConnection, sources: list[Source], views: list[ViewFile],
