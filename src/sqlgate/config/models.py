@@ -54,6 +54,39 @@ class EngineConfig(Strict):
     threads: int | None = Field(default=None, ge=1)
     memory_limit: str = "1GB"
     temp_directory: str | None = None
+    # DuckDB extensions loaded at start from extension_directory (relative to the project; nothing is
+    # downloaded), e.g. [httpfs]; a missing one stops the start naming it. The query tool still
+    # reads no file or URL (the guard refuses readers); allowed_urls are the URL prefixes the
+    # project's own SQL may reach through httpfs, everything else stays off
+    extensions: list[str] = Field(default_factory=list)
+    extension_directory: str | None = None
+    allowed_urls: list[str] = Field(default_factory=list)
+
+    @field_validator("extensions", "allowed_urls", mode="before")
+    @classmethod
+    def _split_lists(cls, value):
+        if isinstance(value, str):  # SQLGATE_DB_EXTENSIONS=httpfs,spatial
+            return [p.strip() for p in value.split(",") if p.strip()]
+        return value
+
+    @field_validator("extensions")
+    @classmethod
+    def _extension_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", name):
+                raise ValueError(f"{name!r} is not an extension name (e.g. httpfs)")
+        return value
+
+    @field_validator("allowed_urls")
+    @classmethod
+    def _url_prefixes(cls, value: list[str]) -> list[str]:
+        for url in value:
+            scheme, _, rest = url.partition("://")
+            if scheme not in ("https", "http", "s3", "gcs", "r2", "hf") or not rest.split("/")[0] \
+                    or not url.endswith("/"):
+                raise ValueError(f"{url!r} must be a URL prefix ending in / (e.g. "
+                                 "https://data.example.com/exports/), so it cannot match other hosts or paths")
+        return value
 
 
     @field_validator("allowed_functions", mode="before")

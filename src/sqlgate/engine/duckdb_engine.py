@@ -472,6 +472,7 @@ def _open_hardened(project, build: bool, progress=None,
     # (or the working directory for :memory:), which is nobody's decision
     temp_directory = str(project.path(cfg.temp_directory)) if cfg.temp_directory else ""
     dirs, files = access_lists(sources)
+    dirs += cfg.allowed_urls  # URL prefixes: DuckDB checks them like directories
     for entry in cfg.allowed_paths:
         p = Path(os.path.abspath(project.path(entry)))
         (dirs if p.is_dir() else files).append(str(p) + ("/" if p.is_dir() else ""))
@@ -490,6 +491,7 @@ def _open_hardened(project, build: bool, progress=None,
     except duckdb.Error as exc:
         raise ConfigError(f"cannot open DuckDB database {path}: {_clean_error(exc)}",
                           where="sqlgate.yml (engine)") from None
+    _load_extensions(db, project)
     # in this order: temp_directory cannot change once external access is off, and nothing
     # can change once the configuration is locked (the seed ran above with file access on)
     db.execute("SET temp_directory = $1", [temp_directory])
@@ -519,6 +521,26 @@ def _require_same_sources(project, db: duckdb.DuckDBPyConnection) -> None:
         raise ConfigError("the rebuilt database was built from other sources, seed or views than this server "
                           "runs with (sqlgate.yml changed since it started): restart the server to serve it",
                           where="sqlgate.yml (sources)")
+
+
+def _load_extensions(db: duckdb.DuckDBPyConnection, project) -> None:
+    """Load the configured extensions from the project's extension directory (never downloaded:
+    autoinstall is off), before the configuration is locked."""
+    cfg = project.settings.engine
+    if not cfg.extensions:
+        return
+    if cfg.extension_directory:
+        db.execute("SET extension_directory = $1", [str(project.path(cfg.extension_directory))])
+    for name in cfg.extensions:
+        try:
+            db.execute(f"LOAD {name}")  # a validated identifier (config/models.py)
+        except duckdb.Error as exc:
+            db.close()
+            where = f"in {project.path(cfg.extension_directory)}" if cfg.extension_directory else \
+                "(set engine.extension_directory to where it is installed)"
+            raise ConfigError(f"DuckDB extension {name!r} cannot be loaded {where}: "
+                              f"{_clean_error(exc).splitlines()[0]}", where="sqlgate.yml (engine.extensions)") \
+                from None
 
 
 def _check_views(db: duckdb.DuckDBPyConnection, views) -> None:
