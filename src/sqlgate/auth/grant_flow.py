@@ -47,10 +47,20 @@ from fastmcp.utilities.auth import parse_scopes
 from mcp.server.auth.provider import AuthorizationCode, RefreshToken, TokenError
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
+from sqlgate.audit.record import auth_event
 from sqlgate.auth.grants.base import GrantStore, RefreshRecord, token_hash
 from sqlgate.auth.outages import describe, provider_failure
 
 log = logging.getLogger("sqlgate.auth.grants")
+
+
+def _user_of(claims: dict[str, Any] | None, scopes: list[str]):
+    """The person a grant is for, as audit events show them (log fields only, never the claims)."""
+    from types import SimpleNamespace
+
+    from sqlgate.auth.identity import user_from_token
+
+    return user_from_token(SimpleNamespace(claims=claims or {}, scopes=scopes))
 
 
 def new_family_id() -> str:
@@ -158,6 +168,7 @@ class GrantFlow:
         await self._grants(self.grants.revoke_family, family_id, now + self._family_lifetime(), now)
         await self._upstream_token_store.delete(key=family_id)
         log.warning("revoked grant family %s…: %s", family_id[:6], why)
+        auth_event("token.revoke", message=why)
 
     # ---------------------------------------------------------------- authorization codes
     async def load_authorization_code(self, client: OAuthClientInformationFull, authorization_code: str):
@@ -226,6 +237,7 @@ class GrantFlow:
         await self._grants(self.grants.issue_family, family_id, expires_at,
                            token_hash(refresh) if refresh else None, record if refresh else None, now)
         log.info("issued grant family %s… to client %s", family_id[:6], client.client_id)
+        auth_event("token.issue", client_id=client.client_id, user=_user_of(claims, scopes))
         return OAuthToken(access_token=access, token_type="Bearer", expires_in=access_ttl, refresh_token=refresh,
                           scope=" ".join(scopes))
 
@@ -288,6 +300,8 @@ class GrantFlow:
             pair = await self._complete(client.client_id, family, generation, old_hash, new_refresh, scopes)
         log.info("rotated grant family %s… to generation %d (%s)", family[:6], generation,
                  "upstream refreshed" if go_upstream else "upstream token still fresh: not asked")
+        auth_event("token.refresh", client_id=client.client_id,
+                   user=_user_of(await self._extract_upstream_claims(upstream.raw_token_data), scopes))
         return _as_token(pair)
 
     async def _replay(self, client: OAuthClientInformationFull, token: FamilyRefreshToken) -> dict[str, Any]:
