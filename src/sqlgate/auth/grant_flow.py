@@ -54,13 +54,25 @@ from sqlgate.auth.outages import describe, provider_failure
 log = logging.getLogger("sqlgate.auth.grants")
 
 
-def _user_of(claims: dict[str, Any] | None, scopes: list[str]):
-    """The person a grant is for, as audit events show them (log fields only, never the claims)."""
+def _user_of(idp_tokens: dict[str, Any], scopes: list[str]):
+    """The person a grant is for, as audit events show them (log fields only, never the claims):
+    from the ID token the provider's token endpoint just answered with (OIDC Core §3.1.3.7: a
+    direct TLS answer needs no signature check), else nobody."""
+    import base64
+    import json
     from types import SimpleNamespace
 
     from sqlgate.auth.identity import user_from_token
 
-    return user_from_token(SimpleNamespace(claims=claims or {}, scopes=scopes))
+    claims: dict[str, Any] = {}
+    id_token = idp_tokens.get("id_token")
+    if isinstance(id_token, str) and id_token.count(".") == 2:
+        payload = id_token.split(".")[1]
+        try:
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        except ValueError:
+            claims = {}
+    return user_from_token(SimpleNamespace(claims=claims if isinstance(claims, dict) else {}, scopes=scopes))
 
 
 def new_family_id() -> str:
@@ -237,7 +249,7 @@ class GrantFlow:
         await self._grants(self.grants.issue_family, family_id, expires_at,
                            token_hash(refresh) if refresh else None, record if refresh else None, now)
         log.info("issued grant family %s… to client %s", family_id[:6], client.client_id)
-        auth_event("token.issue", client_id=client.client_id, user=_user_of(claims, scopes))
+        auth_event("token.issue", client_id=client.client_id, user=_user_of(idp_tokens, scopes))
         return OAuthToken(access_token=access, token_type="Bearer", expires_in=access_ttl, refresh_token=refresh,
                           scope=" ".join(scopes))
 
@@ -300,8 +312,7 @@ class GrantFlow:
             pair = await self._complete(client.client_id, family, generation, old_hash, new_refresh, scopes)
         log.info("rotated grant family %s… to generation %d (%s)", family[:6], generation,
                  "upstream refreshed" if go_upstream else "upstream token still fresh: not asked")
-        auth_event("token.refresh", client_id=client.client_id,
-                   user=_user_of(await self._extract_upstream_claims(upstream.raw_token_data), scopes))
+        auth_event("token.refresh", client_id=client.client_id, user=_user_of(upstream.raw_token_data, scopes))
         return _as_token(pair)
 
     async def _replay(self, client: OAuthClientInformationFull, token: FamilyRefreshToken) -> dict[str, Any]:
