@@ -286,3 +286,16 @@ def test_a_failing_sink_neither_fails_the_call_nor_goes_uncounted(tmp_path):
         assert "audit: " in server.logs() and "the jsonl sink failed: IsADirectoryError" in server.logs()
     finally:
         stop_server(server)
+
+
+def test_an_unwritable_audit_database_stops_the_start_with_a_clear_error(tmp_path):
+    import shutil
+
+    project = tmp_path / "shop"
+    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    (project / "data" / "audit.db").mkdir(parents=True)  # a directory where the database file should be
+    proc = subprocess.run([sys.executable, "-m", "sqlgate", "serve", "-p", str(project), "--transport", "http",
+                           "--port", "0"], capture_output=True, text=True, env=isolated_env(tmp_path), timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "the audit trail cannot be written" in proc.stderr and "audit.store: none" in proc.stderr
+    assert "Traceback" not in proc.stderr

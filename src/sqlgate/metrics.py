@@ -1,7 +1,8 @@
 """Prometheus metrics: calls, latency, errors, pool saturation, auth refusals, rate-limit hits.
 
-Counting is always on (a counter increment costs well under a microsecond); whether and where
-the numbers are exposed is `telemetry.metrics` (see metrics_http.py). Labels are bounded:
+Per-call numbers are counted when `telemetry.metrics.enabled` (the MCP middleware); the other
+counters (auth, pool, audit losses, rate limits) cost a lock and an add and always count. Where the
+numbers are exposed is metrics_http.py. Labels are bounded:
 endpoint labels are names the project defines (unknown names count as "unknown"), auth refusals
 are labelled by route family, error classes by exception class name.
 
@@ -16,6 +17,7 @@ Other modules report through the small functions below, e.g. `metrics.rate_limit
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -40,9 +42,22 @@ AUDIT_LOST = Counter("sqlgate_audit_events_lost", "Audit events not stored: queu
                      ["reason"])
 
 
+# labelled children, looked up once: `.labels()` costs more than the increment itself (label
+# values are bounded, so these stay small)
+_calls: dict[tuple[str, str, str], Any] = {}
+_latency: dict[tuple[str, str], Any] = {}
+
+
 def observe_call(kind: str, endpoint: str, outcome: str, seconds: float, error_class: str | None) -> None:
-    CALLS.labels(kind, endpoint, outcome).inc()
-    LATENCY.labels(kind, endpoint).observe(seconds)
+    key = (kind, endpoint, outcome)
+    calls = _calls.get(key)
+    if calls is None:
+        calls = _calls[key] = CALLS.labels(kind, endpoint, outcome)
+    calls.inc()
+    latency = _latency.get(key[:2])
+    if latency is None:
+        latency = _latency[key[:2]] = LATENCY.labels(kind, endpoint)
+    latency.observe(seconds)
     if error_class:
         ERRORS.labels(kind, error_class).inc()
 

@@ -219,9 +219,11 @@ def build_app(project: LoadedProject, engine: Engine | None = None,
         auth=auth,
     )
     app = App(project=project, engine=engine, endpoints=[], mcp=mcp)
-    # outermost: calls refused further in (scopes, policies) are observed too
-    mcp.add_middleware(CallObserver(labeller(app), audit=settings.audit.enabled,
-                                    log_arguments=settings.audit.log_arguments))
+    if settings.audit.enabled or telemetry.metrics.enabled or tracing.enabled():
+        # outermost: calls refused further in (scopes, policies) are observed too
+        mcp.add_middleware(CallObserver(labeller(app), audit=settings.audit.enabled,
+                                        log_arguments=settings.audit.log_arguments,
+                                        count=telemetry.metrics.enabled))
     if settings.auth.enabled:
         app.scopes = ScopeRegistry(list(settings.auth.authorization.claim_mappings))
         mcp.add_middleware(ScopeFilter(app.scopes))

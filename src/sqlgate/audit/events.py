@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 # kinds: a tool call, a resource read, a prompt render, an authorization step
@@ -31,8 +30,8 @@ MAX_MESSAGE_CHARS = 1000
 
 def iso_time(ts: float | None = None) -> str:
     """ISO-8601 UTC with milliseconds, e.g. 2026-05-01T12:00:00.123Z (sorts as text)."""
-    moment = datetime.fromtimestamp(time.time() if ts is None else ts, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    ms = round((time.time() if ts is None else ts) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
 
 
 def _cut(value: str, limit: int) -> str:

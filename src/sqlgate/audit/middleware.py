@@ -62,8 +62,8 @@ class CallObserver(Middleware):
     """`label(kind, key)` maps what the client named to a bounded metrics label (unknown names
     would otherwise let any client create label values)."""
 
-    def __init__(self, label: Callable[[str, str], str], audit: bool, log_arguments: bool):
-        self.label, self.audit, self.log_arguments = label, audit, log_arguments
+    def __init__(self, label: Callable[[str, str], str], audit: bool, log_arguments: bool, count: bool = True):
+        self.label, self.audit, self.log_arguments, self.count = label, audit, log_arguments, count
 
     async def _observe(self, kind: str, name: str, arguments: dict[str, Any] | None,
                        context: MiddlewareContext, call_next) -> Any:
@@ -85,7 +85,8 @@ class CallObserver(Middleware):
             close_note(token)
             seconds = time.perf_counter() - started
             call = current_call()
-            metrics.observe_call(kind, self.label(kind, name), outcome, seconds, error_class)
+            if self.count:
+                metrics.observe_call(kind, self.label(kind, name), outcome, seconds, error_class)
             tracing.annotate_call(call.user, kind, name, outcome, error_class)
             if self.audit:
                 self._record(kind, name, arguments, context, call, note, result, outcome, error_class,

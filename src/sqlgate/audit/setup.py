@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
 from sqlgate.audit.sinks import JsonLinesSink, PostgresSink, Sink, SqliteSink
 from sqlgate.audit.writer import AuditWriter
+from sqlgate.errors import ConfigError
 
 
 def build_sinks(project: Any) -> list[Sink]:
+    """The configured sinks; a file sink that cannot be created stops the start (a trail that would
+    silently lose every event is worse than no start). PostgreSQL is reached on first write."""
     cfg = project.settings.audit
     sinks: list[Sink] = []
-    if cfg.path:
-        sinks.append(JsonLinesSink(project.path(cfg.path), cfg.rotate_bytes, cfg.rotate_seconds, cfg.keep))
-    if cfg.store == "sqlite":
-        sinks.append(SqliteSink(project.path(cfg.database)))
-    elif cfg.store == "postgres":
+    try:
+        if cfg.path:
+            sinks.append(JsonLinesSink(project.path(cfg.path), cfg.rotate_bytes, cfg.rotate_seconds, cfg.keep))
+        if cfg.store == "sqlite":
+            sink = SqliteSink(project.path(cfg.database))
+            sink.connect().close()  # the table exists (and the file is writable) before the first call
+            sinks.append(sink)
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(f"the audit trail cannot be written: {exc} (set audit.database / audit.path to a "
+                          "writable place, or audit.store: none)") from None
+    if cfg.store == "postgres":
         sinks.append(PostgresSink(cfg.dsn.get_secret_value()))
     return sinks
 

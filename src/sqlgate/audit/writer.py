@@ -21,6 +21,7 @@ from sqlgate.audit.sinks import Sink
 log = logging.getLogger("sqlgate.audit")
 
 BATCH = 500
+LINGER = 0.05  # seconds an event may wait for others to share its write
 _STOP = object()
 _WARN_EVERY = 60.0  # seconds between repeated warnings of the same loss
 
@@ -79,11 +80,13 @@ class AuditWriter:
 
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
-            batch = [first]
-            while len(batch) < BATCH:
+            batch = [self._queue.get()]
+            # linger briefly: one transaction per batch costs far less per event than one per event
+            deadline = time.monotonic() + LINGER
+            while len(batch) < BATCH and batch[-1] is not _STOP:
+                remaining = deadline - time.monotonic()
                 try:
-                    batch.append(self._queue.get_nowait())
+                    batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
                 except queue.Empty:
                     break
             stop = any(e is _STOP for e in batch)
