@@ -18,7 +18,7 @@ log = logging.getLogger("sqlgate.audit")
 
 
 def emit(event: dict[str, Any]) -> None:
-    if audit_writer.console_enabled():
+    if audit_writer.console_enabled() and log.isEnabledFor(logging.INFO):
         log.info("%s", console_line(event))
     current = audit_writer.current()
     if current is not None:
