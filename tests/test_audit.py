@@ -17,7 +17,7 @@ import anyio
 import httpx
 import pytest
 
-from sqlgate.audit.events import FIELDS, new_event, normalise_sql, sql_fingerprint
+from sqlgate.audit.events import FIELDS, mask_arguments, new_event, normalise_sql, sql_fingerprint
 from sqlgate.audit.query import EventFilter, FileTrail
 from sqlgate.audit.sinks import JsonLinesSink
 from tests.auth_support import MemoryTokenStorage, auth_project, oauth_client
@@ -299,3 +299,35 @@ def test_an_unwritable_audit_database_stops_the_start_with_a_clear_error(tmp_pat
     assert proc.returncode == 2, proc.stderr
     assert "the audit trail cannot be written" in proc.stderr and "audit.store: none" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif("not __import__('tests.grant_backends', fromlist=['x']).postgres_available()")
+def test_a_shared_postgres_table_served_to_sqlgate_log(tmp_path):
+    """Replicas writing one trail: two writers (as two processes would) into one PostgreSQL table,
+    read back by `sqlgate log` with filters pushed into SQL."""
+    import shutil
+
+    from sqlgate.audit.sinks import PostgresSink
+    from sqlgate.audit.writer import AuditWriter
+    from tests.grant_backends import postgres_database
+
+    with postgres_database() as dsn:
+        writers = [AuditWriter([PostgresSink(dsn)]).start() for _ in range(2)]
+        for n, writer in enumerate(writers):
+            for i in range(5):
+                writer.submit(new_event("tool", "query", username=f"user{n}", rows=i, duration_ms=1.0,
+                                        arguments=mask_arguments({"sql": f"SELECT {i}", "api_key": "k"}),
+                                        sql_fingerprint=sql_fingerprint(f"SELECT {i}")))
+        for writer in writers:
+            writer.close()
+        assert all(not w.lost for w in writers)
+        project = tmp_path / "shop"
+        shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("data", "__pycache__"))
+        env = isolated_env(tmp_path, SQLGATE_AUDIT_STORE="postgres", SQLGATE_AUDIT_DSN=dsn)
+        proc = subprocess.run([sys.executable, "-m", "sqlgate", "log", "-p", str(project), "--user", "user1",
+                               "--json", "-n", "0"], capture_output=True, text=True, env=env, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        rows = [json.loads(x) for x in proc.stdout.splitlines()]
+        assert [r["rows"] for r in rows] == [0, 1, 2, 3, 4] and {r["username"] for r in rows} == {"user1"}
+        assert rows[0]["arguments"] == {"sql": "SELECT 0", "api_key": "***"}
+        assert len({r["sql_fingerprint"] for r in rows}) == 1
