@@ -268,10 +268,12 @@ def test_a_failing_sink_neither_fails_the_call_nor_goes_uncounted(tmp_path):
     try:
         async def call():
             async with mcp_session(server.url) as session:
-                return [await session.call_tool("query", {"sql": f"SELECT {i} AS n"}) for i in range(3)]
+                return [await session.call_tool("query", {"sql": f"SELECT {i} AS n"}) for i in range(2)] + \
+                    [await session.call_tool("query", {"sql": "SELECT * FROM range(5000)"})]
 
         results = anyio.run(call)
-        assert [r.structured_content["rows"] for r in results] == [[[0]], [[1]], [[2]]]
+        assert [r.structured_content["rows"] for r in results[:2]] == [[[0]], [[1]]]
+        assert results[2].structured_content["truncated"] is True
 
         def lost() -> float:
             text = httpx.get(f"{server.base}/metrics").text
@@ -281,8 +283,12 @@ def test_a_failing_sink_neither_fails_the_call_nor_goes_uncounted(tmp_path):
 
         assert wait_for(lambda: lost() >= 3) and lost() == 3
         # the other sink still got every event, and the loss is in the server log
-        assert len(only(wait_for(lambda: len(table_events(project / "data" / "audit.db")) >= 3 and
-                                 table_events(project / "data" / "audit.db")), endpoint="query")) == 3
+        stored = only(wait_for(lambda: len(table_events(project / "data" / "audit.db")) >= 3 and
+                               table_events(project / "data" / "audit.db")), endpoint="query")
+        assert len(stored) == 3
+        # a truncated answer is ok, marked truncated, with the rows it did carry
+        assert (stored[2]["outcome"], stored[2]["truncated"], stored[2]["rows"]) == ("ok", 1, 1000)
+        assert "tool query by anonymous" in server.logs() and "-> ok (truncated)" in server.logs()
         assert "audit: " in server.logs() and "the jsonl sink failed: IsADirectoryError" in server.logs()
     finally:
         stop_server(server)
@@ -331,3 +337,44 @@ def test_a_shared_postgres_table_served_to_sqlgate_log(tmp_path):
         assert [r["rows"] for r in rows] == [0, 1, 2, 3, 4] and {r["username"] for r in rows} == {"user1"}
         assert rows[0]["arguments"] == {"sql": "SELECT 0", "api_key": "***"}
         assert len({r["sql_fingerprint"] for r in rows}) == 1
+
+
+def test_a_stalled_sink_does_not_slow_calls(tmp_path):
+    """The audit table's database accepts connections and never answers (a hung server): calls go
+    on at full speed while the writer waits, and the batch it could not store is counted."""
+    import shutil
+    import socket
+
+    from tests.clients import mcp_session
+
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(16)  # connections complete in the kernel; nobody ever reads or answers
+    project = tmp_path / "shop"
+    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    (project / "sqlgate.yml").write_text((project / "sqlgate.yml").read_text() +
+                                         "\ntelemetry:\n  metrics: {enabled: true}\n")
+    env = isolated_env(tmp_path, SQLGATE_AUDIT_STORE="postgres",
+                       SQLGATE_AUDIT_DSN=f"postgresql://sqlgate@127.0.0.1:{hung.getsockname()[1]}/audit")
+    server = start_server(project, tmp_path, env=env, timeout=60)
+    try:
+        async def calls():
+            async with mcp_session(server.url) as session:
+                started = time.monotonic()
+                for i in range(5):
+                    assert not (await session.call_tool("query", {"sql": f"SELECT {i}"})).is_error
+                return time.monotonic() - started
+
+        elapsed = anyio.run(calls)
+        assert elapsed < 5, f"calls waited for the stalled audit sink ({elapsed:.1f} s)"  # the stall is 10 s
+
+        def lost() -> float:
+            text = httpx.get(f"{server.base}/metrics").text
+            line = next((x for x in text.splitlines()
+                         if x.startswith('sqlgate_audit_events_lost_total{reason="sink_postgres"}')), None)
+            return float(line.split()[-1]) if line else 0.0
+
+        assert wait_for(lambda: lost() >= 1, timeout=30)
+    finally:
+        stop_server(server)
+        hung.close()
