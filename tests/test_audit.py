@@ -378,3 +378,29 @@ def test_a_stalled_sink_does_not_slow_calls(tmp_path):
     finally:
         stop_server(server)
         hung.close()
+
+
+def test_sqlgate_log_follows_a_json_lines_file_across_rotation(tmp_path):
+    import shutil
+
+    project = tmp_path / "shop"
+    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    path = tmp_path / "audit.jsonl"
+    sink = JsonLinesSink(path, rotate_bytes=1500, rotate_seconds=None, keep=3)
+    sink.write([new_event("tool", "before", duration_ms=1.0)])
+    follower = subprocess.Popen([sys.executable, "-m", "sqlgate", "log", "-p", str(project), "--file", str(path),
+                                 "-f", "--json", "-n", "1", "--kind", "tool"], stdout=subprocess.PIPE, text=True,
+                                env=isolated_env(tmp_path))
+    try:
+        assert json.loads(follower.stdout.readline())["endpoint"] == "before"
+        time.sleep(1.0)  # the follower is at the end of the file now
+        for i in range(8):  # about 500 bytes each: the file rotates twice on the way
+            sink.write([new_event("tool", f"after{i}", duration_ms=1.0)])
+            sink.write([new_event("auth", "refusal", status=401)])  # filtered out
+            time.sleep(0.2)
+        seen = [json.loads(follower.stdout.readline())["endpoint"] for _ in range(8)]
+        assert seen == [f"after{i}" for i in range(8)]
+        assert (tmp_path / "audit.jsonl.2").exists()
+    finally:
+        follower.terminate()
+        follower.wait(10)

@@ -143,6 +143,18 @@ class SqlTrail:
                 time.sleep(poll)
 
 
+def _read_events(path: Path) -> Iterator[dict[str, Any]]:
+    try:
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    continue
+    except FileNotFoundError:
+        return
+
+
 class FileTrail:
     """The JSON-lines file and its rotated predecessors (<path>.N … <path>.1, then <path>)."""
 
@@ -155,17 +167,22 @@ class FileTrail:
         return [p for p in rotated if p.suffix[1:].isdigit()] + ([self.path] if self.path.exists() else [])
 
     def events(self, flt: EventFilter, limit: int | None) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = []
-        for path in self.files():
-            with path.open(encoding="utf-8", errors="replace") as fh:
-                for line in fh:
-                    try:
-                        event = json.loads(line)
-                    except ValueError:
-                        continue
-                    if flt.match(event):
-                        found.append(event)
+        found = [e for path in self.files() for e in _read_events(path) if flt.match(e)]
         return found[-limit:] if limit else found
+
+    def _newer_rotated(self, inode: int | None) -> Iterator[dict[str, Any]]:
+        """Events of the rotated files newer than the one with `inode` (oldest first)."""
+        rotated = [p for p in self.files() if p != self.path]
+        inodes = []
+        for p in rotated:
+            try:
+                inodes.append(p.stat().st_ino)
+            except FileNotFoundError:
+                inodes.append(None)
+        if inode not in inodes:
+            return
+        for path in rotated[inodes.index(inode) + 1:]:
+            yield from _read_events(path)
 
     def follow(self, flt: EventFilter, poll: float = 0.5) -> Iterator[dict[str, Any]]:
         """New lines as they are appended; follows the file across rotations (a file that appears
@@ -188,6 +205,10 @@ class FileTrail:
             if current is not None and current != inode:  # rotated (or created): switch files
                 if fh is not None:
                     fh.close()
+                    # files rotated after ours (several rotations between two polls): read them first
+                    for event in self._newer_rotated(inode):
+                        if flt.match(event):
+                            yield event
                 fh, inode = self.path.open(encoding="utf-8", errors="replace"), current
                 if first:
                     fh.seek(0, 2)
