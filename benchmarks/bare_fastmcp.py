@@ -45,6 +45,19 @@ def make_server(db_path: Path) -> FastMCP:
         finally:
             cur.close()
 
+    @mcp.tool
+    def rows() -> list[dict[str, Any]]:
+        """1000 rows x 10 columns (the same SQL as sqlgate's `rows` tool)"""
+        from projects import ROWS_SQL
+
+        cur = db.cursor()
+        try:
+            cur.execute(ROWS_SQL)
+            columns = [d[0] for d in cur.description]
+            return [dict(zip(columns, row, strict=True)) for row in cur.fetchall()]
+        finally:
+            cur.close()
+
     # same readiness probe as sqlgate, so startup is measured identically
     @mcp.custom_route("/healthz", methods=["GET"])
     async def healthz(_request: Request) -> JSONResponse:

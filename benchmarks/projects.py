@@ -34,6 +34,18 @@ tool:
 """
 
 
+# the 1,000-row x 10-column answer (benchmarks/answer_rows.py); bare_fastmcp.py runs the same SQL
+ROWS_SQL = ("SELECT i AS c0, i * 2 AS c1, i * 3 AS c2, i / 7 AS c3, 'row ' || i AS c4, i % 2 = 0 AS c5, "
+            "i * 1.5 AS c6, 'abcdefghij' AS c7, i - 500 AS c8, i * i AS c9 FROM range(1000) t(i) ORDER BY i")
+ROWS_YML = f"""\
+tool:
+  name: rows
+  description: 1000 rows x 10 columns
+  source:
+    code: "{ROWS_SQL}"
+"""
+
+
 def _base(root: Path) -> Path:
     (root / "tools").mkdir(parents=True)
     (root / "sql").mkdir()
@@ -46,6 +58,7 @@ def ping_project(root: Path) -> Path:
     """The throughput project: a single `ping` tool."""
     _base(root)
     (root / "tools" / "ping.yml").write_text(PING_YML)
+    (root / "tools" / "rows.yml").write_text(ROWS_YML)
     return root
 
 

@@ -27,3 +27,8 @@ def hs256_bearer(secret: str, audience: str, name: str, issuer: str = "https://i
     claims = {"iss": issuer, "aud": audience, "sub": name, "preferred_username": name,
               "email": f"{name}@example.test", "exp": int(time.time()) + 600}
     return {"Authorization": "Bearer " + jwt.encode({"alg": "HS256"}, claims, OctKey.import_key(secret.encode()))}
+
+
+def records(answer: dict) -> list[dict]:
+    """A tool answer's rows as {column: value} records (every tool answers columns + rows)."""
+    return [dict(zip(answer["columns"], row, strict=True)) for row in answer["rows"]]

@@ -288,7 +288,7 @@ def test_a_failing_sink_neither_fails_the_call_nor_goes_uncounted(tmp_path):
         assert len(stored) == 3
         # a truncated answer is ok, marked truncated, with the rows it did carry
         assert (stored[2]["outcome"], stored[2]["truncated"], stored[2]["rows"]) == ("ok", 1, 1000)
-        assert "tool query by anonymous" in server.logs() and "-> ok (truncated)" in server.logs()
+        assert "tool query by anonymous" in server.logs() and "-> ok (1000 rows, truncated)" in server.logs()
         assert "audit: " in server.logs() and "the jsonl sink failed: IsADirectoryError" in server.logs()
     finally:
         stop_server(server)

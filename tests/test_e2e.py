@@ -13,6 +13,7 @@ from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
+from tests.clients import records
 from tests.conftest import isolated_env
 
 BUILTINS = {"list_schemas", "list_tables", "describe_table", "search_objects", "query"}
@@ -55,23 +56,23 @@ async def exercise_everything(session: ClientSession) -> None:
     # built-in tools
     res = await session.call_tool("list_schemas", {})
     assert not res.is_error and {"database": "shop", "schema": "main", "comment": None} in \
-        res.structured_content["items"]
+        records(res.structured_content)
     res = await session.call_tool("list_tables", {"schema": "main"})
-    names = {t["name"]: t for t in res.structured_content["items"]}
+    names = {t["name"]: t for t in records(res.structured_content)}
     assert {"customers", "orders", "order_items", "products", "order_totals"} <= set(names)
     assert names["customers"]["comment"] == "People and companies who bought from the shop"
     assert names["order_totals"]["kind"] == "view"
     res = await session.call_tool("describe_table", {"table": "order_items"})
     desc = res.structured_content
-    assert [c["name"] for c in desc["columns"]] == ["order_id", "product_id", "quantity", "unit_price"]
-    assert desc["columns"][0]["nullable"] is False
-    kinds = {k["type"]: k for k in desc["keys"]}
+    assert [c["name"] for c in records(desc)] == ["order_id", "product_id", "quantity", "unit_price"]
+    assert records(desc)[0]["nullable"] is False
+    kinds = {k["type"]: k for k in desc["table"]["keys"]}
     assert kinds["PRIMARY KEY"]["columns"] == ["order_id", "product_id"]
     assert kinds["FOREIGN KEY"]["referenced_table"] in ("orders", "products")
     res = await session.call_tool("describe_table", {"table": "nope"})
     assert res.is_error and "not found" in res.content[0].text
     res = await session.call_tool("search_objects", {"keywords": "account manager"})
-    top = res.structured_content["items"][0]
+    top = records(res.structured_content)[0]
     assert (top["table"], top["name"]) == ("customers", "account_manager")
     res = await session.call_tool("query", {"sql": "SELECT count(*) AS n FROM customers WHERE region = 'EU'"})
     assert not res.is_error

@@ -1,7 +1,7 @@
 """Result limits, timeouts and per-call user context under concurrency — real servers, real DuckDB.
 
 - rows: the default 1000-row cap over MCP, with `truncated` and a hint naming the limit;
-- bytes: a server started with SQLGATE_MAX_BYTES=2048 keeps the rows payload under the cap;
+- bytes: a server started with SQLGATE_MAX_BYTES=4096 keeps the rows payload under the cap;
 - time: a server started with SQLGATE_QUERY_TIMEOUT=1 interrupts a slow query within seconds and
   keeps serving (other calls, /healthz);
 - identity: concurrent calls as different users (engine level) and with different request headers
@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from sqlgate.answers import ENVELOPE_BYTES, encoded_cost
 from sqlgate.config.loader import load_project
 from sqlgate.context import CallContext, UserContext
 from sqlgate.endpoints import executor
@@ -64,11 +65,11 @@ async def test_exactly_max_rows_is_not_truncated(shop_server):
 
 @pytest.fixture(scope="module")
 def limited_server(tmp_path_factory) -> ServerProcess:
-    """The shop example, served with SQLGATE_MAX_BYTES=2048 and SQLGATE_QUERY_TIMEOUT=1."""
+    """The shop example, served with SQLGATE_MAX_BYTES=4096 and SQLGATE_QUERY_TIMEOUT=1."""
     tmp = tmp_path_factory.mktemp("limited")
     project = tmp / "project"
     shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("data", "__pycache__"))
-    server = start_server(project, tmp, env=isolated_env(tmp, SQLGATE_MAX_BYTES="2048", SQLGATE_QUERY_TIMEOUT="1"))
+    server = start_server(project, tmp, env=isolated_env(tmp, SQLGATE_MAX_BYTES="4096", SQLGATE_QUERY_TIMEOUT="1"))
     yield server
     stop_server(server)
 
@@ -79,15 +80,13 @@ async def test_max_bytes_truncates_and_payload_stays_under_the_cap(limited_serve
     assert not res.is_error, res.content[0].text
     sc = res.structured_content
     assert sc["truncated"] is True
-    assert "2048-byte result limit" in sc["hint"]
+    assert "4096-byte result limit" in sc["hint"]
     assert 0 < sc["row_count"] < 500
     assert sc["row_count"] == len(sc["rows"])
     assert [r[0] for r in sc["rows"]] == list(range(sc["row_count"]))  # a prefix, nothing skipped
-    assert len(compact(sc["rows"])) <= 2048
-    # the cap is used, not wasted: one more row would not have fitted
-    assert len(compact([*sc["rows"], sc["rows"][-1]])) > 2048 - 64
-    # the whole response (columns, types, hint around the rows) is the cap plus a small envelope
-    assert len(res.content[0].text.encode("utf-8")) <= 2048 + 512
+    assert len(compact(sc["rows"])) <= 4096
+    # the cap is the whole message: the answer in both encodings (text escaped) plus the envelope
+    assert encoded_cost(res.content[0].text) + ENVELOPE_BYTES <= 4096
 
 
 async def test_max_bytes_leaves_small_results_alone(limited_server):
@@ -104,7 +103,7 @@ async def test_max_bytes_counts_bytes_not_characters(limited_server):
         res = await s.call_tool("query", {"sql": "SELECT i, repeat('é', 60) AS s FROM range(200) t(i)"})
     sc = res.structured_content
     assert sc["truncated"] is True
-    assert len(compact(sc["rows"])) <= 2048
+    assert len(compact(sc["rows"])) <= 4096
 
 
 async def test_slow_query_times_out_and_server_keeps_serving(limited_server):

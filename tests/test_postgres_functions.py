@@ -211,11 +211,11 @@ async def test_set_role_catalog_tools_run_as_the_caller(pg):
     try:
         with pinned_call(_as("alice")):
             tables = {r["name"] for r in (await engine.list_tables("public", LIMITS)).records()}
-            described = await engine.describe_table("role_notes", None, LIMITS)
+            _, described = await engine.describe_table("role_notes", None, LIMITS)
             entries = await engine.catalog_entries()
             schemas = (await engine.list_schemas(LIMITS)).records()
         assert {"accounts", "role_notes"} <= tables
-        assert [c["name"] for c in described["columns"]] == ["id", "note"]
+        assert [c["name"] for c in described.records()] == ["id", "note"]
         assert any(e["name"] == "role_notes" for e in entries) and any(s["schema"] == "public" for s in schemas)
         with pinned_call(_as("bob")):  # bob's role cannot read role_notes: he does not see it
             tables = {r["name"] for r in (await engine.list_tables("public", LIMITS)).records()}

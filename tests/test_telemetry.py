@@ -163,7 +163,7 @@ def spans():
 def test_traces_carry_the_end_user_and_a_database_span(tmp_path, spans):
     """The server in this process, so its spans land in the in-memory exporter."""
     from sqlgate.config.loader import load_project
-    from sqlgate.serve import http_middleware, session_options
+    from sqlgate.serve import http_asgi
     from sqlgate.server import build_app
 
     project, env, port = auth_project(tmp_path, jwt_auth())
@@ -179,7 +179,7 @@ def test_traces_carry_the_end_user_and_a_database_span(tmp_path, spans):
         os.environ.clear()
         os.environ.update(saved)
     app = build_app(loaded)
-    asgi = app.mcp.http_app(path="/mcp", transport="http", middleware=http_middleware(app), **session_options(app))
+    asgi = http_asgi(app, "127.0.0.1")
     server = uvicorn.Server(uvicorn.Config(asgi, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -7,7 +7,6 @@ message — never an internal error.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,14 +20,14 @@ from jsonschema import Draft202012Validator
 from mcp.types import TextContent, ToolAnnotations
 from pydantic import PrivateAttr
 
+from sqlgate import answers
 from sqlgate.audit.notes import note_answer, note_error
 from sqlgate.errors import DatabaseUnavailable, InvalidArguments, QueryTimeout, SqlgateError
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
-def dumps(data: Any) -> str:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str)
+dumps = answers.dumps  # the encoding whose size the answer budget counts
 
 
 # an error text is part of the answer too: a 5 MB engine message must not become a 5 MB reply

@@ -105,7 +105,7 @@ def console_line(event: dict[str, Any]) -> str:
             f"provider={event.get('provider') or '-'} name={event.get('display_name') or '-'} "
             f"email={event.get('email') or '-'}) -> {event['outcome']}")
     if event.get("truncated"):
-        line += " (truncated)"
+        line += f" ({event.get('rows')} rows, truncated)"
     if event.get("status"):
         line += f" HTTP {event['status']}"
     if event.get("duration_ms") is not None:

@@ -5,7 +5,8 @@ Every section forbids unknown keys so a misspelt setting is an error, not a sile
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -82,14 +83,69 @@ class EngineConfig(Strict):
         return self
 
 
+SOURCE_FORMATS = ("csv", "tsv", "parquet", "json", "ndjson", "duckdb", "sqlite")
+# option values a source may pass to DuckDB's reader: scalars, lists and mappings of them
+OptionValue = str | int | float | bool | list[Any] | dict[str, Any]
+
+
+class SourceConfig(Strict):
+    """A named, read-only relation built from files or another database (DuckDB engine only).
+
+    csv/tsv/parquet/json/ndjson: a view over the file(s), read live at every query; duckdb: the
+    file attached read-only, one view per table in a schema named after the source; sqlite: its
+    tables copied in when the database is built (DuckDB's sqlite extension cannot be installed
+    offline), so `sqlgate refresh` re-reads them.
+    """
+
+    # a file, a glob (data/sales/*.parquet, **/*.csv) or a list of them; relative to the project
+    path: str | list[str]
+    # default: from the file extension (.csv .tsv .parquet .json .ndjson/.jsonl .duckdb .sqlite/.db)
+    format: Literal["csv", "tsv", "parquet", "json", "ndjson", "duckdb", "sqlite"] | None = None
+    description: str | None = None
+    # named parameters of DuckDB's reader (read_csv, read_parquet, read_json), e.g. delim, header,
+    # columns: {id: INTEGER}, dateformat; passed as quoted literals, never spliced as text
+    options: dict[str, OptionValue] = Field(default_factory=dict)
+    # column comments shown by describe_table / search_objects
+    columns: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("path")
+    @classmethod
+    def _some_path(cls, value: str | list[str]) -> str | list[str]:
+        paths = [value] if isinstance(value, str) else value
+        if not paths or not all(isinstance(p, str) and p.strip() for p in paths):
+            raise ValueError("needs a file, a glob or a list of them")
+        if any("\0" in p for p in paths):
+            raise ValueError("a path cannot hold a NUL character")
+        return value
+
+    @field_validator("options")
+    @classmethod
+    def _option_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                raise ValueError(f"option name {key!r} must be a plain identifier (e.g. delim, header)")
+        return value
+
+    @property
+    def paths(self) -> list[str]:
+        return [self.path] if isinstance(self.path, str) else list(self.path)
+
+
 class LimitsConfig(Strict):
     """Per-call limits. Only configuration sets them; tool arguments cannot raise them."""
 
     max_rows: int = Field(default=1000, ge=1)
+    # the whole MCP message of one answer (both encodings of a tool answer, JSON escaping, envelope):
+    # the official Python client refuses an SSE event over 1 MiB (1,048,576 bytes)
     max_bytes: int = Field(default=1_000_000, ge=1024)
     timeout_seconds: float = Field(default=30.0, gt=0)
     # longest SQL text the query tool accepts, checked before anything parses it (characters)
     max_sql_length: int = Field(default=100_000, ge=100)
+    # signs the cursors of paged answers; share it between replicas (default: the OAuth state key,
+    # else engine.identity_key, else one made per server process)
+    cursor_secret: SecretStr | None = None
+    # how long a cursor stays valid
+    cursor_ttl_seconds: float = Field(default=3600, gt=0)
 
 
 class EndpointLimits(Strict):
@@ -143,11 +199,32 @@ class TransportConfig(Strict):
     stateless: bool = False
     # answer POSTs with one JSON body instead of an SSE stream (for JSON-only clients)
     json_response: bool = False
+    # browser origins allowed to call the server (CORS), e.g. https://app.example.com; none by
+    # default (CORS off). Env: comma-separated
+    cors_origins: list[str] = Field(default_factory=list)
+    # memory kept per server for SSE stream resumption (Last-Event-ID): recent events, oldest
+    # dropped first; 0 turns resumption off (a GET with Last-Event-ID then gets a clean 400)
+    resume_buffer_bytes: int = Field(default=8_000_000, ge=0)
     # MCP sessions: a ceiling for the server, a share per client (token principal or address), and
     # how long an idle session lives
     max_sessions: int = Field(default=10_000, ge=1)
     max_sessions_per_client: int = Field(default=100, ge=1)
     session_idle_timeout: float = Field(default=600, gt=0)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value):
+        if isinstance(value, str):  # SQLGATE_CORS_ORIGINS=https://a.example,https://b.example
+            return [p.strip() for p in value.split(",") if p.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"cors_origins: {origin!r} is not an origin (scheme://host[:port], no path)")
+        return value
 
     @field_validator("path")
     @classmethod
@@ -211,11 +288,34 @@ class TelemetryConfig(Strict):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
 
+class Icon(Strict):
+    """An icon clients may show next to the server or a component (MCP `Icon`)."""
+
+    # https: URL or data: URI
+    src: str = Field(pattern=r"^(https://|data:)")
+    mime_type: str | None = None
+    # e.g. ["48x48"], ["any"] for SVG
+    sizes: list[str] | None = None
+    theme: Literal["light", "dark"] | None = None
+
+    def to_mcp(self):
+        from mcp_types import Icon as McpIcon
+
+        return McpIcon(src=self.src, mime_type=self.mime_type, sizes=self.sizes, theme=self.theme)
+
+
 class Settings(Strict):
     """The effective configuration of one project under one profile."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str | None = None
+    # shown by clients instead of the name, with the icons and a link to the project's site
+    title: str | None = None
+    website_url: str | None = Field(default=None, pattern=r"^https?://")
+    icons: list[Icon] = Field(default_factory=list)
+    # tools the caller lacks a scope for: "hide" them from tools/list (default), or "list" them
+    # with a note naming the scope(s) they need, so a client can re-authorise (step up)
+    locked_tools: Literal["hide", "list"] = "hide"
     profile: str = "default"
     engine: EngineConfig = Field(default_factory=EngineConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
@@ -224,9 +324,27 @@ class Settings(Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    # named relations from files and other databases (DuckDB only), keyed by relation name
+    sources: dict[str, SourceConfig] = Field(default_factory=dict)
+
+    @field_validator("sources")
+    @classmethod
+    def _source_names(cls, value: dict[str, SourceConfig]) -> dict[str, SourceConfig]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(name)) or str(name).lower().startswith("__sqlgate"):
+                raise ValueError(f"source name {name!r} must be a plain identifier (letters, digits, _), "
+                                 "as queries will name it")
+        return value
+
+    @model_validator(mode="after")
+    def _sources_need_duckdb(self) -> Settings:
+        if self.sources and self.engine.type != "duckdb":
+            raise ValueError(f"sources: are DuckDB-only (engine.type is {self.engine.type}); read files into "
+                             "PostgreSQL with its own tools, or remove the sources: section")
+        return self
 
 
 # sections a profile in the user config may override; name/description/profile are the project's
-PROFILE_SECTIONS = ("engine", "limits", "sql_tools", "transport", "auth", "audit", "telemetry")
-PROJECT_KEYS = ("name", "description", "profile", "engine", "limits", "sql_tools", "transport", "audit",
-                "telemetry")
+PROFILE_SECTIONS = ("engine", "limits", "sql_tools", "transport", "auth", "audit", "sources", "telemetry")
+PROJECT_KEYS = ("name", "description", "title", "website_url", "icons", "locked_tools", "profile", "engine",
+                "limits", "sql_tools", "transport", "audit", "sources", "telemetry")

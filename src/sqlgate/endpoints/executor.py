@@ -9,13 +9,33 @@ from typing import Any
 
 import anyio
 
-from sqlgate import runtime
+from sqlgate import answers, runtime
 from sqlgate.components import check_arguments
 from sqlgate.context import CallContext
 from sqlgate.endpoints.loader import Endpoint
 from sqlgate.endpoints.models import PromptDef
 from sqlgate.engine.base import Engine, Limits, QueryResult
 from sqlgate.errors import InvalidArguments, QueryFailed, QueryTimeout, ResourceNotFound
+from sqlgate.paging import CURSOR_RESERVE, FIRST, Page, Pager
+
+CURSOR = "cursor"
+
+
+def pageable(ep: Endpoint) -> bool:
+    """A SQL tool answering rows can be continued with a cursor (unless it has its own `cursor`)."""
+    return (ep.kind == "tool" and ep.sql is not None and _declared_kind(ep) == "array"
+            and CURSOR not in {p.name for p in ep.definition.parameters})
+
+
+def tool_input_schema(ep: Endpoint) -> dict[str, Any]:
+    """The inputSchema clients see: the declared parameters, plus `cursor` for a pageable tool."""
+    if not pageable(ep):
+        return ep.input_schema
+    schema = dict(ep.input_schema)
+    schema["properties"] = {**schema.get("properties", {}), CURSOR: {
+        "type": "string", "maxLength": 2048,
+        "description": "Only to continue a cut answer: its `next_cursor` (send the same other arguments)."}}
+    return schema
 
 
 def prepare_arguments(ep: Endpoint, arguments: dict[str, Any] | None) -> dict[str, Any]:
@@ -37,19 +57,39 @@ def endpoint_limits(ep: Endpoint, base: Limits) -> Limits:
 
 
 async def execute(ep: Endpoint, arguments: dict[str, Any] | None, engine: Engine, base_limits: Limits,
-                  call: CallContext) -> dict[str, Any]:
-    """Run a tool/resource endpoint; returns the envelope {"result", "truncated"[, "hint"]}."""
+                  call: CallContext, pager: Pager | None = None) -> dict[str, Any]:
+    """Run a tool/resource endpoint; returns {"result", "row_count", "truncated"[, "hint", "next_cursor"]}."""
+    arguments = dict(arguments or {})
+    cursor = arguments.pop(CURSOR, None) if pageable(ep) else None
     args = prepare_arguments(ep, arguments)
     limits = endpoint_limits(ep, base_limits)
     if ep.sql is not None:
+        target = f"{ep.kind}:{ep.name}"
+        page = FIRST
+        if cursor is not None:
+            if pager is None:
+                raise InvalidArguments(f"{ep.kind} {ep.name!r} does not page its answers here; call it without "
+                                       "`cursor`")
+            page = pager.open(cursor, call, target, args)
         params = {name: args[name] for name in ep.sql_params}
-        qr = await engine.execute(ep.sql, params, call, limits)
+        qr = await engine.execute(ep.sql, params, call, limits, page)
+        qr.page = page
         envelope = shape(ep, qr)
         if ep.kind == "resource" and envelope["result"] is None and _declared_kind(ep) == "object":
             # a record resource whose query found no row does not exist: an error, not `null`
             raise ResourceNotFound(f"resource {_uri(ep, args)} not found")
+        if isinstance(envelope["result"], list):
+            paging = pager is not None and pageable(ep)
+            if answers.fit(envelope, limits.max_bytes, rows_key="result", reserve=CURSOR_RESERVE if paging else 0):
+                del qr.rows[len(envelope["result"]):]
+                qr.truncated, qr.truncated_by = True, "max_bytes"
+                envelope["truncated"], envelope["hint"] = True, qr.hint()
+            if envelope["truncated"] and paging:
+                envelope["next_cursor"] = pager.issue(call, target, args, Page(page.offset + len(qr.rows)))
         return envelope
-    return {"result": await _call_python(ep, args, engine, call, limits), "truncated": False}
+    result = await _call_python(ep, args, engine, call, limits)
+    count = len(result) if isinstance(result, list) else int(result is not None)
+    return {"result": result, "row_count": count, "truncated": False}
 
 
 async def _call_python(ep: Endpoint, args: dict[str, Any], engine: Engine, call: CallContext,
@@ -101,23 +141,14 @@ def shape(ep: Endpoint, qr: QueryResult) -> dict[str, Any]:
             raise QueryFailed(f"{ep.kind} {ep.name!r} declares a single {kind} value but the query returned "
                               f"{len(qr.rows)} row(s) x {len(qr.columns)} column(s)")
         result = qr.rows[0][0] if qr.rows else None
-    out: dict[str, Any] = {"result": result, "truncated": qr.truncated}
+    out: dict[str, Any] = {"result": result, "row_count": len(qr.rows), "truncated": qr.truncated}
     if qr.truncated:
         out["hint"] = qr.hint()
     return out
 
 
 def output_schema(ep: Endpoint) -> dict[str, Any]:
-    declared = getattr(ep.definition, "return_", None)
-    return {
-        "type": "object",
-        "properties": {
-            "result": declared if declared else {},
-            "truncated": {"type": "boolean", "description": "true when limits cut the result short"},
-            "hint": {"type": "string"},
-        },
-        "required": ["result", "truncated"],
-    }
+    return answers.result_schema(getattr(ep.definition, "return_", None))
 
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([^}\s]+)\s*\}\}")

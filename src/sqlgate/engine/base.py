@@ -6,8 +6,14 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlgate.answers import ENVELOPE_BYTES, encode, encoded_cost
 from sqlgate.context import CallContext
 from sqlgate.errors import QueryFailed
+from sqlgate.paging import CURSOR_RESERVE, FIRST, Page
+
+_encode = encode
+# room in the message for the answer's own keys and the hint (counted in both encodings)
+_ANSWER_KEYS_RESERVE = 700
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,10 @@ class QueryResult:
     # why the result was cut ("max_rows" / "max_bytes"), for the hint shown to the model
     truncated_by: str | None = None
     limits: Limits | None = field(default=None, repr=False)
+    # paging: the statement can be re-run for a later page; it has its own ORDER BY; the page it is
+    pageable: bool = False
+    ordered: bool = False
+    page: Page = FIRST
 
     def records(self) -> list[dict[str, Any]]:
         cols = self.columns
@@ -48,28 +58,40 @@ class QueryResult:
             cap = f"the {self.limits.max_bytes}-byte result limit"
         else:
             cap = f"the {self.limits.max_rows}-row result limit"
-        return (
-            f"Result truncated at {len(self.rows)} rows by {cap}; the answer is partial. "
-            "Aggregate, filter or add LIMIT/OFFSET to see the rest."
-        )
+        first, last = self.page.offset + 1, self.page.offset + len(self.rows)
+        where = f"rows {first}-{last}" if self.page.offset else f"{len(self.rows)} rows"
+        text = f"Result truncated at {where} by {cap}; the answer is partial. "
+        if self.pageable:
+            order = (" Rows are sorted by all columns (ORDER BY ALL) because the query has no ORDER BY."
+                     if self.page.order_all else "")
+            return text + "Call again with the same arguments and `cursor` = `next_cursor` for the next rows, " \
+                          "or aggregate/filter." + order
+        return text + "Aggregate, filter or add LIMIT/OFFSET to see the rest."
 
 
 class RowShaper:
-    """Fetched rows -> JSON-ready rows, capped at max_rows and max_bytes (UTF-8) of the whole answer.
+    """Fetched rows -> JSON-ready rows, capped at max_rows and at max_bytes of the whole MCP message.
 
-    Fed batch by batch, so an engine stops fetching (and converting) as soon as the answer is full:
-    a thousand rows of megabyte values are never all turned into Python objects.
+    A row costs what it adds to the message: its JSON twice (structuredContent and the JSON text),
+    plus the escaping of the text form (`answers.encoded_cost`); room for the envelope, the answer's
+    keys, a hint and a cursor is kept aside. Fed batch by batch, so an engine stops fetching (and
+    converting) as soon as the answer is full: a thousand rows of megabyte values are never all
+    turned into Python objects.
     """
 
-    def __init__(self, columns: list[str], types: list[str], limits: Limits):
-        import json
-
+    def __init__(self, columns: list[str], types: list[str], limits: Limits,
+                 converters: dict[int, Any] | None = None):
+        """`converters`: column index -> function applied to that column's values first."""
         self.columns, self.types, self.limits = columns, types, limits
         self.rows: list[list[Any]] = []
         self.truncated_by: str | None = None
-        self._dumps = json.dumps
+        self._converters = converters or {}
         # the whole answer counts: column names and types too (an alias can be as long as the SQL)
-        self._budget = limits.max_bytes - len(self._dumps([columns, types], ensure_ascii=False).encode("utf-8"))
+        reserve = ENVELOPE_BYTES + CURSOR_RESERVE + _ANSWER_KEYS_RESERVE
+        self._budget = limits.max_bytes - reserve - encoded_cost(_encode([columns, types]))
+        if self._budget < 0 and limits.max_bytes < 2 * reserve:
+            raise QueryFailed(f"the {limits.max_bytes}-byte result limit (limits.max_bytes) leaves no room for rows: "
+                              f"an answer needs about {reserve} bytes for its envelope, hint and cursor")
         if self._budget < 0:
             raise QueryFailed(f"the result's column names and types alone exceed the {limits.max_bytes}-byte "
                               "result limit; select fewer columns or give them shorter names")
@@ -79,23 +101,36 @@ class RowShaper:
         return self.truncated_by is not None
 
     def add(self, batch: list[tuple] | list[list[Any]]) -> None:
+        room = self.limits.max_rows - len(self.rows)
+        beyond = len(batch) > room  # a row beyond max_rows exists
+        rows = [self._convert(record) for record in batch[:room]]
+        # the whole batch in one encoding when it fits: encoding row by row was most of the cost of
+        # a page of small rows (64k one-integer rows: 1.5 s)
+        cost = encoded_cost(_encode(rows))  # = each row's cost and its comma (+2 for the brackets)
+        if cost <= self._budget:
+            self._budget -= cost
+            self.rows.extend(rows)
+        else:
+            for row in rows:
+                self._budget -= encoded_cost(_encode(row)) + 2
+                if self._budget < 0:
+                    self.truncated_by = "max_bytes"
+                    return
+                self.rows.append(row)
+        if beyond:
+            self.truncated_by = "max_rows"
+
+    def _convert(self, record: tuple | list[Any]) -> list[Any]:
         from sqlgate.engine.values import to_json
 
-        dumps = self._dumps
-        for record in batch:
-            if len(self.rows) >= self.limits.max_rows:
-                self.truncated_by = "max_rows"  # a row beyond max_rows exists
-                return
-            try:
-                row = [to_json(v) for v in record]
-            except (OverflowError, ValueError) as exc:
-                raise QueryFailed(f"the result holds a value that cannot be converted ({type(exc).__name__}: "
-                                  f"{exc}); cast it to text in the query") from None
-            self._budget -= len(dumps(row, ensure_ascii=False).encode("utf-8")) + 1
-            if self._budget < 0:
-                self.truncated_by = "max_bytes"
-                return
-            self.rows.append(row)
+        try:
+            if self._converters:
+                record = [self._converters[i](v) if i in self._converters and v is not None else v
+                          for i, v in enumerate(record)]
+            return [to_json(v) for v in record]
+        except (OverflowError, ValueError) as exc:
+            raise QueryFailed(f"the result holds a value that cannot be converted ({type(exc).__name__}: "
+                              f"{exc}); cast it to text in the query") from None
 
     def result(self) -> QueryResult:
         return QueryResult(columns=self.columns, types=self.types, rows=self.rows, truncated=self.full,
@@ -116,8 +151,10 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     async def execute(
-        self, sql: str, params: dict[str, Any] | None, call: CallContext, limits: Limits
-    ) -> QueryResult: ...
+        self, sql: str, params: dict[str, Any] | None, call: CallContext, limits: Limits, page: Page = FIRST
+    ) -> QueryResult:
+        """Trusted SQL (endpoints, catalog). A later `page` runs the statement as a subquery with
+        LIMIT/OFFSET: the author's ORDER BY decides the order (see README, paging)."""
 
     @abc.abstractmethod
     def execute_blocking(
@@ -145,7 +182,9 @@ class Engine(abc.ABC):
                                  limits: Limits) -> tuple[QueryResult, QueryResult]:
         """(columns, keys) of one relation found by _find_relation."""
 
-    async def describe_table(self, table: str, schema: str | None, limits: Limits) -> dict[str, Any]:
+    async def describe_table(self, table: str, schema: str | None,
+                             limits: Limits) -> tuple[dict[str, Any], QueryResult]:
+        """(the relation: schema, name, kind, comment, keys; its columns as a result)."""
         if schema is None and "." in table:
             schema, table = table.rsplit(".", 1)
         found = await self._find_relation(table, schema, limits)
@@ -157,16 +196,16 @@ class Engine(abc.ABC):
             raise QueryFailed(f"{table!r} exists in several schemas ({schemas}); pass `schema`")
         schema_name, table_name, kind, comment, ref = found.rows[0]
         columns, keys = await self._describe_relation(schema_name, table_name, ref, limits)
-        return {"schema": schema_name, "name": table_name, "kind": kind, "comment": comment,
-                "columns": columns.records(), "keys": keys.records()}
+        return ({"schema": schema_name, "name": table_name, "kind": kind, "comment": comment,
+                 "keys": keys.records()}, columns)
 
     @abc.abstractmethod
     async def catalog_entries(self) -> list[dict[str, Any]]:
         """Every table, view and column with its comment, for keyword search."""
 
     @abc.abstractmethod
-    async def run_untrusted(self, sql: str, call: CallContext, limits: Limits) -> QueryResult:
-        """Run SQL written by the AI client (the built-in `query` tool).
+    async def run_untrusted(self, sql: str, call: CallContext, limits: Limits, page: Page = FIRST) -> QueryResult:
+        """Run SQL written by the AI client (the built-in `query` tool); `page` as the pager asks.
 
         The engine's guard decides with the engine's own parser (off the event loop); only the
         statement it admitted runs; the caller's upstream token is out of reach of this SQL; the
@@ -174,10 +213,18 @@ class Engine(abc.ABC):
         QueryTimeout or DatabaseUnavailable.
         """
 
-    def bind_problem(self, sql: str) -> str | None:
+    def bind_problem(self, sql: str, samples: dict[str, Any] | None = None) -> str | None:
         """Why the project's `sql` cannot be bound against the database (a missing table or column …),
-        or None. For `sqlgate validate`; an engine that cannot tell says None."""
+        or None. For `sqlgate validate`; `samples` holds a value of each parameter's declared type for
+        engines that need typed parameters to plan. An engine that cannot tell says None."""
         return None
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+
+def trusted_page(sql: str, limit: int, page: Page) -> str:
+    """Endpoint SQL (the project author's, not guarded) for a later page: the statement as a
+    subquery with LIMIT/OFFSET, its trailing `;` removed."""
+    body = sql.rstrip().rstrip(";").rstrip()
+    return f"SELECT * FROM (\n{body}\n) q LIMIT {int(limit)} OFFSET {int(page.offset)}"

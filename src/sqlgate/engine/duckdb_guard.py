@@ -132,8 +132,11 @@ class DuckDBGuard(Guard):
         if kind == "UNKNOWN":
             raise QueryRefused("this statement is not allowed: only read-only queries are accepted")
         if kind == "SELECT":
-            self._check_tree(statement.query, con)
-            return CheckedStatement(sql=_as_subquery(statement.query, con), kind="SELECT", wrappable=True)
+            tree = self._check_tree(statement.query, con)
+            node = tree["statements"][0].get("node") or {}
+            ordered = any(m.get("type") == "ORDER_MODIFIER" for m in node.get("modifiers") or [])
+            return CheckedStatement(sql=_as_subquery(statement.query, con), kind="SELECT", wrappable=True,
+                                    ordered=ordered)
         if kind == "EXPLAIN":
             return self._explain(statement.query, con)
         raise QueryRefused(f"{_label(statement.query, kind)} is not allowed: only read-only queries are accepted")
@@ -163,7 +166,7 @@ class DuckDBGuard(Guard):
             raise QueryRefused("could not rebuild the EXPLAIN statement")
         return CheckedStatement(sql=again.query, kind="EXPLAIN")
 
-    def _check_tree(self, text: str, con: duckdb.DuckDBPyConnection) -> None:
+    def _check_tree(self, text: str, con: duckdb.DuckDBPyConnection) -> dict:
         try:
             raw = con.execute("SELECT json_serialize_sql($1::VARCHAR, skip_null := true, skip_empty := true)",
                               [text]).fetchone()[0]
@@ -177,6 +180,7 @@ class DuckDBGuard(Guard):
         if len(tree.get("statements", [])) != 1:
             raise QueryRefused("only one statement per call is allowed")
         self._walk(tree["statements"])
+        return tree
 
     def _walk(self, root: object) -> None:
         stack = [root]  # iterative: a deeply nested query must not exhaust Python's stack
@@ -277,6 +281,13 @@ def row_size_guarded(sql: str, max_row_chars: int) -> str:
     return (f"SELECT q.* FROM (\n{sql}\n) q WHERE CASE WHEN strlen(CAST(q AS VARCHAR)) > {limit} "
             f"THEN error('a row of the result is larger than the result limit (limits.max_bytes); select fewer "
             f"or smaller columns') ELSE true END")
+
+
+def paged(sql: str, limit: int, offset: int, order_all: bool) -> str:
+    """One page of an admitted (wrappable) SELECT: the statement stays a subquery, so its own
+    ORDER BY decides the order; `order_all` sorts by every column for a statement without one."""
+    order = " ORDER BY ALL" if order_all else ""
+    return f"SELECT * FROM (\n{sql}\n) q{order} LIMIT {int(limit)} OFFSET {int(offset)}"
 
 
 def _as_subquery(text: str, con: duckdb.DuckDBPyConnection) -> str:

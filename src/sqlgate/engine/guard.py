@@ -27,6 +27,9 @@ class CheckedStatement:
     # the text may be used as a subquery (no trailing `;`), so the engine can wrap it, e.g. to
     # bound the size of each result row before any value reaches Python
     wrappable: bool = False
+    # the statement itself ends in ORDER BY, so its row order is the author's (paging keeps it;
+    # a statement without one is paged in the pager's own total order)
+    ordered: bool = False
 
 
 class Guard(abc.ABC):

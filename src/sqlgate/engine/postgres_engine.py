@@ -36,16 +36,18 @@ from contextlib import aclosing, suppress
 from typing import Any
 
 import psycopg
+import psycopg.sql
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.types.string import TextLoader
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from sqlgate.context import CallContext, current_call
 from sqlgate.endpoints.sqlparams import to_pyformat
 from sqlgate.engine.admission import Admission
-from sqlgate.engine.base import Engine, Limits, QueryResult, RowShaper
+from sqlgate.engine.base import Engine, Limits, QueryResult, RowShaper, trusted_page
 from sqlgate.engine.postgres_checks import function_catalog, function_findings, service_role_problems
-from sqlgate.engine.postgres_guard import FunctionCatalog, PostgresGuard
+from sqlgate.engine.postgres_guard import FunctionCatalog, PostgresGuard, paged
 from sqlgate.engine.postgres_identity import (
     TOKEN_PARAM,
     Identity,
@@ -56,6 +58,7 @@ from sqlgate.engine.postgres_identity import (
     verify,
 )
 from sqlgate.errors import ConfigError, DatabaseUnavailable, QueryFailed, QueryTimeout
+from sqlgate.paging import FIRST, Page
 
 log = logging.getLogger("sqlgate.engine.postgres")
 _ROLE_OK = re.compile(r"^[A-Za-z_][A-Za-z0-9_.@-]{0,62}$")
@@ -158,6 +161,7 @@ class PostgresEngine(Engine):
                 kwargs.update(autocommit=True, prepare_threshold=None)
                 pool = AsyncConnectionPool(
                     "", kwargs=kwargs, min_size=1, max_size=self._pool_size, open=False, reset=_reset,
+                    configure=_configure,
                     name="sqlgate-postgres", reconnect_timeout=10.0, connection_class=_tracking(self._health))
                 # not waiting: a database that is down at this moment must not block or kill the
                 # server; calls answer "database unavailable" until the pool's background connects work
@@ -182,9 +186,11 @@ class PostgresEngine(Engine):
 
     # ------------------------------------------------------------------ statements
     async def execute(self, sql: str, params: dict[str, Any] | None, call: CallContext,
-                      limits: Limits) -> QueryResult:
+                      limits: Limits, page: Page = FIRST) -> QueryResult:
         """Endpoint SQL written by the project author (and the catalog queries)."""
         deadline = time.monotonic() + limits.timeout_seconds
+        if page.offset:
+            sql = trusted_page(sql, limits.max_rows + 1, page)
         cached = self._sql_cache.get(sql)
         if cached is None:
             cached = self._sql_cache[sql] = endpoint_sql(to_pyformat(sql), self._identity)
@@ -193,13 +199,39 @@ class PostgresEngine(Engine):
         if uses_token:
             bound[TOKEN_PARAM] = call.user.external_token or None
         # a mapping, even an empty one: psycopg then turns the %% of to_pyformat back into %
-        return await self._call(text, bound, call, limits, deadline, read_only=self._read_only)
+        qr = await self._call(text, bound, call, limits, deadline, read_only=self._read_only)
+        qr.pageable, qr.page = True, page
+        return qr
 
-    async def run_untrusted(self, sql: str, call: CallContext, limits: Limits) -> QueryResult:
+    def bind_problem(self, sql: str, samples: dict[str, Any] | None = None) -> str | None:
+        # EXPLAIN plans (names, types, permissions) without running the statement; read-only and
+        # bounded all the same. Sample values stand in for the parameters so their types are known.
+        text, uses_token = endpoint_sql(to_pyformat(sql), self._identity)
+        bound = dict(samples or {})
+        if uses_token:
+            bound[TOKEN_PARAM] = None
+        try:
+            with psycopg.connect(**self._conninfo(self._dsn), autocommit=True) as conn:
+                conn.execute("BEGIN READ ONLY")
+                conn.execute("SET LOCAL statement_timeout = '10s'")
+                conn.execute(psycopg.sql.SQL("EXPLAIN ") + psycopg.sql.SQL(text), bound)  # type: ignore[arg-type]
+                conn.execute("ROLLBACK")
+        except psycopg.Error as exc:
+            return str(exc).strip().split("\n")[0]
+        return None
+
+    async def run_untrusted(self, sql: str, call: CallContext, limits: Limits, page: Page = FIRST) -> QueryResult:
         deadline = time.monotonic() + limits.timeout_seconds
         checked = await asyncio.to_thread(self._guard.check, sql)
+        text = checked.sql
+        if checked.wrappable and (page.offset or page.order_all):
+            # the page is a new text: it goes through the guard too, like any statement that runs
+            text = (await asyncio.to_thread(
+                self._guard.check, paged(text, limits.max_rows + 1, page.offset, page.order_all))).sql
         # params None: the text goes to the server byte for byte (no %-placeholder processing)
-        return await self._call(checked.sql, None, call, limits, deadline, read_only=True)
+        qr = await self._call(text, None, call, limits, deadline, read_only=True)
+        qr.pageable, qr.ordered, qr.page = checked.wrappable, checked.ordered, page
+        return qr
 
     async def _call(self, text: str, params: dict[str, Any] | None, call: CallContext, limits: Limits,
                     deadline: float, read_only: bool) -> QueryResult:
@@ -280,6 +312,8 @@ class PostgresEngine(Engine):
             raise _timeout(limits)
         settings = self._identity.settings(call, conn.info.backend_pid, left + 30)
         settings["statement_timeout"] = str(max(1, int(left * 1000)))
+        # intervals as ISO 8601 text (months kept), read as text below (psycopg's timedelta is lossy)
+        settings["intervalstyle"] = "iso_8601"
         if role is not None:
             settings["role"] = role  # = SET LOCAL ROLE, checked by the server against membership
         names = list(settings)
@@ -464,6 +498,12 @@ async def _finish(conn: psycopg.AsyncConnection) -> None:
         with suppress(psycopg.Error):
             await conn.cancel_safe(timeout=_BACKSTOP)
     await conn.close()
+
+
+async def _configure(conn: psycopg.AsyncConnection) -> None:
+    """Every new connection: intervals come back as the server's text (ISO 8601, see _run), not as
+    a timedelta that turns a month into 30 days."""
+    conn.adapters.register_loader("interval", TextLoader)
 
 
 async def _reset(conn: psycopg.AsyncConnection) -> None:

@@ -209,7 +209,15 @@ class PostgresGuard(Guard):
             raise QueryRefused(f"only SELECT (WITH, VALUES, set operations) and EXPLAIN are accepted, "
                                f"not {_readable(kind)}")
         _walk(node, self.functions)
-        return CheckedStatement(sql=_slice(sql, raw), kind=label)
+        return CheckedStatement(sql=_slice(sql, raw), kind=label, wrappable=label == "SELECT",
+                                ordered=label == "SELECT" and bool(node.get("sortClause")))
+
+
+def paged(sql: str, limit: int, offset: int, order_columns: int) -> str:
+    """One page of an admitted SELECT: the statement as a subquery (its own ORDER BY decides the
+    order), or sorted by every column (`ORDER BY 1, …, n`) for a statement without one."""
+    order = " ORDER BY " + ", ".join(str(i) for i in range(1, order_columns + 1)) if order_columns else ""
+    return f"SELECT * FROM (\n{sql}\n) q{order} LIMIT {int(limit)} OFFSET {int(offset)}"
 
 
 def _slice(sql: str, raw: dict) -> str:

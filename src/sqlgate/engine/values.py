@@ -1,4 +1,8 @@
-"""Database values -> JSON-ready Python values."""
+"""Database values -> JSON-ready Python values, the same on DuckDB and PostgreSQL.
+
+The encoding of each type is documented in README ("How values are encoded"); the column's SQL
+type travels next to the rows (`types`), so a string can always be read back as what it was.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import base64
 import datetime as dt
 import decimal
 import math
+import re
 import uuid
 from typing import Any
 
@@ -16,23 +21,27 @@ def to_json(value: Any) -> Any:
     if value is None or isinstance(value, _PASS):
         return value
     if isinstance(value, float):
-        # NaN/inf are not JSON; say so instead of emitting invalid JSON
-        return value if math.isfinite(value) else str(value)
+        # NaN/Infinity are not JSON numbers: the names PostgreSQL and JavaScript use, as strings
+        return value if math.isfinite(value) else _special(value)
     if isinstance(value, decimal.Decimal):
         # keep exactness: integral decimals as int, others as float when lossless, else string
         # (also ±Infinity/NaN, and integers too long for Python's int-to-text conversion)
-        if not value.is_finite() or value.adjusted() > 4000:
+        if not value.is_finite():
+            return _special(float(value))
+        if value.adjusted() > 4000:
             return str(value)
         if value == value.to_integral_value():
             return int(value)
         f = float(value)
         return f if decimal.Decimal(repr(f)) == value else str(value)
-    if isinstance(value, dt.datetime | dt.date | dt.time):
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None and value.utcoffset() is not None:
+            value = value.astimezone(dt.UTC)  # one instant, one text: whatever the session's time zone
+        return value.isoformat()
+    if isinstance(value, dt.date | dt.time):
         return value.isoformat()
     if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    if hasattr(value, "months") and hasattr(value, "nanoseconds"):  # Arrow's month-day-nano interval
-        return _interval(value)
+        return iso_duration(0, value.days, value.seconds * 1_000_000 + value.microseconds)
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, bytes | bytearray | memoryview):
@@ -44,9 +53,45 @@ def to_json(value: Any) -> Any:
     return str(value)
 
 
-def _interval(value: Any) -> Any:
-    """Seconds when the interval has no months (as timedelta values are), else ISO 8601."""
-    seconds = value.days * 86400 + value.nanoseconds / 1e9
-    if not value.months:
-        return seconds
-    return f"P{value.months}M{value.days}DT{value.nanoseconds / 1e9:g}S"
+def _special(value: float) -> str:
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
+def _trunc_divmod(a: int, b: int) -> tuple[int, int]:
+    q = abs(a) // b * (1 if a >= 0 else -1)
+    return q, a - q * b
+
+
+def iso_duration(months: int, days: int, micros: int) -> str:
+    """An interval as ISO 8601, exactly as PostgreSQL writes it with intervalstyle iso_8601:
+    each part keeps its own sign (P-1Y-2M3DT-4H-5M-6.25S), zero parts are left out, PT0S for zero."""
+    years, months = _trunc_divmod(months, 12)
+    hours, rest = _trunc_divmod(micros, 3_600_000_000)
+    minutes, rest = _trunc_divmod(rest, 60_000_000)
+    seconds = ""
+    if rest:
+        whole, frac = _trunc_divmod(rest, 1_000_000)
+        sign = "-" if rest < 0 else ""
+        seconds = f"{sign}{abs(whole)}" + (f".{abs(frac):06d}".rstrip("0") if frac else "") + "S"
+    date = "".join(f"{n}{u}" for n, u in ((years, "Y"), (months, "M"), (days, "D")) if n)
+    time = "".join(f"{n}{u}" for n, u in ((hours, "H"), (minutes, "M")) if n) + seconds
+    if not date and not time:
+        return "PT0S"
+    return "P" + date + ("T" + time if time else "")
+
+
+_DUCK_INTERVAL = re.compile(
+    r"^(?:(?P<y>-?\d+) years? ?)?(?:(?P<mo>-?\d+) months? ?)?(?:(?P<d>-?\d+) days? ?)?"
+    r"(?:(?P<neg>-)?(?P<h>\d+):(?P<mi>\d\d):(?P<s>\d\d)(?:\.(?P<f>\d{1,6}))?)?$")
+
+
+def duckdb_interval(text: Any) -> Any:
+    """DuckDB's text of an INTERVAL ('1 year 2 months 3 days 04:05:06.5') -> ISO 8601, months kept."""
+    m = _DUCK_INTERVAL.match(str(text).strip())
+    if m is None:
+        return str(text)  # a form this parser does not know: DuckDB's own text, unchanged
+    g = {k: v for k, v in m.groupdict().items() if v is not None}
+    months = int(g.get("y", 0)) * 12 + int(g.get("mo", 0))
+    micros = ((int(g.get("h", 0)) * 60 + int(g.get("mi", 0))) * 60 + int(g.get("s", 0))) * 1_000_000
+    micros += int((g.get("f", "") + "000000")[:6])
+    return iso_duration(months, int(g.get("d", 0)), -micros if g.get("neg") else micros)
