@@ -93,38 +93,28 @@ def db_span(dialect: str, operation: str) -> Iterator[None]:
 
 
 class TracedEngine:
-    """An engine whose statements each run inside a database span (only when traces are on)."""
+    """An engine whose statements each run inside a database span (only when traces are on).
+    Arguments pass through untouched, so the engine's signatures stay the engine's business."""
+
+    _OPERATIONS = {"execute": "execute", "run_untrusted": "query", "list_schemas": "list_schemas",
+                   "list_tables": "list_tables", "describe_table": "describe_table", "catalog_entries": "catalog"}
 
     def __init__(self, engine: Any):
         self._engine = engine
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._engine, name)
+        target = getattr(self._engine, name)
+        operation = self._OPERATIONS.get(name)
+        if operation is None:
+            return target
+        dialect = self._engine.dialect
 
-    async def execute(self, sql, params, call, limits):
+        async def traced(*args: Any, **kwargs: Any) -> Any:
+            with db_span(dialect, operation):
+                return await target(*args, **kwargs)
+
+        return traced
+
+    def execute_blocking(self, *args: Any, **kwargs: Any) -> Any:
         with db_span(self._engine.dialect, "execute"):
-            return await self._engine.execute(sql, params, call, limits)
-
-    def execute_blocking(self, sql, params, call, limits):
-        with db_span(self._engine.dialect, "execute"):
-            return self._engine.execute_blocking(sql, params, call, limits)
-
-    async def run_untrusted(self, sql, call, limits):
-        with db_span(self._engine.dialect, "query"):
-            return await self._engine.run_untrusted(sql, call, limits)
-
-    async def list_schemas(self, limits):
-        with db_span(self._engine.dialect, "list_schemas"):
-            return await self._engine.list_schemas(limits)
-
-    async def list_tables(self, schema, limits):
-        with db_span(self._engine.dialect, "list_tables"):
-            return await self._engine.list_tables(schema, limits)
-
-    async def describe_table(self, table, schema, limits):
-        with db_span(self._engine.dialect, "describe_table"):
-            return await self._engine.describe_table(table, schema, limits)
-
-    async def catalog_entries(self):
-        with db_span(self._engine.dialect, "catalog"):
-            return await self._engine.catalog_entries()
+            return self._engine.execute_blocking(*args, **kwargs)
