@@ -404,3 +404,20 @@ def test_sqlgate_log_follows_a_json_lines_file_across_rotation(tmp_path):
     finally:
         follower.terminate()
         follower.wait(10)
+
+
+def test_the_readme_log_commands_run_as_written(stack, workload, tmp_path):
+    """README "Querying the trail", each command as written (but --follow, which never ends), against
+    this module's trail; the project directory is called `shop` there."""
+    import os
+
+    from tests.readme import bash_block
+
+    (tmp_path / "shop").symlink_to(stack["project"])
+    env = {**stack["env"], "PATH": f"{Path(sys.executable).parent}{os.pathsep}{stack['env']['PATH']}"}
+    commands = [c for c in bash_block("### Querying the trail") if "--follow" not in c]
+    assert len(commands) >= 6
+    for command in commands:
+        proc = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, (command, proc.stderr)
+    assert (tmp_path / "timeouts.csv").read_text().startswith("time,kind,endpoint,outcome")
