@@ -5,6 +5,7 @@ for other arguments or expired. Every built-in tool answers in the declared outp
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from contextlib import asynccontextmanager
@@ -294,10 +295,15 @@ async def test_audit_events_say_truncated_and_failed(http_server, project):
         whole = await s.call_tool("query", {"sql": "SELECT 'audit-whole' AS tag"})
         failed = await s.call_tool("query", {"sql": "SELECT 'audit-failed' FROM no_such_table"})
     assert cut.structured_content["truncated"] and not whole.structured_content["truncated"] and failed.is_error
-    events = [json.loads(line) for line in (project / "audit.jsonl").read_text().splitlines()]
-    by_tag = {tag: e for e in events for tag in ("audit-cut", "audit-whole", "audit-failed")
-              if tag in json.dumps(e.get("arguments"))}
-    assert by_tag["audit-cut"]["status"] == "ok" and by_tag["audit-cut"]["truncated"] is True
+    by_tag: dict = {}
+    for _ in range(100):  # the audit trail is written off the request path: wait for the writer
+        events = [json.loads(line) for line in (project / "audit.jsonl").read_text().splitlines()]
+        by_tag = {tag: e for e in events for tag in ("audit-cut", "audit-whole", "audit-failed")
+                  if tag in json.dumps(e.get("arguments"))}
+        if len(by_tag) == 3:
+            break
+        await asyncio.sleep(0.05)
+    assert by_tag["audit-cut"]["outcome"] == "ok" and by_tag["audit-cut"]["truncated"] is True
     assert by_tag["audit-cut"]["rows"] == cut.structured_content["row_count"]
     assert by_tag["audit-whole"]["truncated"] is False and by_tag["audit-whole"]["rows"] == 1
-    assert by_tag["audit-failed"]["status"] == "error" and "no_such_table" in by_tag["audit-failed"]["error"]
+    assert by_tag["audit-failed"]["outcome"] == "error" and "no_such_table" in by_tag["audit-failed"]["error_message"]

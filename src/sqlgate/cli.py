@@ -508,6 +508,39 @@ def test(
         raise typer.Exit(1)
 
 
+@app.command("log")
+def log_(
+    project: ProjectOpt = Path("."),
+    profile: ProfileOpt = None,
+    user: Annotated[str | None, typer.Option(help="Only this user (username, user id or email).")] = None,
+    endpoint: Annotated[str | None, typer.Option(help="Only this tool/resource/prompt (or auth step).")] = None,
+    kind: Annotated[str | None, typer.Option(help="tool, resource, prompt or auth.")] = None,
+    outcome: Annotated[str | None, typer.Option(help="ok, error or refused.")] = None,
+    since: Annotated[str | None, typer.Option(help="From: 30m, 1h, 7d ago or an ISO time.")] = None,
+    until: Annotated[str | None, typer.Option(help="Up to: 30m, 1h ago or an ISO time.")] = None,
+    text: Annotated[str | None, typer.Option("--text", "-t", help="Text anywhere in the event.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=0, help="Newest N events (0: all).")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV with a header line.")] = False,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events.")] = False,
+    file: Annotated[Path | None, typer.Option(help="Read this JSON-lines file instead of the audit table.")] = None,
+) -> None:
+    """Query the audit trail: who called what, when, with which outcome."""
+    from sqlgate.audit import logview
+    from sqlgate.audit.query import EventFilter, parse_time
+
+    try:
+        flt = EventFilter(user=user, endpoint=endpoint, kind=kind, outcome=outcome, text=text,
+                          since=parse_time(since) if since else None, until=parse_time(until) if until else None)
+        trail = logview.open_trail(_load(project, profile), file)
+        fmt = "json" if as_json else "csv" if as_csv else "table"
+        logview.show(trail, flt, limit or None, fmt, follow, out)
+    except SqlgateError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        pass
+
+
 @config_app.command("show")
 def config_show(project: ProjectOpt = Path("."), profile: ProfileOpt = None,
                 auth_only: Annotated[bool, typer.Option("--auth", help="Only the auth settings.")] = False) -> None:

@@ -21,6 +21,7 @@ from mcp.types import TextContent, ToolAnnotations
 from pydantic import PrivateAttr
 
 from sqlgate import answers
+from sqlgate.audit.notes import note_answer, note_error
 from sqlgate.errors import DatabaseUnavailable, InvalidArguments, QueryTimeout, SqlgateError
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -86,6 +87,7 @@ class SqlgateTool(Tool):
                 check_arguments(self._validator, arguments, f"tool {self.name!r}")
             out = await self._handler(arguments)
         except SqlgateError as exc:
+            note_error(exc)
             raise ToolError(error_text(exc), log_level=error_log_level(exc)) from None
         return ToolResult(content=[TextContent(type="text", text=dumps(out))], structured_content=out)
 
@@ -97,6 +99,7 @@ class SqlgateResource(Resource):
         try:
             return _resource_text(await self._handler({}), self.mime_type)
         except SqlgateError as exc:
+            note_error(exc)
             raise ResourceError(error_text(exc), log_level=error_log_level(exc)) from None
 
 
@@ -107,6 +110,7 @@ class SqlgateResourceTemplate(ResourceTemplate):
         try:
             return _resource_text(await self._handler(arguments), self.mime_type)
         except SqlgateError as exc:
+            note_error(exc)
             raise ResourceError(error_text(exc), log_level=error_log_level(exc)) from None
 
     async def create_resource(self, uri: str, params: dict[str, Any]) -> Resource:
@@ -123,6 +127,7 @@ class SqlgateResourceTemplate(ResourceTemplate):
 
 
 def _resource_text(envelope: dict[str, Any], mime_type: str) -> str:
+    note_answer(envelope)
     result = envelope.get("result")
     if isinstance(result, str) and not envelope.get("truncated") and "json" not in mime_type:
         return result
@@ -136,6 +141,7 @@ class SqlgatePrompt(Prompt):
         try:
             messages = self._renderer(arguments or {})
         except SqlgateError as exc:
+            note_error(exc)
             raise PromptError(error_text(exc), log_level=error_log_level(exc)) from None
         return PromptResult([Message(text, role=role) for role, text in messages], description=self.description)
 

@@ -15,6 +15,10 @@ import ipaddress
 import json
 import logging
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import anyio
@@ -111,8 +115,31 @@ def serve_workers(app: App, project: str, profile: str | None, host: str, port: 
     options = uvicorn_options(app, log_level)
     os.environ[_WORKER_SPEC] = json.dumps({"project": project, "profile": profile, "host": host, "port": port,
                                           "log_level": log_level})
-    uvicorn.run("sqlgate.serve:worker_app", factory=True, host=host, port=port, workers=workers,
-                lifespan="on", **options)
+    with _shared_metrics(app):
+        uvicorn.run("sqlgate.serve:worker_app", factory=True, host=host, port=port, workers=workers,
+                    lifespan="on", **options)
+
+
+@contextmanager
+def _shared_metrics(app: App) -> Iterator[None]:
+    """Workers count into one directory (prometheus_client multiprocess mode, see metrics.py), set
+    before they start; a separate metrics port is served here, by the supervisor, for all of them."""
+    from sqlgate import metrics_http
+    from sqlgate.metrics import MULTIPROC_ENV
+
+    cfg = app.project.settings.telemetry.metrics
+    own_dir = None
+    if not os.environ.get(MULTIPROC_ENV):
+        own_dir = tempfile.mkdtemp(prefix="sqlgate-metrics-")
+        os.environ[MULTIPROC_ENV] = own_dir
+    listener = metrics_http.start_listener(cfg) if cfg.enabled and cfg.port is not None else None
+    try:
+        yield
+    finally:
+        if listener is not None:
+            listener.shutdown()
+        if own_dir is not None:
+            shutil.rmtree(own_dir, ignore_errors=True)
 
 
 def worker_app():
@@ -124,7 +151,7 @@ def worker_app():
     logging.basicConfig(level=spec["log_level"].upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     loaded = load_project(spec["project"], spec["profile"]).with_transport(host=spec["host"], port=spec["port"])
-    app = build_app(loaded)
+    app = build_app(loaded, metrics_listener=False)
     asgi = http_asgi(app, spec["host"], stateless=True)
     settle_heap()
     return asgi
@@ -136,12 +163,14 @@ def http_middleware(app: App, resumable: bool = False) -> list[Any]:
     MCP endpoint."""
     from starlette.middleware import Middleware
 
+    from sqlgate.audit.http import RequestAudit
     from sqlgate.drain import InFlight
     from sqlgate.http_extras import JsonRpcIdGuard, NoReplayGuard, cors_middleware
 
     t = app.project.settings.transport
     stack = [cors_middleware(t.cors_origins)] if t.cors_origins else []
-    stack += [Middleware(InFlight), Middleware(JsonRpcIdGuard, mcp_path=t.path)]
+    stack += [Middleware(InFlight), Middleware(RequestAudit, mcp_path=t.path),
+              Middleware(JsonRpcIdGuard, mcp_path=t.path)]
     if not resumable:
         stack.append(Middleware(NoReplayGuard, mcp_path=t.path))
     if app.scopes is None:

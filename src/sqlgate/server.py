@@ -16,8 +16,10 @@ from mcp_types import Icon as McpIcon
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from sqlgate import __version__
-from sqlgate.audit.log import AuditMiddleware, AuditSink
+from sqlgate import __version__, metrics, metrics_http, tracing
+from sqlgate.audit import writer as audit_writer
+from sqlgate.audit.middleware import CallObserver
+from sqlgate.audit.setup import build_writer, labeller
 from sqlgate.auth.factory import build_auth
 from sqlgate.auth.scopes import ScopeFilter, ScopeRegistry
 from sqlgate.broadcast import OpenConnections
@@ -219,11 +221,20 @@ def _prompt(ep: Endpoint) -> SqlgatePrompt:
 
 
 def build_app(project: LoadedProject, engine: Engine | None = None,
-              endpoints: list[Endpoint] | None = None) -> App:
+              endpoints: list[Endpoint] | None = None, metrics_listener: bool = True) -> App:
+    """`metrics_listener=False` for `--workers` processes: the supervisor serves a separate metrics port."""
     settings = project.settings
+    telemetry = settings.telemetry
+    metrics_http.check_exposure(telemetry.metrics, settings.transport.host)
+    tracing.setup(telemetry.traces, settings.name)
     auth = build_auth(settings.auth, settings.transport)
     engine = engine or open_engine(project)
+    if tracing.enabled():
+        engine = tracing.TracedEngine(engine)  # type: ignore[assignment]
+    metrics.POOL_SIZE.set(settings.engine.pool_size)
     endpoints = load_endpoints(project.root) if endpoints is None else endpoints
+    writer = build_writer(project) if settings.audit.enabled else None
+    audit_writer.install(writer, console=settings.audit.enabled and settings.audit.console)
 
     @asynccontextmanager
     async def lifespan(_server: FastMCP):
@@ -233,11 +244,18 @@ def build_app(project: LoadedProject, engine: Engine | None = None,
             loop.add_signal_handler(reload_signal, app.reload_logged)
         has_state = getattr(auth, "state", None) is not None
         cleanup = asyncio.create_task(_clean_oauth_state(auth, settings)) if has_state else None
+        listener = None
+        if telemetry.metrics.enabled and telemetry.metrics.port is not None and metrics_listener:
+            listener = metrics_http.start_listener(telemetry.metrics)
         try:
             yield {}
         finally:
             if cleanup is not None:
                 cleanup.cancel()
+            if listener is not None:
+                listener.shutdown()
+            if writer is not None:
+                await asyncio.to_thread(writer.close)
             if reload_signal is not None and threading.current_thread() is threading.main_thread():
                 loop.remove_signal_handler(reload_signal)
             await engine.close()
@@ -256,6 +274,11 @@ def build_app(project: LoadedProject, engine: Engine | None = None,
     mcp._mcp_server.title = settings.title  # FastMCP passes no title to the SDK's server info
     app = App(project=project, engine=engine, endpoints=[], mcp=mcp,
               pager=Pager(resolve_secret(settings, auth), settings.limits.cursor_ttl_seconds))
+    if settings.audit.enabled or telemetry.metrics.enabled or tracing.enabled():
+        # outermost: calls refused further in (scopes, policies, connection limits) are observed too
+        mcp.add_middleware(CallObserver(labeller(app), audit=settings.audit.enabled,
+                                        log_arguments=settings.audit.log_arguments,
+                                        count=telemetry.metrics.enabled))
     mcp.add_middleware(app.connections)
     mcp.add_middleware(CallNotices())
     if settings.auth.enabled:
@@ -263,10 +286,6 @@ def build_app(project: LoadedProject, engine: Engine | None = None,
         mcp.add_middleware(ScopeFilter(app.scopes, list_locked_tools=settings.locked_tools == "list"))
     mcp.add_completion_handler(Completer(lambda: app.endpoints, engine, lambda: app.limits,
                                          app.may_use).__call__)
-
-    if settings.audit.enabled:
-        audit_path = project.path(settings.audit.path) if settings.audit.path else None
-        mcp.add_middleware(AuditMiddleware(AuditSink(audit_path, settings.audit.log_arguments)))
 
     for tool in builtin_tools(engine, settings.sql_tools, lambda: app.limits, current_call, app.pager):
         mcp.add_tool(tool)
@@ -278,5 +297,9 @@ def build_app(project: LoadedProject, engine: Engine | None = None,
     @mcp.custom_route("/healthz", methods=["GET"], include_in_schema=False)
     async def healthz(_request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "name": settings.name, "version": __version__})
+
+    if telemetry.metrics.enabled and telemetry.metrics.port is None:
+        mcp.custom_route(telemetry.metrics.path, methods=["GET"], include_in_schema=False)(
+            metrics_http.route(telemetry.metrics))
 
     return app

@@ -26,6 +26,8 @@ from fastmcp.server.auth.oauth_proxy.ui import create_error_html
 from fastmcp.server.auth.oauth_proxy.upstream import OAuthError
 from starlette.responses import HTMLResponse
 
+from sqlgate.audit.record import auth_event
+
 log = logging.getLogger("sqlgate.auth.callback")
 
 _failures: contextvars.ContextVar[list[BaseException] | None] = contextvars.ContextVar("sqlgate_callback_failures",
@@ -66,14 +68,19 @@ class HonestCallback:
         finally:
             _failures.reset(token)
         if response.status_code < 500 or not seen:
+            ok = response.status_code < 400
+            auth_event("login", "ok" if ok else "refused", status=response.status_code,
+                       error=None if ok else "callback_refused")
             return response
         page = answer_for(seen[-1])
         if page is None:
+            auth_event("login", "error", status=response.status_code, error="callback_failed")
             return response
         exc = seen[-1]
         reason = exc.error if isinstance(exc, OAuthError) else type(exc).__name__
         log.warning("login callback: exchanging the provider's code failed (%s): answered HTTP %d", reason,
                     page.status_code)
+        auth_event("login", "refused" if page.status_code < 500 else "error", status=page.status_code, error=reason)
         return page
 
     @asynccontextmanager

@@ -47,10 +47,32 @@ from fastmcp.utilities.auth import parse_scopes
 from mcp.server.auth.provider import AuthorizationCode, RefreshToken, TokenError
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
+from sqlgate.audit.record import auth_event
 from sqlgate.auth.grants.base import GrantStore, RefreshRecord, token_hash
 from sqlgate.auth.outages import describe, provider_failure
 
 log = logging.getLogger("sqlgate.auth.grants")
+
+
+def _user_of(idp_tokens: dict[str, Any], scopes: list[str]):
+    """The person a grant is for, as audit events show them (log fields only, never the claims):
+    from the ID token the provider's token endpoint just answered with (OIDC Core §3.1.3.7: a
+    direct TLS answer needs no signature check), else nobody."""
+    import base64
+    import json
+    from types import SimpleNamespace
+
+    from sqlgate.auth.identity import user_from_token
+
+    claims: dict[str, Any] = {}
+    id_token = idp_tokens.get("id_token")
+    if isinstance(id_token, str) and id_token.count(".") == 2:
+        payload = id_token.split(".")[1]
+        try:
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        except ValueError:
+            claims = {}
+    return user_from_token(SimpleNamespace(claims=claims if isinstance(claims, dict) else {}, scopes=scopes))
 
 
 def new_family_id() -> str:
@@ -158,6 +180,7 @@ class GrantFlow:
         await self._grants(self.grants.revoke_family, family_id, now + self._family_lifetime(), now)
         await self._upstream_token_store.delete(key=family_id)
         log.warning("revoked grant family %s…: %s", family_id[:6], why)
+        auth_event("token.revoke", message=why)
 
     # ---------------------------------------------------------------- authorization codes
     async def load_authorization_code(self, client: OAuthClientInformationFull, authorization_code: str):
@@ -226,6 +249,7 @@ class GrantFlow:
         await self._grants(self.grants.issue_family, family_id, expires_at,
                            token_hash(refresh) if refresh else None, record if refresh else None, now)
         log.info("issued grant family %s… to client %s", family_id[:6], client.client_id)
+        auth_event("token.issue", client_id=client.client_id, user=_user_of(idp_tokens, scopes))
         return OAuthToken(access_token=access, token_type="Bearer", expires_in=access_ttl, refresh_token=refresh,
                           scope=" ".join(scopes))
 
@@ -288,6 +312,7 @@ class GrantFlow:
             pair = await self._complete(client.client_id, family, generation, old_hash, new_refresh, scopes)
         log.info("rotated grant family %s… to generation %d (%s)", family[:6], generation,
                  "upstream refreshed" if go_upstream else "upstream token still fresh: not asked")
+        auth_event("token.refresh", client_id=client.client_id, user=_user_of(upstream.raw_token_data, scopes))
         return _as_token(pair)
 
     async def _replay(self, client: OAuthClientInformationFull, token: FamilyRefreshToken) -> dict[str, Any]:

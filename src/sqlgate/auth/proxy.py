@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
+import json
 import logging
 import time
 from typing import Any
@@ -44,6 +45,7 @@ from pydantic import AnyUrl
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from sqlgate.audit.record import auth_event
 from sqlgate.auth.callback import HonestCallback
 from sqlgate.auth.cimd import CIMDFetchLimit, build_manager
 from sqlgate.auth.config import AuthConfig, ClientConfig
@@ -82,6 +84,13 @@ class SqlgateTokenHandler(TokenHandler):
     for one elsewhere."""
 
     async def handle(self, request):
+        response = await self._answer(request)
+        if response.status_code >= 400:  # issued and refreshed tokens are audited by GrantFlow
+            form = await request.form() if request.method == "POST" else {}
+            _audit_token_failure(response, form)
+        return response
+
+    async def _answer(self, request):
         resource = (await request.form()).get("resource") if request.method == "POST" else None
         if isinstance(resource, str) and resource and not self.provider.is_own_resource(resource):
             return JSONResponse({"error": "invalid_target",
@@ -96,6 +105,17 @@ class SqlgateTokenHandler(TokenHandler):
         if response.status_code == 401 and b'"invalid_grant"' in bytes(response.body):
             response.status_code = 400
         return response
+
+
+def _audit_token_failure(response, form) -> None:
+    try:
+        error = str(json.loads(bytes(response.body)).get("error") or "")
+    except (ValueError, AttributeError):
+        error = ""
+    action = {"authorization_code": "token.issue", "refresh_token": "token.refresh"}.get(
+        str(form.get("grant_type") or ""), "token")
+    auth_event(action, "error" if response.status_code >= 500 else "refused", status=response.status_code,
+               client_id=str(form.get("client_id") or "") or None, error=error or None)
 
 
 class SqlgateOAuthProxy(HonestCallback, GrantFlow, ProviderCalls, OAuthProxy):
@@ -329,3 +349,4 @@ class SqlgateOAuthProxy(HonestCallback, GrantFlow, ProviderCalls, OAuthProxy):
         if mapping is not None:
             await self._upstream_token_store.delete(key=mapping.upstream_token_id)
         log.info("revoked a %s token of client %s", use, payload.get("client_id"))
+        auth_event("token.revoke", client_id=payload.get("client_id"), message=f"a {use} token was revoked")

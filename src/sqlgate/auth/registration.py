@@ -31,6 +31,7 @@ import anyio
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sqlgate.audit.record import auth_event
 from sqlgate.auth.config import RegistrationConfig
 from sqlgate.auth.grants.base import GrantStore
 
@@ -130,8 +131,20 @@ class BoundedRegistration:
                 refusal = self._check(body)
         if refusal is not None:
             await refusal(scope, receive, send)
+            _audit_registration(refusal.status_code, refusal.body)
             return
-        await self.app(scope, _replay(body), send)
+        status: list[int] = []
+        body_seen: list[bytes] = []
+
+        async def observed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            elif message["type"] == "http.response.body" and sum(map(len, body_seen)) < 64 * 1024:
+                body_seen.append(message.get("body", b""))
+            await send(message)
+
+        await self.app(scope, _replay(body), observed)
+        _audit_registration(status[0] if status else 500, b"".join(body_seen))
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
         """The body, or None when it exceeds the cap (by Content-Length or as it arrives)."""
@@ -168,6 +181,19 @@ class BoundedRegistration:
         except RegistrationRefused as refused:
             return _error(400, refused.error, refused.description)
         return None
+
+
+def _audit_registration(status: int, body: bytes) -> None:
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = {}
+    answer = answer if isinstance(answer, dict) else {}
+    if status < 300:
+        auth_event("register", client_id=answer.get("client_id"), status=status)
+    else:
+        auth_event("register", "error" if status >= 500 else "refused", status=status,
+                   error=answer.get("error") or None, message=answer.get("error_description"))
 
 
 def _replay(body: bytes) -> Receive:

@@ -197,5 +197,8 @@ class ScopeFilter(Middleware):
         have = self._have()
         missing = [] if have is None else self.registry.missing("tool", context.message.name, have)
         if missing:
+            from sqlgate.audit.notes import note_refused
+
+            note_refused("insufficient_scope")
             raise ToolError(f"this tool needs scope(s): {' '.join(missing)}")
         return await call_next(context)

@@ -59,6 +59,14 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "SQLGATE_MAX_SESSIONS_PER_CLIENT": ("transport", "max_sessions_per_client"),
     "SQLGATE_SESSION_IDLE_TIMEOUT": ("transport", "session_idle_timeout"),
     "SQLGATE_AUDIT_PATH": ("audit", "path"),
+    "SQLGATE_AUDIT_STORE": ("audit", "store"),
+    "SQLGATE_AUDIT_DATABASE": ("audit", "database"),
+    "SQLGATE_AUDIT_DSN": ("audit", "dsn"),
+    "SQLGATE_TRACES": ("telemetry", "traces", "enabled"),
+    "SQLGATE_TRACES_ENDPOINT": ("telemetry", "traces", "endpoint"),
+    "SQLGATE_METRICS": ("telemetry", "metrics", "enabled"),
+    "SQLGATE_METRICS_TOKEN": ("telemetry", "metrics", "token"),
+    "SQLGATE_METRICS_PORT": ("telemetry", "metrics", "port"),
 }
 
 

@@ -268,10 +268,57 @@ class TransportConfig(Strict):
 
 
 class AuditConfig(Strict):
+    """The audit trail (audit/): one event per call and authorization step, see README "Operating sqlgate"."""
+
     enabled: bool = True
-    # JSON-lines file (relative to the project); None = only the server log
-    path: str | None = None
     log_arguments: bool = True
+    # the one-line-per-call server log (user info in logs), independent of the stores below
+    console: bool = True
+    # JSON-lines file (relative to the project); None = no file
+    path: str | None = None
+    # rotation of the JSON-lines file: by size, and by age of its first event (None = never)
+    rotate_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+    rotate_seconds: float | None = Field(default=None, gt=0)
+    keep: int = Field(default=7, ge=0)
+    # the queryable table (`sqlgate log`): SQLite file (default), PostgreSQL (replicas), or none
+    store: Literal["sqlite", "postgres", "none"] = "sqlite"
+    database: str = "data/audit.db"  # sqlite, relative to the project
+    dsn: SecretStr | None = None  # postgres: libpq DSN/URL (as auth.persistence.dsn)
+    # events waiting for the sinks; beyond it events are dropped, counted and logged
+    queue_size: int = Field(default=10_000, ge=10)
+
+    @model_validator(mode="after")
+    def _store(self) -> AuditConfig:
+        if self.store == "postgres" and not self.dsn:
+            raise ValueError("audit.store postgres needs audit.dsn (env: SQLGATE_AUDIT_DSN)")
+        return self
+
+
+class TracesConfig(Strict):
+    enabled: bool = False
+    exporter: Literal["otlp", "console"] = "otlp"
+    # OTLP/HTTP traces URL, e.g. http://collector:4318/v1/traces (None: OTEL_EXPORTER_OTLP_* or the default)
+    endpoint: str | None = None
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+    service_name: str | None = None  # default: the project name
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+
+
+class MetricsConfig(Strict):
+    """Prometheus text format at `path`: on the MCP port behind `token`, or on its own host/port."""
+
+    enabled: bool = False
+    path: str = "/metrics"
+    # scrapers send `Authorization: Bearer <token>`; required on the MCP port unless it is loopback
+    token: SecretStr | None = None
+    # a separate listener (e.g. an internal interface); None = the MCP port
+    port: int | None = Field(default=None, ge=0, le=65535)
+    host: str = "127.0.0.1"
+
+
+class TelemetryConfig(Strict):
+    traces: TracesConfig = Field(default_factory=TracesConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
 
 class Icon(Strict):
@@ -309,6 +356,7 @@ class Settings(Strict):
     transport: TransportConfig = Field(default_factory=TransportConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     # named relations from files and other databases (DuckDB only), keyed by relation name
     sources: dict[str, SourceConfig] = Field(default_factory=dict)
 
@@ -330,6 +378,6 @@ class Settings(Strict):
 
 
 # sections a profile in the user config may override; name/description/profile are the project's
-PROFILE_SECTIONS = ("engine", "limits", "sql_tools", "transport", "auth", "audit", "sources")
+PROFILE_SECTIONS = ("engine", "limits", "sql_tools", "transport", "auth", "audit", "sources", "telemetry")
 PROJECT_KEYS = ("name", "description", "title", "website_url", "icons", "locked_tools", "profile", "engine",
-                "limits", "sql_tools", "transport", "audit", "sources")
+                "limits", "sql_tools", "transport", "audit", "sources", "telemetry")

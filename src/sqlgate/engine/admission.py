@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from sqlgate import metrics
 from sqlgate.errors import QueryTimeout
 
 
@@ -44,11 +45,17 @@ class Admission:
             await _acquire(share.sem, deadline, timeout, "you already have "
                            f"{self.per_caller} queries running; wait for one to finish")
             try:
-                await _acquire(self._pool, deadline, timeout, "every database connection is busy")
+                metrics.POOL_WAITING.inc()  # pool saturation, for /metrics
+                try:
+                    await _acquire(self._pool, deadline, timeout, "every database connection is busy")
+                finally:
+                    metrics.POOL_WAITING.dec()
+                metrics.POOL_IN_USE.inc()
                 try:
                     yield
                 finally:
                     self._pool.release()
+                    metrics.POOL_IN_USE.dec()
             finally:
                 share.sem.release()
         finally:
