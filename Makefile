@@ -25,7 +25,7 @@ install-test: $(BIN)/python
 
 serve: install
 	@echo "sqlgate is installed as $(CURDIR)/$(BIN)/sqlgate; to use it elsewhere: export PATH=\"$(CURDIR)/$(BIN):\$$PATH\""
-	SQLGATE_DB_PATH="$(CURDIR)/$(STATE)/shop.duckdb" \
+	SQLGATE_DB_PATH="$(CURDIR)/$(STATE)/shop.duckdb" SQLGATE_AUDIT_DATABASE="$(CURDIR)/$(STATE)/audit.db" \
 		$(BIN)/sqlgate serve --project examples/shop --transport http --host $(HOST) --port $(PORT)
 
 lint: install-test

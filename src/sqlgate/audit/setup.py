@@ -19,9 +19,10 @@ def build_sinks(project: Any) -> list[Sink]:
     sinks: list[Sink] = []
     try:
         if cfg.path:
-            sinks.append(JsonLinesSink(project.path(cfg.path), cfg.rotate_bytes, cfg.rotate_seconds, cfg.keep))
+            sinks.append(JsonLinesSink(project.writable_path(cfg.path, "audit.path", "SQLGATE_AUDIT_PATH"),
+                                       cfg.rotate_bytes, cfg.rotate_seconds, cfg.keep))
         if cfg.store == "sqlite":
-            sink = SqliteSink(project.path(cfg.database))
+            sink = SqliteSink(project.writable_path(cfg.database, "audit.database", "SQLGATE_AUDIT_DATABASE"))
             sink.connect().close()  # the table exists (and the file is writable) before the first call
             sinks.append(sink)
     except (OSError, sqlite3.Error) as exc:

@@ -89,6 +89,20 @@ class LoadedProject:
         p = Path(relative).expanduser()
         return p if p.is_absolute() else self.root / p
 
+    def writable_path(self, relative: str, setting: str, variable: str) -> Path:
+        """A path sqlgate writes to, never inside the installed package (examples/shop links to its
+        template, so serving it as is would write a database into site-packages or the checkout)."""
+        path = self.path(relative)
+        if path.resolve().is_relative_to(_PACKAGE):
+            raise ConfigError(
+                f"refusing to write {path} inside the sqlgate package; serve the bundled example with "
+                f"`make serve` (it sets the paths), set {setting} / {variable} to a writable place, or create "
+                "your own project with `sqlgate init DIR`", where=f"sqlgate.yml ({setting})")
+        return path
+
+
+_PACKAGE = Path(__file__).resolve().parent.parent
+
 
 def user_config_path(env: Mapping[str, str]) -> Path:
     explicit = env.get("SQLGATE_CONFIG")

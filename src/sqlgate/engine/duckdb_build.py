@@ -105,7 +105,7 @@ def _ticker(con: duckdb.DuckDBPyConnection, label: str, progress: Progress):
 def build_file(project, path: Path, sources: list[Source], views: list[ViewFile],
                progress: Progress = _log_progress) -> None:
     """Build the database into a new file, then swap it in (atomic on POSIX and Windows)."""
-    _refuse_package_dir(path)
+    project.writable_path(str(path), "engine.path", "SQLGATE_DB_PATH")
     path.parent.mkdir(parents=True, exist_ok=True)
     building = path.with_name(f".{path.name}.building-{os.getpid()}-{threading.get_ident()}")
     _remove(building)
@@ -126,16 +126,6 @@ def build_file(project, path: Path, sources: list[Source], views: list[ViewFile]
     Path(str(path) + ".wal").unlink(missing_ok=True)
     os.replace(building, path)
     progress(f"built {path} in {time.monotonic() - started:.1f} s")
-
-
-def _refuse_package_dir(path: Path) -> None:
-    """Never write a database into the installed package (examples/shop links to its template)."""
-    package = Path(__file__).resolve().parent.parent
-    if path.resolve().is_relative_to(package):
-        raise ConfigError(
-            f"refusing to build the database inside the sqlgate package ({path}); serve the bundled example "
-            "with `make serve` (it sets SQLGATE_DB_PATH), set engine.path / SQLGATE_DB_PATH to a writable "
-            "place, or create your own project with `sqlgate init DIR`", where="sqlgate.yml (engine.path)")
 
 
 def _remove(path: Path) -> None:
