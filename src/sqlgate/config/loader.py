@@ -52,6 +52,8 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "SQLGATE_MAX_SESSIONS_PER_CLIENT": ("transport", "max_sessions_per_client"),
     "SQLGATE_SESSION_IDLE_TIMEOUT": ("transport", "session_idle_timeout"),
     "SQLGATE_AUDIT_PATH": ("audit", "path"),
+    "SQLGATE_RATE_LIMIT_CALLS_PER_MINUTE": ("rate_limits", "calls_per_minute"),
+    "SQLGATE_RATE_LIMIT_CONCURRENT_CALLS": ("rate_limits", "concurrent_calls"),
 }
 
 

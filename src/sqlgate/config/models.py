@@ -5,11 +5,12 @@ Every section forbids unknown keys so a misspelt setting is an error, not a sile
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from sqlgate.auth.config import AuthConfig
+from sqlgate.policy import Policies
 
 
 class Strict(BaseModel):
@@ -100,6 +101,26 @@ class EndpointLimits(Strict):
     timeout_seconds: float | None = Field(default=None, gt=0)
 
 
+class RateLimitRule(Strict):
+    """Per caller (user, else client address): calls per minute and calls at the same time; None = no limit."""
+
+    calls_per_minute: int | None = Field(default=None, ge=1)
+    concurrent_calls: int | None = Field(default=None, ge=1)
+
+    @property
+    def active(self) -> bool:
+        return self.calls_per_minute is not None or self.concurrent_calls is not None
+
+
+class RateLimitsConfig(RateLimitRule):
+    """The limits every call counts against (tool calls, resource reads, prompt renders), shared by all
+    workers and replicas through the OAuth state store (auth.persistence)."""
+
+    # a concurrent-call slot whose holder vanished (kill -9, a lost replica) is free again after the
+    # call's timeout plus this many seconds
+    lease_grace_seconds: float = Field(default=30, ge=1)
+
+
 BUILTIN_TOOLS = ("list_schemas", "list_tables", "describe_table", "search_objects", "query")
 
 
@@ -116,10 +137,14 @@ class SqlToolsConfig(Strict):
     # (headers carry credentials: X-Forwarded-Access-Token, X-Amzn-Oidc-Data, DPoP …). The project
     # author's own endpoints may read every header but Authorization and Cookie.
     request_headers: list[str] = Field(default_factory=list)
+    # CEL policies per built-in tool, e.g. {query: {input: [{condition: ..., action: deny}]}}
+    policies: dict[str, Policies] = Field(default_factory=dict)
+    # calls-per-minute / concurrent-calls limits per caller, per built-in tool
+    rate_limits: dict[str, RateLimitRule] = Field(default_factory=dict)
 
-    @field_validator("scopes")
+    @field_validator("scopes", "policies", "rate_limits")
     @classmethod
-    def _known_tools(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+    def _known_tools(cls, v: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(v) - set(BUILTIN_TOOLS))
         if unknown:
             raise ValueError(f"unknown built-in tool(s) {', '.join(unknown)} (known: {', '.join(BUILTIN_TOOLS)})")
@@ -176,8 +201,10 @@ class Settings(Strict):
     transport: TransportConfig = Field(default_factory=TransportConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    rate_limits: RateLimitsConfig = Field(default_factory=RateLimitsConfig)
 
 
 # sections a profile in the user config may override; name/description/profile are the project's
-PROFILE_SECTIONS = ("engine", "limits", "sql_tools", "transport", "auth", "audit")
-PROJECT_KEYS = ("name", "description", "profile", "engine", "limits", "sql_tools", "transport", "audit")
+PROFILE_SECTIONS = ("engine", "limits", "sql_tools", "transport", "auth", "audit", "rate_limits")
+PROJECT_KEYS = ("name", "description", "profile", "engine", "limits", "sql_tools", "transport", "audit",
+                "rate_limits")

@@ -16,6 +16,7 @@ from sqlgate.endpoints.loader import Endpoint
 from sqlgate.endpoints.models import PromptDef
 from sqlgate.engine.base import Engine, Limits, QueryResult
 from sqlgate.errors import InvalidArguments, QueryFailed, QueryTimeout, ResourceNotFound
+from sqlgate.policy import RecordsView, apply_output_policies
 
 
 def prepare_arguments(ep: Endpoint, arguments: dict[str, Any] | None) -> dict[str, Any]:
@@ -40,6 +41,8 @@ async def execute(ep: Endpoint, arguments: dict[str, Any] | None, engine: Engine
                   call: CallContext) -> dict[str, Any]:
     """Run a tool/resource endpoint; returns the envelope {"result", "truncated"[, "hint"]}."""
     args = prepare_arguments(ep, arguments)
+    # policies are checked here, so MCP calls, `sqlgate run` and `sqlgate test` all pass through them
+    policy_scope = ep.enforcer.check_input(call, args) if ep.enforcer is not None else None
     limits = endpoint_limits(ep, base_limits)
     if ep.sql is not None:
         params = {name: args[name] for name in ep.sql_params}
@@ -48,8 +51,12 @@ async def execute(ep: Endpoint, arguments: dict[str, Any] | None, engine: Engine
         if ep.kind == "resource" and envelope["result"] is None and _declared_kind(ep) == "object":
             # a record resource whose query found no row does not exist: an error, not `null`
             raise ResourceNotFound(f"resource {_uri(ep, args)} not found")
-        return envelope
-    return {"result": await _call_python(ep, args, engine, call, limits), "truncated": False}
+    else:
+        envelope = {"result": await _call_python(ep, args, engine, call, limits), "truncated": False}
+    if policy_scope is not None and ep.enforcer.policies.output:
+        # on the envelope, before it is encoded: structured content and JSON text both come from it
+        await apply_output_policies(ep.enforcer, policy_scope, RecordsView(envelope, "result"))
+    return envelope
 
 
 async def _call_python(ep: Endpoint, args: dict[str, Any], engine: Engine, call: CallContext,

@@ -20,6 +20,7 @@ from sqlgate.config.yamlio import load_yaml_file, pydantic_problems
 from sqlgate.endpoints.models import EndpointFile, PromptDef, ResourceDef, ToolDef
 from sqlgate.endpoints.sqlparams import sql_parameters
 from sqlgate.errors import ConfigError
+from sqlgate.policy import Enforcer
 
 KIND_DIRS = {"tool": "tools", "resource": "resources", "prompt": "prompts"}
 
@@ -38,6 +39,7 @@ class Endpoint:
     function: Callable[..., Any] | None = None
     is_async: bool = False
     warnings: list[str] = field(default_factory=list)
+    enforcer: Enforcer | None = None  # the endpoint's compiled policies
 
     @property
     def key(self) -> str:
@@ -112,6 +114,8 @@ def _load_one(root: Path, path: Path) -> Endpoint | None:
                   validator=Draft202012Validator(schema), defaults=defaults)
     if isinstance(definition, PromptDef):
         return ep
+    if definition.policies is not None:
+        ep.enforcer = Enforcer(definition.policies, kind, name, rel)
     declared = [p.name for p in definition.parameters]
     src = definition.source
     if definition.language == "sql":

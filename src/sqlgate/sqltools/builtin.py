@@ -17,6 +17,7 @@ from sqlgate.context import CallContext
 from sqlgate.engine.base import Engine, Limits
 from sqlgate.engine.guard import check_length
 from sqlgate.errors import InvalidArguments
+from sqlgate.policy import Enforcer, builtin_view, guard_handler
 from sqlgate.sqltools.search import search
 
 MAX_KEYWORDS_CHARS = 1000
@@ -137,4 +138,9 @@ def builtin_tools(engine: Engine, cfg: SqlToolsConfig, limits: Callable[[], Limi
             parameters=_obj({"sql": {"type": "string", "description": "One read-only SQL statement."}},
                             ["sql"]),
             handler=query, annotations=READ_ONLY, tags={"builtin"}))
+    for tool in tools:  # the policies of sqlgate.yml `sql_tools.policies` wrap each tool's handler
+        rules = cfg.policies.get(tool.name)
+        if rules is not None:
+            enforcer = Enforcer(rules, "tool", tool.name, f"sql_tools.policies.{tool.name}")
+            tool._handler = guard_handler(enforcer, tool._handler, builtin_view(tool.name), call)
     return tools
