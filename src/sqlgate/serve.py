@@ -117,18 +117,23 @@ def worker_app():
 
 
 def http_middleware(app: App) -> list[Any]:
-    """Outermost the in-flight counter (graceful SIGTERM); the per-tool scope guard sits behind
-    authentication, in front of the MCP endpoint."""
+    """Outermost the in-flight counter (graceful SIGTERM); the per-tool scope guard and the rate
+    limits sit behind authentication, in front of the MCP endpoint."""
     from starlette.middleware import Middleware
 
     from sqlgate.drain import InFlight
 
-    stack = [Middleware(InFlight)]
-    if app.scopes is None:
-        return stack
-    from sqlgate.auth.factory import public_base_url
-    from sqlgate.auth.scopes import ScopeGuard
-
     t = app.project.settings.transport
-    prm = f"{public_base_url(t)}/.well-known/oauth-protected-resource{t.path}"
-    return [*stack, Middleware(ScopeGuard, registry=app.scopes, mcp_path=t.path, resource_metadata_url=prm)]
+    stack = [Middleware(InFlight)]
+    if app.scopes is not None:
+        from sqlgate.auth.factory import public_base_url
+        from sqlgate.auth.scopes import ScopeGuard
+
+        prm = f"{public_base_url(t)}/.well-known/oauth-protected-resource{t.path}"
+        stack.append(Middleware(ScopeGuard, registry=app.scopes, mcp_path=t.path, resource_metadata_url=prm))
+    if app.rate_limiter is not None:
+        # behind the scope guard: a call refused for its scopes is not counted
+        from sqlgate.ratelimit import RateLimitGuard
+
+        stack.append(Middleware(RateLimitGuard, limiter=app.rate_limiter, mcp_path=t.path))
+    return stack

@@ -33,6 +33,7 @@ from sqlgate.endpoints.loader import Endpoint, load_endpoints, reset_module_cach
 from sqlgate.endpoints.models import ResourceDef, ToolDef
 from sqlgate.engine import Engine, Limits, open_engine
 from sqlgate.errors import SqlgateError
+from sqlgate.ratelimit import RateLimiter, RateLimitMiddleware
 from sqlgate.sqltools.builtin import builtin_tools
 
 log = logging.getLogger("sqlgate.server")
@@ -46,6 +47,7 @@ class App:
     mcp: FastMCP
     builtin_names: list[str] = field(default_factory=list)
     scopes: ScopeRegistry | None = None
+    rate_limiter: RateLimiter | None = None
 
     @property
     def limits(self) -> Limits:
@@ -57,6 +59,12 @@ class App:
             if self.scopes is not None:
                 key = ep.definition.uri if ep.kind == "resource" else ep.name
                 self.scopes.set(ep.kind, key, list(ep.definition.scopes))
+            if self.rate_limiter is not None:
+                self.rate_limiter.set(ep.kind, ep.definition.uri if ep.kind == "resource" else ep.name,
+                                      getattr(ep.definition, "rate_limit", None))
+            elif getattr(ep.definition, "rate_limit", None) is not None:
+                log.warning("%s: rate_limit ignored until restart (no rate limit was configured at start-up)",
+                            ep.file)
             if ep.kind == "tool":
                 self.mcp.add_tool(_tool(ep, self))
             elif ep.kind == "resource":
@@ -81,6 +89,8 @@ class App:
         for ep in self.endpoints:
             if self.scopes is not None:
                 self.scopes.set(ep.kind, ep.definition.uri if ep.kind == "resource" else ep.name, [])
+            if self.rate_limiter is not None:
+                self.rate_limiter.set(ep.kind, ep.definition.uri if ep.kind == "resource" else ep.name, None)
             if ep.kind == "tool":
                 provider.remove_tool(ep.name)
             elif ep.kind == "prompt":
@@ -167,6 +177,28 @@ def _prompt(ep: Endpoint) -> SqlgatePrompt:
     return prompt
 
 
+def _rate_limiter(settings, auth, endpoints: list[Endpoint]):
+    """(limiter, state it opened itself) when any rate limit is configured, else (None, None).
+
+    The counters live in the OAuth state store: the proxy's own when sqlgate is the authorization
+    server, else one opened from `auth.persistence` (default ~/.sqlgate/oauth.db), so workers and
+    replicas sharing it share the limits."""
+    wanted = (settings.rate_limits.active or any(r.active for r in settings.sql_tools.rate_limits.values())
+              or any(getattr(ep.definition, "rate_limit", None) is not None for ep in endpoints))
+    if not wanted:
+        return None, None
+    state = getattr(auth, "state", None)
+    own = None
+    if state is None:
+        from sqlgate.auth.store import open_state
+
+        state = own = open_state(settings.auth.persistence)
+    # a slot whose holder died frees itself once no call could still be running in it
+    lease = settings.limits.timeout_seconds + 5 + settings.rate_limits.lease_grace_seconds
+    log.info("rate limits: counted in %s", state.grants.location)
+    return RateLimiter(state.grants, settings.rate_limits, lease), own
+
+
 def build_app(project: LoadedProject, engine: Engine | None = None,
               endpoints: list[Endpoint] | None = None) -> App:
     settings = project.settings
@@ -185,6 +217,8 @@ def build_app(project: LoadedProject, engine: Engine | None = None,
         try:
             yield {}
         finally:
+            if own_rate_state is not None:
+                own_rate_state.close()
             if cleanup is not None:
                 cleanup.cancel()
             if reload_signal is not None and threading.current_thread() is threading.main_thread():
@@ -205,6 +239,10 @@ def build_app(project: LoadedProject, engine: Engine | None = None,
         app.scopes = ScopeRegistry(list(settings.auth.authorization.claim_mappings))
         mcp.add_middleware(ScopeFilter(app.scopes))
 
+    app.rate_limiter, own_rate_state = _rate_limiter(settings, auth, endpoints)
+    if app.rate_limiter is not None:
+        mcp.add_middleware(RateLimitMiddleware(app.rate_limiter))
+
     if settings.audit.enabled:
         audit_path = project.path(settings.audit.path) if settings.audit.path else None
         mcp.add_middleware(AuditMiddleware(AuditSink(audit_path, settings.audit.log_arguments)))
@@ -214,6 +252,8 @@ def build_app(project: LoadedProject, engine: Engine | None = None,
         app.builtin_names.append(tool.name)
         if app.scopes is not None:
             app.scopes.set("tool", tool.name, settings.sql_tools.scopes.get(tool.name, []))
+        if app.rate_limiter is not None:
+            app.rate_limiter.set("tool", tool.name, settings.sql_tools.rate_limits.get(tool.name))
     app.register(endpoints)
 
     @mcp.custom_route("/healthz", methods=["GET"], include_in_schema=False)

@@ -1,0 +1,221 @@
+"""Policies: CEL rules on who may call what with which arguments, and what they see of the answer.
+
+Two users with different claims (HS256 JWTs: alice in `admins`, bob in `sales`) call a YAML tool
+and the built-in tools through the official MCP client over HTTP; a policy that cannot be evaluated
+denies; bad CEL stops start-up with file and line; `sqlgate test` runs policy tests as a given user.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.auth_support import auth_project
+from tests.clients import hs256_bearer, mcp_session
+from tests.conftest import EXAMPLE, SQLGATE, isolated_env, start_server, stop_server
+
+SECRET = "policy-tests-shared-secret-0123456789abcdef"
+
+CUSTOMERS_BY_REGION = """tool:
+  name: customers_by_region
+  description: Customers of one region.
+  parameters:
+    - {name: region, type: string, description: Sales region., enum: [EU, US, APAC]}
+  source:
+    code: |
+      SELECT customer_id, name, email, region, account_manager
+      FROM customers WHERE region = $region ORDER BY customer_id LIMIT 6
+  policies:
+    input:
+      - condition: "region == 'APAC' && !('apac' in user.groups)"
+        action: deny
+        reason: APAC data is for the APAC team.
+    output:
+      - condition: "!('admins' in user.groups)"
+        action: mask_fields
+        fields: [email]
+        mask: "[hidden]"
+      - condition: "!('admins' in user.groups)"
+        action: filter_rows
+        keep: "row.account_manager == user.username"
+  tests:
+    - name: an admin sees every row and every e-mail
+      user: {username: alice, claims: {groups: [admins]}}
+      arguments: {region: EU}
+      result_length: 6
+      result_contains: [{customer_id: 3, email: customer3@example.test}]
+    - name: sales see only their customers, e-mail masked
+      user: {username: bob, claims: {groups: [sales]}}
+      arguments: {region: EU}
+      result: [{customer_id: 3, name: Customer 3, email: "[hidden]", region: EU, account_manager: bob},
+               {customer_id: 12, name: Customer 12, email: "[hidden]", region: EU, account_manager: bob}]
+    - name: APAC refused outside the APAC team
+      user_context: {username: bob, claims: {groups: [sales]}}
+      arguments: {region: APAC}
+      expect_error: APAC data is for the APAC team
+"""
+
+# a rule over a claim the caller's token does not carry: it cannot be evaluated, so it denies
+NEEDS_ROLE = """tool:
+  name: needs_role
+  description: Guarded by a rule over a `role` claim.
+  parameters:
+    - {name: note, type: string, description: Anything.}
+  source: {code: "SELECT $note AS note"}
+  policies:
+    input:
+      - condition: "user.role == 'intern'"
+        action: deny
+        reason: Interns may not.
+  tests:
+    - name: a user without the claim is denied
+      user: {username: carol}
+      arguments: {note: hi}
+      expect_error: could not be evaluated
+    - name: a user with another role passes
+      user: {username: carol, claims: {role: manager}}
+      arguments: {note: hi}
+      result: [{note: hi}]
+"""
+
+SQL_TOOLS_POLICIES = {
+    "query": {
+        "input": [{"condition": "!('admins' in user.groups)", "action": "deny",
+                   "reason": "The query tool is for administrators."}],
+        "output": [{"condition": "!('pii' in user.groups)", "action": "mask_fields", "fields": ["email"]}],
+    },
+    "list_tables": {
+        "output": [{"condition": "!('admins' in user.groups)", "action": "filter_rows",
+                    "keep": "row.name in ['customers', 'products']"}],
+    },
+}
+
+
+def _project(tmp: Path) -> Path:
+    project = tmp / "project"
+    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    (project / "tools" / "customers_by_region.yml").write_text(CUSTOMERS_BY_REGION)
+    (project / "tools" / "needs_role.yml").write_text(NEEDS_ROLE)
+    settings = yaml.safe_load((project / "sqlgate.yml").read_text())
+    settings["sql_tools"]["policies"] = SQL_TOOLS_POLICIES
+    (project / "sqlgate.yml").write_text(yaml.safe_dump(settings))
+    return project
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("policy")
+    _project(tmp)
+    project, env, port = auth_project(tmp, {"jwt": {"secret": SECRET, "algorithms": ["HS256"],
+                                                    "issuer": "https://issuer.test"}})
+    srv = start_server(project, tmp, env=env, port=port)
+    yield srv
+    stop_server(srv)
+
+
+def _as(server, name: str, groups: list[str], **claims) -> dict[str, str]:
+    return hs256_bearer(SECRET, server.url, name, extra_claims={"groups": groups, **claims})
+
+
+def _both(res) -> tuple[dict, dict]:
+    """The structured answer and the JSON text the client also gets: policies must shape both."""
+    return res.structured_content, json.loads(res.content[0].text)
+
+
+async def test_two_users_see_what_their_claims_allow(server):
+    async with mcp_session(server.url, _as(server, "alice", ["admins"])) as alice:
+        res = await alice.call_tool("customers_by_region", {"region": "EU"})
+        for answer in _both(res):
+            rows = answer["result"]
+            assert len(rows) == 6 and {r["account_manager"] for r in rows} == {"alice", "bob", "carol"}
+            assert rows[0]["email"] == f"customer{rows[0]['customer_id']}@example.test"
+    async with mcp_session(server.url, _as(server, "bob", ["sales"])) as bob:
+        res = await bob.call_tool("customers_by_region", {"region": "EU"})
+        assert not res.is_error
+        for answer in _both(res):
+            rows = answer["result"]
+            assert [r["customer_id"] for r in rows] == [3, 12]
+            assert {r["account_manager"] for r in rows} == {"bob"} and {r["email"] for r in rows} == {"[hidden]"}
+        denied = await bob.call_tool("customers_by_region", {"region": "APAC"})
+        assert denied.is_error and "denied by policy: APAC data is for the APAC team." in denied.content[0].text
+
+
+async def test_builtin_tools_follow_sql_tools_policies(server):
+    sql = "SELECT customer_id, name, email FROM customers ORDER BY customer_id LIMIT 2"
+    async with mcp_session(server.url, _as(server, "bob", ["sales"])) as bob:
+        denied = await bob.call_tool("query", {"sql": sql})
+        assert denied.is_error and "The query tool is for administrators." in denied.content[0].text
+        tables = (await bob.call_tool("list_tables", {})).structured_content["items"]
+        assert sorted(t["name"] for t in tables) == ["customers", "products"]
+    async with mcp_session(server.url, _as(server, "alice", ["admins"])) as alice:
+        res = await alice.call_tool("query", {"sql": sql})
+        for answer in _both(res):
+            assert answer["columns"] == ["customer_id", "name", "email"]
+            assert answer["rows"] == [[1, "Customer 1", "****"], [2, "Customer 2", "****"]]
+        tables = (await alice.call_tool("list_tables", {})).structured_content["items"]
+        assert {"customers", "products", "orders"} <= {t["name"] for t in tables}
+    async with mcp_session(server.url, _as(server, "dora", ["admins", "pii"])) as dora:
+        rows = (await dora.call_tool("query", {"sql": sql})).structured_content["rows"]
+        assert rows[0][2] == "customer1@example.test"
+
+
+async def test_a_policy_that_cannot_be_evaluated_denies(server):
+    note = "s3cr3t-argument-value"
+    async with mcp_session(server.url, _as(server, "erin", ["sales"])) as erin:  # no `role` claim
+        res = await erin.call_tool("needs_role", {"note": note})
+        assert res.is_error
+        assert "denied: policy input[0] of tool 'needs_role' could not be evaluated" in res.content[0].text
+    async with mcp_session(server.url, _as(server, "frank", ["sales"], role="manager")) as frank:
+        res = await frank.call_tool("needs_role", {"note": "hello"})
+        assert res.structured_content["result"] == [{"note": "hello"}]
+    logs = server.logs()
+    assert "WARNING sqlgate.policy: policy input[0] of tool 'needs_role' (tools/needs_role.yml)" in logs
+    assert "no such member in mapping: 'role'" in logs
+    assert note not in logs and "Traceback" not in logs
+
+
+def test_bad_cel_stops_start_up_with_file_and_line(tmp_path):
+    project = _project(tmp_path)
+    (project / "tools" / "needs_role.yml").write_text(NEEDS_ROLE.replace(
+        "condition: \"user.role == 'intern'\"", "condition: \"user.role == \""))
+    settings = yaml.safe_load((project / "sqlgate.yml").read_text())
+    settings["sql_tools"]["policies"]["list_tables"]["output"][0]["keep"] = "row.name in ["
+    (project / "sqlgate.yml").write_text(yaml.safe_dump(settings))
+    env = isolated_env(tmp_path)
+    for command in ("validate", "serve"):
+        done = subprocess.run([*SQLGATE, command, "-p", str(project)], capture_output=True, text=True, env=env,
+                              timeout=60, stdin=subprocess.DEVNULL)
+        assert done.returncode != 0
+        # sqlgate.yml is read first: its problem is reported (with the line of the key)
+        assert "sqlgate.yml:" in done.stderr and "invalid CEL expression 'row.name in ['" in done.stderr, done.stderr
+    settings["sql_tools"]["policies"]["list_tables"]["output"][0]["keep"] = "row.name != ''"
+    (project / "sqlgate.yml").write_text(yaml.safe_dump(settings))
+    done = subprocess.run([*SQLGATE, "validate", "-p", str(project)], capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert done.returncode != 0
+    line = NEEDS_ROLE.splitlines().index("      - condition: \"user.role == 'intern'\"") + 1
+    assert f"tools/needs_role.yml:{line}: tool.policies.input[0].condition: invalid CEL expression" in done.stderr
+
+
+def test_sqlgate_test_runs_policy_tests_as_the_given_user(tmp_path):
+    project = _project(tmp_path)
+    done = subprocess.run([*SQLGATE, "test", "-p", str(project)], capture_output=True, text=True,
+                          env=isolated_env(tmp_path), timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for name in ("an admin sees every row and every e-mail", "sales see only their customers, e-mail masked",
+                 "APAC refused outside the APAC team", "a user without the claim is denied",
+                 "a user with another role passes"):
+        assert f"PASS tool {'needs_role' if 'user' in name else 'customers_by_region'} :: {name}" in done.stdout
+    # a policy test whose expectation is wrong fails
+    (project / "tools" / "needs_role.yml").write_text(NEEDS_ROLE.replace("claims: {role: manager}",
+                                                                         "claims: {role: intern}"))
+    done = subprocess.run([*SQLGATE, "test", "-p", str(project), "needs_role"], capture_output=True, text=True,
+                          env=isolated_env(tmp_path), timeout=120)
+    assert done.returncode == 1
+    assert "FAIL tool needs_role :: a user with another role passes" in done.stdout
+    assert "denied by policy: Interns may not." in done.stdout
