@@ -83,6 +83,60 @@ NEEDS_ROLE = """tool:
       result: [{note: hi}]
 """
 
+# allow rules (one must hold), a warning, and an output rule over the whole `response`
+REGION_COUNTS = """tool:
+  name: region_counts
+  description: Customers per region.
+  source: {code: "SELECT region, count(*) AS n FROM customers GROUP BY region ORDER BY region"}
+  policies:
+    input:
+      - condition: "'analysts' in user.groups || 'admins' in user.groups"
+        action: allow
+        reason: Only analysts and admins may count customers.
+      - condition: "user.email.endsWith('@contractor.test')"
+        action: warn
+        reason: contractor access
+    output:
+      - condition: "size(response) > 2 && !('admins' in user.groups)"
+        action: deny
+        reason: Analysts see at most two regions.
+  tests:
+    - name: guests match no allow rule
+      user: {username: gus, claims: {groups: [guests]}}
+      expect_error: Only analysts and admins may count customers.
+    - name: an analyst meets the output rule
+      user: {username: ann, email: ann@contractor.test, claims: {groups: [analysts]}}
+      expect_error: Analysts see at most two regions.
+    - name: an admin sees every region
+      user: {username: alice, claims: {groups: [admins]}}
+      result_length: 3
+"""
+
+# one record (a resource template): shown whole or refused, never half
+CUSTOMER_CARD = """resource:
+  uri: shop://cards/{customer_id}
+  description: A customer's card, for their account manager only.
+  parameters:
+    - {name: customer_id, type: integer, description: The customer's id.}
+  return: {type: object}
+  source: {code: "SELECT customer_id, name, account_manager FROM customers WHERE customer_id = $customer_id"}
+  policies:
+    output:
+      - condition: "true"
+        action: filter_rows
+        keep: "row.account_manager == user.username"
+        reason: Only the account manager sees this card.
+  tests:
+    - name: the account manager reads it
+      user: {username: bob}
+      arguments: {customer_id: 3}
+      result: {customer_id: 3, name: Customer 3, account_manager: bob}
+    - name: someone else is refused
+      user: {username: carol}
+      arguments: {customer_id: 3}
+      expect_error: Only the account manager sees this card.
+"""
+
 SQL_TOOLS_POLICIES = {
     "query": {
         "input": [{"condition": "!('admins' in user.groups)", "action": "deny",
@@ -101,6 +155,8 @@ def _project(tmp: Path) -> Path:
     shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("data", "__pycache__"))
     (project / "tools" / "customers_by_region.yml").write_text(CUSTOMERS_BY_REGION)
     (project / "tools" / "needs_role.yml").write_text(NEEDS_ROLE)
+    (project / "tools" / "region_counts.yml").write_text(REGION_COUNTS)
+    (project / "resources" / "customer_card.yml").write_text(CUSTOMER_CARD)
     settings = yaml.safe_load((project / "sqlgate.yml").read_text())
     settings["sql_tools"]["policies"] = SQL_TOOLS_POLICIES
     (project / "sqlgate.yml").write_text(yaml.safe_dump(settings))
@@ -113,7 +169,7 @@ def server(tmp_path_factory):
     _project(tmp)
     project, env, port = auth_project(tmp, {"jwt": {"secret": SECRET, "algorithms": ["HS256"],
                                                     "issuer": "https://issuer.test"}})
-    srv = start_server(project, tmp, env=env, port=port)
+    srv = start_server(project, tmp, env=env, port=port, timeout=120)  # builds the database first
     yield srv
     stop_server(srv)
 
@@ -207,10 +263,19 @@ def test_sqlgate_test_runs_policy_tests_as_the_given_user(tmp_path):
     done = subprocess.run([*SQLGATE, "test", "-p", str(project)], capture_output=True, text=True,
                           env=isolated_env(tmp_path), timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    for name in ("an admin sees every row and every e-mail", "sales see only their customers, e-mail masked",
-                 "APAC refused outside the APAC team", "a user without the claim is denied",
-                 "a user with another role passes"):
-        assert f"PASS tool {'needs_role' if 'user' in name else 'customers_by_region'} :: {name}" in done.stdout
+    expected = {
+        "tool customers_by_region": ["an admin sees every row and every e-mail",
+                                     "sales see only their customers, e-mail masked",
+                                     "APAC refused outside the APAC team"],
+        "tool needs_role": ["a user without the claim is denied", "a user with another role passes"],
+        "tool region_counts": ["guests match no allow rule", "an analyst meets the output rule",
+                               "an admin sees every region"],
+        "resource cards": ["the account manager reads it", "someone else is refused"],
+    }
+    for endpoint, names in expected.items():
+        for name in names:
+            assert f"PASS {endpoint} :: {name}" in done.stdout, done.stdout
+    assert "policy input[1] of tool 'region_counts': contractor access" in done.stderr
     # a policy test whose expectation is wrong fails
     (project / "tools" / "needs_role.yml").write_text(NEEDS_ROLE.replace("claims: {role: manager}",
                                                                          "claims: {role: intern}"))

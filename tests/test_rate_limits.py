@@ -8,6 +8,7 @@ themselves when their holder dies.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import threading
 import time
@@ -18,9 +19,10 @@ import pytest
 import yaml
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.shared.exceptions import MCPError
 
 from tests.auth_support import auth_project
-from tests.clients import hs256_bearer
+from tests.clients import hs256_bearer, mcp_session
 from tests.conftest import EXAMPLE, SQLGATE, isolated_env, start_server, stop_server
 from tests.grant_backends import open_store, postgres_available, postgres_database
 
@@ -71,7 +73,7 @@ def _server(tmp: Path, settings: dict | None = None, **kw):
     project, env, port = auth_project(tmp, {"jwt": {"secret": SECRET, "algorithms": ["HS256"],
                                                     "issuer": "https://issuer.test"}},
                                       transport={"stateless": True, "json_response": True})
-    return start_server(project, tmp, env=env, port=port, **kw)
+    return start_server(project, tmp, env=env, port=port, **{"timeout": 120, **kw})  # builds the database first
 
 
 # ------------------------------------------------------------------------------------------ store
@@ -157,7 +159,7 @@ def test_http_429_per_user_and_concurrency_cap(tmp_path):
 def test_limits_hold_across_two_workers(tmp_path):
     """`pid` allows 4 calls per minute per user; each worker answering with its own counter would allow
     up to 8 of alice's 12 calls. bob's unlimited calls show that both workers serve meanwhile."""
-    server = _server(tmp_path, args=["--workers", "2"], timeout=60)
+    server = _server(tmp_path, args=["--workers", "2"])
     try:
         answers, seen_pids = [], set()
         for _ in range(12):
@@ -187,3 +189,23 @@ async def test_stdio_answers_a_tool_error(tmp_path):
         assert text.startswith("rate limit: at most 2 calls per minute; retry in ") and text.endswith(" s")
     # counted in the state store under the (isolated) home directory, as the OAuth state would be
     assert (tmp_path / ".sqlgate" / "oauth.db").exists()
+
+
+async def test_official_client_sees_the_refusal_in_a_stateful_session(tmp_path):
+    """Default transport (MCP sessions, SSE answers): the slot is held until the streamed answer is
+    complete, and the official client reports the 429's message."""
+    _project(tmp_path)
+    project, env, port = auth_project(tmp_path, {"jwt": {"secret": SECRET, "algorithms": ["HS256"],
+                                                         "issuer": "https://issuer.test"}})
+    server = start_server(project, tmp_path, env=env, port=port, timeout=120)
+    try:
+        carol = hs256_bearer(SECRET, server.url, "carol")
+        async with mcp_session(server.url, carol) as first, mcp_session(server.url, carol) as second:
+            running = asyncio.create_task(first.call_tool("slow", {"seconds": 2}))
+            await asyncio.sleep(0.7)
+            with pytest.raises(MCPError, match="at most 1 calls at the same time of tool slow"):
+                await second.call_tool("slow", {"seconds": 0})
+            assert (await running).structured_content["result"] == 2
+            assert (await second.call_tool("slow", {"seconds": 0})).structured_content["result"] == 0
+    finally:
+        stop_server(server)
