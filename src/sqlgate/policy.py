@@ -45,6 +45,8 @@ from sqlgate.context import CallContext, UserContext
 from sqlgate.errors import PolicyDenied
 
 log = logging.getLogger("sqlgate.policy")
+# cel-python logs every evaluation step with its values (claims, arguments, rows) at DEBUG: never ours
+logging.getLogger("celpy").setLevel(logging.WARNING)
 
 _env = celpy.Environment()
 # names a rule may use besides the arguments; an argument with one of these names is only in `args`
@@ -60,7 +62,8 @@ def compile_cel(text: str) -> celpy.Runner:
     try:
         return _env.program(_env.compile(text))
     except celpy.CELParseError as exc:
-        raise ValueError(f"invalid CEL expression {text!r}: {_first_line(str(exc))}") from None
+        at = f"line {exc.line}, column {exc.column}" if getattr(exc, "line", None) else "here"
+        raise ValueError(f"invalid CEL expression {text!r}: syntax error at {at}") from None
     except Exception as exc:  # the CEL compiler's other complaints (unknown macro …)
         raise ValueError(f"invalid CEL expression {text!r}: {type(exc).__name__}: {_first_line(str(exc))}") from None
 
