@@ -13,6 +13,7 @@ from jsonschema.exceptions import SchemaError
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sqlgate.config.models import EndpointLimits, RateLimitRule
+from sqlgate.context import UserContext
 from sqlgate.policy import Policies
 
 NAME = r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$"
@@ -118,6 +119,16 @@ class TestCase(Strict):
     result_length: int | None = Field(default=None, ge=0)
     truncated: bool | None = None
     expect_error: str | None = None
+
+    @field_validator("user_context")
+    @classmethod
+    def _known_user_keys(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            try:
+                UserContext.from_mapping(value)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{exc}; other claims (role, groups …) go under `claims:`") from None
+        return value
 
     @model_validator(mode="after")
     def _has_assertion(self) -> TestCase:
