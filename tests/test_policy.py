@@ -284,3 +284,17 @@ def test_sqlgate_test_runs_policy_tests_as_the_given_user(tmp_path):
     assert done.returncode == 1
     assert "FAIL tool needs_role :: a user with another role passes" in done.stdout
     assert "denied by policy: Interns may not." in done.stdout
+
+
+def test_sqlgate_test_user_context_is_the_caller_of_tests_without_their_own(tmp_path):
+    project = _project(tmp_path)
+    (project / "tools" / "managers_only.yml").write_text(NEEDS_ROLE.replace("needs_role", "managers_only").replace(
+        "      user: {username: carol, claims: {role: manager}}\n", ""))
+    command = [*SQLGATE, "test", "-p", str(project), "managers_only"]
+    manager = json.dumps({"username": "carol", "claims": {"role": "manager"}})
+    done = subprocess.run([*command, "--user-context", manager], capture_output=True, text=True,
+                          env=isolated_env(tmp_path), timeout=120)
+    assert "PASS tool managers_only :: a user with another role passes" in done.stdout, done.stdout + done.stderr
+    assert "PASS tool managers_only :: a user without the claim is denied" in done.stdout, "its own user: wins"
+    done = subprocess.run(command, capture_output=True, text=True, env=isolated_env(tmp_path), timeout=120)
+    assert done.returncode == 1 and "FAIL tool managers_only :: a user with another role passes" in done.stdout

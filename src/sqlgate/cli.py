@@ -332,16 +332,21 @@ def test(
     name: Annotated[str | None, typer.Argument(help="Only this endpoint's tests.")] = None,
     project: ProjectOpt = Path("."),
     profile: ProfileOpt = None,
+    user_context: Annotated[str | None, typer.Option(
+        "--user-context", help='Caller for tests without their own `user:`, as JSON, e.g. '
+                               '\'{"username": "bob", "claims": {"groups": ["sales"]}}\'.')] = None,
 ) -> None:
     """Run the `tests:` blocks of the project's endpoints."""
     import anyio
 
+    from sqlgate.context import UserContext
     from sqlgate.testing import run_tests
 
     try:
         loaded = _load(project, profile)
-        outcomes = anyio.run(run_tests, loaded, name)
-    except SqlgateError as exc:
+        default_user = UserContext.from_mapping(json.loads(user_context)) if user_context else None
+        outcomes = anyio.run(run_tests, loaded, name, default_user)
+    except (SqlgateError, ValueError) as exc:
         _fail(exc)
     failed = 0
     for o in outcomes:
