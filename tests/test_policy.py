@@ -137,6 +137,21 @@ CUSTOMER_CARD = """resource:
       expect_error: Only the account manager sees this card.
 """
 
+# values CEL has no type for (a 128-bit integer) and an empty one-object answer
+EDGE_VALUES = """tool:
+  name: {name}
+  description: Edge values for the rules.
+  return: {{type: object}}
+  source: {{code: "{sql}"}}
+  policies:
+    output:
+      - {{condition: "type(response) != null_type && response.small == 1", action: filter_fields, fields: [big]}}
+      - {{condition: "true", action: filter_rows, keep: "row.small == 1"}}
+  tests:
+    - name: {test}
+      result: {result}
+"""
+
 SQL_TOOLS_POLICIES = {
     "query": {
         "input": [{"condition": "!('admins' in user.groups)", "action": "deny",
@@ -157,6 +172,11 @@ def _project(tmp: Path) -> Path:
     (project / "tools" / "needs_role.yml").write_text(NEEDS_ROLE)
     (project / "tools" / "region_counts.yml").write_text(REGION_COUNTS)
     (project / "resources" / "customer_card.yml").write_text(CUSTOMER_CARD)
+    (project / "tools" / "big_numbers.yml").write_text(EDGE_VALUES.format(
+        name="big_numbers", sql="SELECT 170141183460469231731687303715884105727::HUGEINT AS big, 1 AS small",
+        test="a value beyond 64 bits reaches the rules", result="{small: 1}"))
+    (project / "tools" / "no_row.yml").write_text(EDGE_VALUES.format(
+        name="no_row", sql="SELECT 1 AS small WHERE false", test="no answer is nothing to hide", result="null"))
     settings = yaml.safe_load((project / "sqlgate.yml").read_text())
     settings["sql_tools"]["policies"] = SQL_TOOLS_POLICIES
     (project / "sqlgate.yml").write_text(yaml.safe_dump(settings))
@@ -271,6 +291,8 @@ def test_sqlgate_test_runs_policy_tests_as_the_given_user(tmp_path):
         "tool region_counts": ["guests match no allow rule", "an analyst meets the output rule",
                                "an admin sees every region"],
         "resource cards": ["the account manager reads it", "someone else is refused"],
+        "tool big_numbers": ["a value beyond 64 bits reaches the rules"],
+        "tool no_row": ["no answer is nothing to hide"],
     }
     for endpoint, names in expected.items():
         for name in names:

@@ -134,7 +134,9 @@ def to_cel(value: Any) -> Any:
     if isinstance(value, bool):
         return celtypes.BoolType(value)
     if isinstance(value, int):
-        return celtypes.IntType(value)
+        if -(2**63) <= value < 2**63:
+            return celtypes.IntType(value)
+        return celtypes.StringType(str(value))  # HUGEINT & co.: CEL integers are 64-bit
     if isinstance(value, float):
         return celtypes.DoubleType(value)
     if isinstance(value, decimal.Decimal):
@@ -316,7 +318,10 @@ class Enforcer:
 
     def check_input(self, call: CallContext, args: Mapping[str, Any]) -> dict[str, Any]:
         """Raise PolicyDenied, or return the activation for the output rules."""
-        act = self._activation(call, args)
+        try:
+            act = self._activation(call, args)
+        except Exception as exc:  # a value CEL cannot hold: deny rather than guess
+            raise self._failed("input", f"arguments or claims CEL cannot hold: {type(exc).__name__}") from None
         allowed = not self._has_allow
         first_allow_reason = None
         for i, rule in enumerate(self.policies.input):
@@ -340,8 +345,11 @@ class Enforcer:
         """Deny, drop, mask or filter in place, rule by rule, each rule seeing the previous one's work."""
         for i, rule in enumerate(self.policies.output):
             label = f"output[{i}]"
-            scope = {**act, "response": to_cel(view.response())}
             try:
+                try:
+                    scope = {**act, "response": to_cel(view.response())}
+                except Exception as exc:
+                    raise _Failed(f"the answer cannot be given to CEL: {type(exc).__name__}") from None
                 holds = _truth(rule._program, scope)
                 if not holds:
                     continue
@@ -361,8 +369,8 @@ class Enforcer:
     def _filter_rows(self, rule: OutputRule, act: dict[str, Any], view: ResultView, label: str) -> None:
         assert rule._keep is not None
         rows = view.rows()
-        if rows is None:  # one object: shown or refused as a whole
-            if not _truth(rule._keep, {**act, "row": to_cel(view.response())}):
+        if rows is None:  # one object: shown or refused as a whole (no answer: nothing to hide)
+            if view.response() is not None and not _truth(rule._keep, {**act, "row": to_cel(view.response())}):
                 raise self._deny(label, rule.reason or "this record is not visible to you")
             return
         view.keep_rows([_truth(rule._keep, {**act, "row": to_cel(row)}) for row in rows])
