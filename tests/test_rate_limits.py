@@ -209,3 +209,23 @@ async def test_official_client_sees_the_refusal_in_a_stateful_session(tmp_path):
             assert (await second.call_tool("slow", {"seconds": 0})).structured_content["result"] == 0
     finally:
         stop_server(server)
+
+
+def test_state_store_down_is_503_never_unlimited(tmp_path):
+    from tests.test_auth_outages import immutable
+
+    server = _server(tmp_path, {"rate_limits": {"calls_per_minute": 50}})
+    try:
+        assert isinstance(_value(_call(server.url, "alice", "pid_free")), int)
+        # the database and its journal refuse writes (an immutable -shm would make SQLite's shared
+        # memory map fault with SIGBUS: a trait of chattr on a mapped file, not of a read-only disk)
+        with immutable(tmp_path / "oauth.db", tmp_path / "oauth.db-wal"):
+            refused = _call(server.url, "alice", "pid_free")
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "30"
+            assert "rate limits cannot be checked" in refused.json()["error"]["message"]
+        assert isinstance(_value(_call(server.url, "alice", "pid_free")), int), "back once the store is"
+        logs = server.logs()
+        assert f"rate limits: OAuth state store {tmp_path / 'oauth.db'} unavailable" in logs
+        assert "Traceback" not in logs
+    finally:
+        stop_server(server)
