@@ -277,6 +277,20 @@ def test_bad_cel_stops_start_up_with_file_and_line(tmp_path):
     line = NEEDS_ROLE.splitlines().index("      - condition: \"user.role == 'intern'\"") + 1
     assert f"tools/needs_role.yml:{line}: tool.policies.input[0].condition: invalid CEL expression" in done.stderr
 
+    # a misspelt variable would deny every call: it is a start-up error too, with file and line
+    (project / "tools" / "needs_role.yml").write_text(NEEDS_ROLE.replace("user.role == 'intern'",
+                                                                         "usr.role == 'intern'"))
+    done = subprocess.run([*SQLGATE, "validate", "-p", str(project)], capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert done.returncode != 0
+    assert (f"tools/needs_role.yml:{line} (tool.policies.input[0].condition): unknown variable 'usr' in "
+            "\"usr.role == 'intern'\" (known: args, endpoint, note, user;") in done.stderr, done.stderr
+    settings["sql_tools"]["policies"]["list_tables"]["output"][0]["keep"] = "rows.name != ''"
+    (project / "sqlgate.yml").write_text(yaml.safe_dump(settings))
+    done = subprocess.run([*SQLGATE, "validate", "-p", str(project)], capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert "list_tables.output[0].keep: unknown variable 'rows'" in done.stderr, done.stderr
+
 
 def test_sqlgate_test_runs_policy_tests_as_the_given_user(tmp_path):
     project = _project(tmp_path)

@@ -68,6 +68,28 @@ def compile_cel(text: str) -> celpy.Runner:
         raise ValueError(f"invalid CEL expression {text!r}: {type(exc).__name__}: {_first_line(str(exc))}") from None
 
 
+# macros that bind a variable of their own (`list.exists(g, g == 'a')`), and names CEL itself defines
+_BINDING_MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
+_CEL_NAMES = frozenset({"null_type", "bool", "int", "uint", "double", "string", "bytes", "list", "map", "type",
+                        "duration", "timestamp", "google", "dyn"})
+# the parameters of the built-in tools (sqltools/builtin.py), for checking sql_tools.policies
+BUILTIN_PARAMETERS = frozenset({"sql", "schema", "table", "keywords", "limit"})
+
+
+def free_names(text: str) -> set[str]:
+    """The variables an expression reads (not the ones its macros bind, not CEL's own names)."""
+    bound, used = set(), set()
+    for node in _env.compile(text).iter_subtrees():
+        if node.data == "member_dot_arg" and len(node.children) >= 3 and str(node.children[1]) in _BINDING_MACROS:
+            first = node.children[2].children[0]
+            idents = [t for t in first.iter_subtrees() if t.data == "ident"]
+            if idents:
+                bound.add(str(idents[0].children[0]))
+        elif node.data == "ident":
+            used.add(str(node.children[0]))
+    return used - bound - _CEL_NAMES
+
+
 def _first_line(text: str) -> str:
     return " ".join(text.strip().split())[:300]
 
@@ -124,6 +146,23 @@ class Policies(BaseModel):
 
     input: list[InputRule] = Field(default_factory=list)
     output: list[OutputRule] = Field(default_factory=list)
+
+    def unknown_variable(self, parameters: set[str]) -> tuple[tuple[Any, ...], str] | None:
+        """(location in the policies, message) of the first variable no rule could be given, else None:
+        a typo (`usr.groups`) is a start-up error rather than a policy that denies every call."""
+        base = {"user", "args", "endpoint"} | (parameters - RESERVED)
+        checks: list[tuple[tuple[Any, ...], str, set[str]]] = [
+            (("input", i, "condition"), r.condition, base) for i, r in enumerate(self.input)]
+        for i, r in enumerate(self.output):
+            checks.append((("output", i, "condition"), r.condition, base | {"response"}))
+            if r.keep:
+                checks.append((("output", i, "keep"), r.keep, base | {"response", "row"}))
+        for loc, text, known in checks:
+            unknown = sorted(free_names(text) - known)
+            if unknown:
+                return loc, (f"unknown variable {unknown[0]!r} in {text!r} (known: {', '.join(sorted(known))}; "
+                             "claims are user.<claim>, arguments args.<name>)")
+        return None
 
 
 # ---------------------------------------------------------------------------------------- values

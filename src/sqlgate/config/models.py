@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from sqlgate.auth.config import AuthConfig
-from sqlgate.policy import Policies
+from sqlgate.policy import BUILTIN_PARAMETERS, Policies
 
 
 class Strict(BaseModel):
@@ -141,6 +141,16 @@ class SqlToolsConfig(Strict):
     policies: dict[str, Policies] = Field(default_factory=dict)
     # calls-per-minute / concurrent-calls limits per caller, per built-in tool
     rate_limits: dict[str, RateLimitRule] = Field(default_factory=dict)
+
+    @field_validator("policies")
+    @classmethod
+    def _known_variables(cls, v: dict[str, Policies]) -> dict[str, Policies]:
+        for tool, policies in v.items():
+            unknown = policies.unknown_variable(set(BUILTIN_PARAMETERS))
+            if unknown is not None:
+                where = f"{tool}.{unknown[0][0]}[{unknown[0][1]}].{unknown[0][2]}"
+                raise ValueError(f"{where}: {unknown[1]}")
+        return v
 
     @field_validator("scopes", "policies", "rate_limits")
     @classmethod
