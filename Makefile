@@ -19,6 +19,7 @@ install: $(BIN)/python
 install-test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	cd tests/idp && npm ci --no-audit --no-fund --loglevel=error
+	cd tests/conformance && npm ci --no-audit --no-fund --loglevel=error
 
 serve: install
 	@echo "sqlgate is installed as $(CURDIR)/$(BIN)/sqlgate; to use it elsewhere: export PATH=\"$(CURDIR)/$(BIN):\$$PATH\""

@@ -151,3 +151,38 @@ def test_validate_binds_endpoint_sql_against_the_database(project, tmp_path):
     assert proc.returncode == 2
     assert "tools/top_customers.yml" in proc.stderr and "customerz does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_run_resource_by_a_concrete_uri(project):
+    proc = sqlgate("run", "-p", str(project), "resource", "shop://customers/42", tmp=project.parent, check=True)
+    assert json.loads(proc.stdout)["result"]["customer_id"] == 42
+    clash = sqlgate("run", "resource", "shop://customers/42", "-p", str(project), "--param", "customer_id=7",
+                    tmp=project.parent)
+    assert clash.returncode == 2 and "contradicts the URI" in clash.stderr
+    unknown = sqlgate("run", "resource", "shop://nope/1", "-p", str(project), tmp=project.parent)
+    assert unknown.returncode == 2 and "shop://customers/{customer_id}" in unknown.stderr
+
+
+def test_query_prints_a_table_json_and_csv(project):
+    sql = "SELECT region, count(*) AS n FROM customers GROUP BY region ORDER BY region"
+    table = sqlgate("query", sql, "-p", str(project), tmp=project.parent, check=True).stdout
+    assert "region" in table and "EU" in table and "row(s)" in table
+    answer = json.loads(sqlgate("query", sql, "-p", str(project), "--json", tmp=project.parent, check=True).stdout)
+    assert answer["columns"] == ["region", "n"] and answer["truncated"] is False
+    assert sum(n for _, n in answer["rows"]) == 2000
+    csv_lines = sqlgate("query", sql, "-p", str(project), "--csv", tmp=project.parent, check=True).stdout.splitlines()
+    assert csv_lines[0] == "region,n" and len(csv_lines) == len(answer["rows"]) + 1
+
+
+def test_query_uses_the_tools_guard_identity_and_limits(project):
+    who = sqlgate("query", "SELECT get_username() AS u", "-p", str(project), "--json",
+                  "--user-context", '{"username": "alice"}', tmp=project.parent, check=True)
+    assert json.loads(who.stdout)["rows"] == [["alice"]]
+    for sql, fragment in [("SELECT * FROM read_csv('/etc/passwd')", "not allowed"),
+                          ("DELETE FROM customers", "read-only"),
+                          ("SELECT 1; SELECT 2", "one statement")]:
+        proc = sqlgate("query", sql, "-p", str(project), tmp=project.parent)
+        assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr, sql
+    many = sqlgate("query", "SELECT * FROM range(5000)", "-p", str(project), "--json", tmp=project.parent,
+                   check=True)
+    assert json.loads(many.stdout)["truncated"] is True and "truncated" in many.stderr

@@ -348,6 +348,20 @@ def test_sql_uses_undeclared_parameter(tmp_path):
     assert "SQL uses $minimum but no such parameter is declared" in msg
 
 
+def test_colon_style_parameter_is_an_error_naming_the_dollar_form(tmp_path):
+    root = write_project(tmp_path / "p", files={"tools/a.yml": tool_yaml(
+        code="SELECT x::INTEGER AS y FROM (SELECT :x AS x) WHERE ':x' <> '' -- :x")})
+    msg = endpoint_error(root)
+    assert "tools/a.yml" in msg and "SQL uses :x: sqlgate parameters are written $x" in msg
+
+
+def test_colon_inside_strings_casts_and_struct_literals_is_not_a_parameter(tmp_path):
+    root = write_project(tmp_path / "p", files={"tools/a.yml": tool_yaml(
+        code="SELECT $x::VARCHAR AS x, ':x' AS s, {'k':x} AS st, [1, 2][1:x] AS sl FROM (SELECT 1 AS x)")})
+    (ep,) = load_endpoints(root)
+    assert ep.sql_params == ["x"]
+
+
 def test_two_files_with_the_same_tool_name(tmp_path):
     root = write_project(tmp_path / "p", files={"tools/a.yml": tool_yaml("same"),
                                                 "tools/sub/b.yml": tool_yaml("same")})

@@ -227,3 +227,28 @@ def test_two_users_over_http_see_their_own_rows(pg):
         assert httpx.get(f"{server.base}/healthz").status_code == 200
     finally:
         stop_server(server)
+
+
+def test_validate_binds_endpoint_sql_against_postgres(pg, tmp_path):
+    import subprocess
+    import sys
+
+    project = tmp_path / "p"
+    shutil.copytree(pg["project"], project)
+    tool = "tool:\n  name: {n}\n  description: d\n  parameters:\n    - name: owner\n      type: string\n" \
+           "      description: o\n  source:\n    code: {sql}\n"
+    (project / "tools" / "by_owner.yml").write_text(
+        tool.format(n="by_owner", sql="SELECT id FROM accounts WHERE owner = $owner AND get_username() <> ''"))
+    validate = [sys.executable, "-m", "sqlgate", "validate", "-p", str(project)]
+    ok = subprocess.run(validate, capture_output=True, text=True, env=isolated_env(tmp_path))
+    assert ok.returncode == 0, ok.stderr
+    (project / "tools" / "broken.yml").write_text(
+        tool.format(n="broken", sql="SELECT nam FROM accountz WHERE owner = $owner"))
+    bad = subprocess.run(validate, capture_output=True, text=True, env=isolated_env(tmp_path))
+    assert bad.returncode == 2 and "tools/broken.yml" in bad.stderr and "accountz" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    (project / "sqlgate.yml").write_text("name: pgshop\nengine:\n  type: postgres\n"
+                                         "  dsn: postgresql://nobody@127.0.0.1:1/none\n"
+                                         f"  identity_key: {IDENTITY_KEY}\n")
+    unreachable = subprocess.run(validate, capture_output=True, text=True, env=isolated_env(tmp_path))
+    assert unreachable.returncode == 0 and "not checked against the database" in unreachable.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -59,6 +60,20 @@ def _load(project: Path, profile: str | None):
     return load_project(project, profile)
 
 
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Point fd 1 (and so print(), C extensions, child processes) at stderr for a while."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _setup_logging(level: str) -> None:
     from sqlgate.logredact import install
 
@@ -114,10 +129,13 @@ def serve(
         _fail(SqlgateError("--workers needs --transport http (stdio serves one client)"))
     _setup_logging(log_level)
     try:
-        loaded = _load(project, profile).with_transport(host=host, port=port)
-        # built here also with workers: it validates everything and builds the database once,
-        # before the workers start (they would race to build it)
-        application = build_app(loaded)
+        # on stdio, stdout is the MCP wire: whatever project code prints while it is imported goes
+        # to stderr (while serving, the mcp SDK diverts fd 1 itself)
+        with stdout_to_stderr() if transport == "stdio" else contextlib.nullcontext():
+            loaded = _load(project, profile).with_transport(host=host, port=port)
+            # built here also with workers: it validates everything and builds the database once,
+            # before the workers start (they would race to build it)
+            application = build_app(loaded)
     except SqlgateError as exc:
         _fail(exc)
     t = loaded.settings.transport
@@ -181,22 +199,39 @@ def validate(project: ProjectOpt = Path("."), profile: ProfileOpt = None) -> Non
               f"(profile {loaded.settings.profile})")
 
 
+_SAMPLES = {"string": "", "integer": 0, "number": 0.5, "boolean": False}
+
+
+def _sample(schema: dict[str, Any]) -> Any:
+    """A value of the parameter's type, so engines that plan with typed parameters can bind."""
+    for key in ("default", "examples", "enum"):
+        if key in schema:
+            return schema[key][0] if key != "default" else schema[key]
+    return _SAMPLES.get(schema["type"])
+
+
 def _bind_problems(loaded, endpoints) -> list[str]:
     """Open the database (read-only, as served) and bind every endpoint's SQL against it.
 
-    DuckDB only: a PostgreSQL project's database may not be reachable from where it is validated."""
+    A PostgreSQL database that cannot be reached from here is a warning, not a failure: validation
+    often runs where only the project files are."""
     import asyncio
 
     from sqlgate.engine import open_engine
 
-    if loaded.settings.engine.type != "duckdb":
+    try:
+        engine = open_engine(loaded)
+    except SqlgateError as exc:
+        if loaded.settings.engine.type == "duckdb" or "cannot connect" not in str(exc):
+            raise
+        err.print(f"[yellow]warning:[/] endpoint SQL not checked against the database: {escape(str(exc))}")
         return []
-    engine = open_engine(loaded)
     try:
         problems = []
         for ep in endpoints:
             if ep.sql is not None:
-                problem = engine.bind_problem(ep.sql)
+                samples = {p.name: _sample(p.json_schema()) for p in ep.definition.parameters}
+                problem = engine.bind_problem(ep.sql, samples)
                 if problem:
                     problems.append(f"{ep.file}: {ep.kind} {ep.name!r}: {problem}")
         return problems
@@ -225,6 +260,25 @@ def _coerce_to_declared(ep, args: dict[str, Any], raw: list[str]) -> dict[str, A
             for k, v in args.items()}
 
 
+def _find_endpoint(endpoints, kind: str, name: str):
+    """By name; a resource also by its URI template or by a concrete URI (`shop://customers/42`),
+    whose template values become arguments."""
+    from fastmcp.resources.template import match_uri_template
+
+    for ep in endpoints:
+        if ep.kind == kind and (ep.name == name or (kind == "resource" and ep.definition.uri == name)):
+            return ep, {}
+    if kind == "resource":
+        for ep in endpoints:
+            if ep.kind == "resource" and "{" in ep.definition.uri:
+                values = match_uri_template(name, ep.definition.uri)
+                if values is not None:
+                    return ep, values
+    names = ", ".join(ep.name if kind != "resource" else f"{ep.name} ({ep.definition.uri})"
+                      for ep in endpoints if ep.kind == kind) or "none"
+    raise SqlgateError(f"no {kind} named {name!r} (available: {names})")
+
+
 def _run(kind: str, name: str, project: Path, profile: str | None, params: list[str],
          user_context: str | None) -> None:
     import anyio
@@ -237,13 +291,12 @@ def _run(kind: str, name: str, project: Path, profile: str | None, params: list[
     try:
         loaded = _load(project, profile)
         endpoints = load_endpoints(loaded.root)
-        matches = [ep for ep in endpoints if ep.kind == kind and
-                   (ep.name == name or (kind == "resource" and ep.definition.uri == name))]
-        if not matches:
-            names = ", ".join(ep.name for ep in endpoints if ep.kind == kind) or "none"
-            raise SqlgateError(f"no {kind} named {name!r} (available: {names})")
-        ep = matches[0]
+        ep, from_uri = _find_endpoint(endpoints, kind, name)
         args = _coerce_to_declared(ep, _parse_params(params), params)
+        clash = sorted(k for k in from_uri if k in args and args[k] != from_uri[k])
+        if clash:
+            raise SqlgateError(f"--param {', '.join(clash)} contradicts the URI {name!r}")
+        args = {**executor.coerce_string_args(ep, from_uri), **args}
         user = UserContext.from_mapping(json.loads(user_context)) if user_context else UserContext()
     except (SqlgateError, ValueError) as exc:
         _fail(exc)
@@ -304,7 +357,7 @@ def run_tool(ctx: typer.Context, name: str, project: ProjectOpt = Path("."), pro
 @run_app.command("resource")
 def run_resource(ctx: typer.Context, name: str, project: ProjectOpt = Path("."), profile: ProfileOpt = None,
                  param: ParamOpt = None, user_context: UserOpt = None) -> None:
-    """Read a resource (by name or URI template)."""
+    """Read a resource: by name, URI template, or a concrete URI such as `shop://customers/42`."""
     _run("resource", name, *_where(ctx, project, profile), param or [], user_context)
 
 
@@ -313,6 +366,77 @@ def run_prompt(ctx: typer.Context, name: str, project: ProjectOpt = Path("."), p
                param: ParamOpt = None) -> None:
     """Render a prompt."""
     _run("prompt", name, *_where(ctx, project, profile), param or [], None)
+
+
+@app.command()
+def query(
+    sql: Annotated[str, typer.Argument(help="One read-only SQL statement (`-` reads it from stdin).")],
+    project: ProjectOpt = Path("."),
+    profile: ProfileOpt = None,
+    user_context: UserOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print the rows as CSV.")] = False,
+) -> None:
+    """Run ad-hoc SQL exactly as the `query` tool would: same guard, caller identity and limits."""
+    import anyio
+
+    from sqlgate.context import CallContext, UserContext, pinned_call
+    from sqlgate.engine import Limits, open_engine
+    from sqlgate.engine.guard import check_length
+
+    if as_json and as_csv:
+        _fail(SqlgateError("choose one of --json and --csv"))
+    if sql == "-":
+        sql = sys.stdin.read()
+    try:
+        loaded = _load(project, profile)
+        user = UserContext.from_mapping(json.loads(user_context)) if user_context else UserContext()
+        lim = loaded.settings.limits
+        limits = Limits(lim.max_rows, lim.max_bytes, lim.timeout_seconds, lim.max_sql_length)
+        check_length(sql, limits.max_sql_length)
+        engine = open_engine(loaded)
+    except (SqlgateError, ValueError) as exc:
+        _fail(exc)
+    call = CallContext(user=user)
+
+    async def go():
+        try:
+            with pinned_call(call):
+                return await engine.run_untrusted(sql, call, limits)
+        finally:
+            await engine.close()
+
+    try:
+        qr = anyio.run(go)
+    except SqlgateError as exc:
+        _fail(exc)
+    if as_json:
+        answer = {"columns": qr.columns, "types": qr.types, "rows": qr.rows, "row_count": len(qr.rows),
+                  "truncated": qr.truncated}
+        if qr.truncated:
+            answer["hint"] = qr.hint()
+        out.print_json(json.dumps(answer, default=str))
+    elif as_csv:
+        import csv
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(qr.columns)
+        writer.writerows([_csv_value(v) for v in row] for row in qr.rows)
+    else:
+        table = Table(*qr.columns, caption=f"{len(qr.rows)} row(s)", highlight=False)
+        for row in qr.rows:
+            table.add_row(*(escape(_text(v)) for v in row))
+        out.print(table)
+    if qr.truncated:
+        err.print(f"[yellow]truncated:[/] {escape(qr.hint() or '')}")
+
+
+def _text(value: Any) -> str:
+    return "NULL" if value is None else value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _csv_value(value: Any) -> Any:
+    return "" if value is None else value if isinstance(value, str | int | float) else _text(value)
 
 
 @app.command("pg-identity", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,

@@ -26,6 +26,8 @@ class UserContext:
     external_token: str = field(default="", repr=False)
     scopes: frozenset[str] = frozenset()
     claims: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+    # non-secret fields of the provider's token reply (Salesforce: instance_url, id)
+    token_info: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), repr=False)
 
     @property
     def is_anonymous(self) -> bool:
@@ -44,11 +46,11 @@ class UserContext:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> UserContext:
         known = {"username", "user_id", "email", "provider", "display_name", "external_token"}
-        unknown = set(data) - known - {"scopes", "claims"}
+        unknown = set(data) - known - {"scopes", "claims", "token_info"}
         if unknown:
             raise ValueError(
                 f"unknown user context key(s): {', '.join(sorted(unknown))} "
-                f"(allowed: {', '.join(sorted(known | {'scopes', 'claims'}))})"
+                f"(allowed: {', '.join(sorted(known | {'scopes', 'claims', 'token_info'}))})"
             )
         scopes = data.get("scopes") or []
         if isinstance(scopes, str):
@@ -57,6 +59,7 @@ class UserContext:
             **{k: str(data[k]) for k in known if data.get(k) is not None},
             scopes=frozenset(scopes),
             claims=MappingProxyType(dict(data.get("claims") or {})),
+            token_info=MappingProxyType(dict(data.get("token_info") or {})),
         )
 
 

@@ -7,16 +7,23 @@
 
 `query` works in plain functions (run in a worker thread); async functions use `await aquery(...)`.
 Limits and the caller's identity apply exactly as for SQL endpoints.
+
+`http` calls the identity provider's API as the caller (their token, the call's deadline, size
+caps, allowed hosts, a log line without the token): see provider_api.py and the README.
 """
 
 from __future__ import annotations
 
+import time
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlgate.context import CallContext, UserContext
 from sqlgate.engine.base import Engine, Limits
+from sqlgate.provider_api import ProviderAPIError, ProviderHTTP, Response
+
+__all__ = ["ProviderAPIError", "Response", "aquery", "http", "query", "request_header", "user"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +31,8 @@ class _Scope:
     engine: Engine
     call: CallContext
     limits: Limits
+    # monotonic time the call must be answered by (its timeout, counted from the start)
+    deadline: float = field(default=0.0)
 
 
 _scope: ContextVar[_Scope | None] = ContextVar("sqlgate_runtime", default=None)
@@ -37,7 +46,7 @@ def _current() -> _Scope:
 
 
 def bind(engine: Engine, call: CallContext, limits: Limits):
-    return _scope.set(_Scope(engine, call, limits))
+    return _scope.set(_Scope(engine, call, limits, time.monotonic() + limits.timeout_seconds))
 
 
 def unbind(token) -> None:
@@ -60,3 +69,6 @@ def user() -> UserContext:
 
 def request_header(name: str) -> str:
     return _current().call.header(name)
+
+
+http = ProviderHTTP()

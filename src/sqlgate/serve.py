@@ -20,6 +20,8 @@ from typing import Any
 import anyio
 
 from sqlgate import sessions
+from sqlgate.broadcast import announce_list_changes
+from sqlgate.resume import BoundedEventStore
 from sqlgate.server import App, settle_heap
 
 log = logging.getLogger("sqlgate.serve")
@@ -44,10 +46,12 @@ def http_options(app: App, host: str) -> dict[str, Any]:
     allowed_hosts = list(t.allowed_hosts)
     if protection and is_loopback(host):
         allowed_hosts += [host, "127.0.0.1", "localhost", "[::1]"]
+    # a browser origin allowed by CORS must also pass the Origin check
+    origins = list(t.allowed_origins) + [o for o in t.cors_origins if o != "*" and o not in t.allowed_origins]
     return {
         "host_origin_protection": protection,
         "allowed_hosts": allowed_hosts or None,
-        "allowed_origins": list(t.allowed_origins) or None,
+        "allowed_origins": origins or None,
     }
 
 
@@ -64,12 +68,12 @@ def uvicorn_options(app: App, log_level: str) -> dict[str, Any]:
     }
 
 
-def session_options(app: App, stateless: bool | None = None) -> dict[str, Any]:
+def session_options(app: App, stateless: bool) -> dict[str, Any]:
     t = app.project.settings.transport
     sessions.install(sessions.SessionLimits(max_sessions=t.max_sessions,
                                             max_sessions_per_client=t.max_sessions_per_client,
                                             idle_timeout_seconds=t.session_idle_timeout))
-    return {"stateless_http": t.stateless if stateless is None else stateless, "json_response": t.json_response}
+    return {"stateless_http": stateless, "json_response": t.json_response}
 
 
 def serve(app: App, transport: str, host: str, port: int, log_level: str = "info") -> None:
@@ -77,12 +81,24 @@ def serve(app: App, transport: str, host: str, port: int, log_level: str = "info
     if transport == "stdio":
         anyio.run(lambda: app.mcp.run_stdio_async(show_banner=False, log_level=log_level.upper()))
         return
+    import uvicorn
+
+    asgi = http_asgi(app, host)
+    log.info("serving MCP on http://%s:%d%s", host, port, app.project.settings.transport.path)
+    server = uvicorn.Server(uvicorn.Config(asgi, host=host, port=port, lifespan="on",
+                                           **uvicorn_options(app, log_level)))
+    anyio.run(server.serve)
+
+
+def http_asgi(app: App, host: str, stateless: bool | None = None) -> Any:
+    """The ASGI app of the MCP endpoint with every sqlgate HTTP option (one process or a worker)."""
     t = app.project.settings.transport
-    anyio.run(lambda: app.mcp.run_http_async(
-        show_banner=False, transport="http", host=host, port=port, path=t.path, log_level=log_level,
-        uvicorn_config=uvicorn_options(app, log_level), middleware=http_middleware(app), **http_options(app, host),
-        **session_options(app),
-    ))
+    stateless = t.stateless if stateless is None else stateless
+    # nothing can reach a client between its requests without a session: do not promise it
+    announce_list_changes(app.mcp, enabled=not stateless)
+    store = BoundedEventStore(t.resume_buffer_bytes) if t.resume_buffer_bytes and not stateless else None
+    return app.mcp.http_app(path=t.path, transport="http", middleware=http_middleware(app, resumable=bool(store)),
+                            event_store=store, **session_options(app, stateless), **http_options(app, host))
 
 
 def serve_workers(app: App, project: str, profile: str | None, host: str, port: int, log_level: str,
@@ -109,22 +125,25 @@ def worker_app():
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     loaded = load_project(spec["project"], spec["profile"]).with_transport(host=spec["host"], port=spec["port"])
     app = build_app(loaded)
-    t = loaded.settings.transport
-    asgi = app.mcp.http_app(path=t.path, transport="http", middleware=http_middleware(app),
-                            **session_options(app, stateless=True), **http_options(app, spec["host"]))
+    asgi = http_asgi(app, spec["host"], stateless=True)
     settle_heap()
     return asgi
 
 
-def http_middleware(app: App) -> list[Any]:
-    """Outermost the in-flight counter (graceful SIGTERM); the per-tool scope guard and the rate
-    limits sit behind authentication, in front of the MCP endpoint."""
+def http_middleware(app: App, resumable: bool = False) -> list[Any]:
+    """Outermost CORS (a preflight carries no token) and the in-flight counter (graceful SIGTERM);
+    the JSON-RPC checks, the per-tool scope guard and the rate limits sit behind authentication,
+    in front of the MCP endpoint."""
     from starlette.middleware import Middleware
 
     from sqlgate.drain import InFlight
+    from sqlgate.http_extras import JsonRpcIdGuard, NoReplayGuard, cors_middleware
 
     t = app.project.settings.transport
-    stack = [Middleware(InFlight)]
+    stack = [cors_middleware(t.cors_origins)] if t.cors_origins else []
+    stack += [Middleware(InFlight), Middleware(JsonRpcIdGuard, mcp_path=t.path)]
+    if not resumable:
+        stack.append(Middleware(NoReplayGuard, mcp_path=t.path))
     if app.scopes is not None:
         from sqlgate.auth.factory import public_base_url
         from sqlgate.auth.scopes import ScopeGuard

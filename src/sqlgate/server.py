@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastmcp import FastMCP
+from mcp_types import Icon as McpIcon
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -19,6 +20,8 @@ from sqlgate import __version__
 from sqlgate.audit.log import AuditMiddleware, AuditSink
 from sqlgate.auth.factory import build_auth
 from sqlgate.auth.scopes import ScopeFilter, ScopeRegistry
+from sqlgate.broadcast import OpenConnections
+from sqlgate.completions import Completer
 from sqlgate.components import (
     SqlgatePrompt,
     SqlgateResource,
@@ -27,12 +30,14 @@ from sqlgate.components import (
     prompt_arguments,
 )
 from sqlgate.config.loader import LoadedProject
+from sqlgate.config.models import Icon
 from sqlgate.context import current_call
 from sqlgate.endpoints import executor
 from sqlgate.endpoints.loader import Endpoint, load_endpoints, reset_module_cache
 from sqlgate.endpoints.models import ResourceDef, ToolDef
 from sqlgate.engine import Engine, Limits, open_engine
 from sqlgate.errors import SqlgateError
+from sqlgate.notices import CallNotices
 from sqlgate.ratelimit import RateLimiter, RateLimitMiddleware
 from sqlgate.sqltools.builtin import builtin_tools
 
@@ -48,6 +53,8 @@ class App:
     builtin_names: list[str] = field(default_factory=list)
     scopes: ScopeRegistry | None = None
     rate_limiter: RateLimiter | None = None
+    connections: OpenConnections = field(default_factory=OpenConnections)
+    _announcing: set[asyncio.Task] = field(default_factory=set)
 
     @property
     def limits(self) -> Limits:
@@ -76,6 +83,16 @@ class App:
             else:
                 self.mcp.add_prompt(_prompt(ep))
         self.endpoints = endpoints
+
+    def may_use(self, kind: str, key: str) -> bool:
+        """Does the current caller hold the scopes this endpoint needs (for requests that bypass the
+        scope guard and filter, such as completions)?"""
+        if self.scopes is None:
+            return True
+        from fastmcp.server.dependencies import get_access_token
+
+        token = get_access_token()
+        return token is None or not self.scopes.missing(kind, key, self.scopes.caller_scopes(token))
 
     def reload(self) -> int:
         """Re-read every endpoint file (explicit reload, e.g. SIGHUP).
@@ -110,6 +127,13 @@ class App:
         else:
             settle_heap()
             log.info("reloaded %d endpoint(s)", count)
+            self.announce_reload()
+
+    def announce_reload(self) -> None:
+        """Send list_changed to every connected client (from the event loop, e.g. the SIGHUP handler)."""
+        task = asyncio.get_running_loop().create_task(self.connections.list_changed())
+        self._announcing.add(task)  # a reference until done, so the task is not collected mid-way
+        task.add_done_callback(self._announcing.discard)
 
 
 async def _clean_oauth_state(auth, settings) -> None:
@@ -145,11 +169,17 @@ def _tool(ep: Endpoint, app: App) -> SqlgateTool:
         return await executor.execute(ep, args, app.engine, app.limits, current_call())
 
     annotations = defn.annotations.model_dump(exclude_none=True) if defn.annotations else None
-    return SqlgateTool.create(
+    tool = SqlgateTool.create(
         name=ep.name, title=defn.title, description=defn.description, parameters=ep.input_schema,
         output_schema=executor.output_schema(ep), handler=handler, annotations=annotations,
         tags=set(defn.tags), validate=False,
     )
+    tool.icons = _icons(defn.icons)
+    return tool
+
+
+def _icons(icons: list[Icon]) -> list[McpIcon] | None:
+    return [icon.to_mcp() for icon in icons] or None
 
 
 def _resource(ep: Endpoint, app: App) -> SqlgateResource | SqlgateResourceTemplate:
@@ -161,7 +191,7 @@ def _resource(ep: Endpoint, app: App) -> SqlgateResource | SqlgateResourceTempla
         return await executor.execute(ep, args, app.engine, app.limits, current_call())
 
     common = dict(name=ep.name, title=defn.title, description=defn.description, mime_type=defn.mime_type,
-                  tags=set(defn.tags))
+                  tags=set(defn.tags), icons=_icons(defn.icons))
     if defn.parameters:
         component: Any = SqlgateResourceTemplate(uri_template=defn.uri, parameters=ep.input_schema, **common)
     else:
@@ -172,7 +202,8 @@ def _resource(ep: Endpoint, app: App) -> SqlgateResource | SqlgateResourceTempla
 
 def _prompt(ep: Endpoint) -> SqlgatePrompt:
     prompt = SqlgatePrompt(name=ep.name, title=ep.definition.title, description=ep.definition.description,
-                           arguments=prompt_arguments(ep.definition.parameters), tags=set(ep.definition.tags))
+                           arguments=prompt_arguments(ep.definition.parameters), tags=set(ep.definition.tags),
+                           icons=_icons(ep.definition.icons))
     prompt._renderer = lambda args: executor.render_prompt(ep, args)
     return prompt
 
@@ -233,11 +264,18 @@ def build_app(project: LoadedProject, engine: Engine | None = None,
         mask_error_details=True,  # unexpected exceptions never leak internals to clients
         on_duplicate="error",
         auth=auth,
+        website_url=settings.website_url,
+        icons=_icons(settings.icons),
     )
+    mcp._mcp_server.title = settings.title  # FastMCP passes no title to the SDK's server info
     app = App(project=project, engine=engine, endpoints=[], mcp=mcp)
+    mcp.add_middleware(app.connections)
+    mcp.add_middleware(CallNotices())
     if settings.auth.enabled:
         app.scopes = ScopeRegistry(list(settings.auth.authorization.claim_mappings))
-        mcp.add_middleware(ScopeFilter(app.scopes))
+        mcp.add_middleware(ScopeFilter(app.scopes, list_locked_tools=settings.locked_tools == "list"))
+    mcp.add_completion_handler(Completer(lambda: app.endpoints, engine, lambda: app.limits,
+                                         app.may_use).__call__)
 
     app.rate_limiter, own_rate_state = _rate_limiter(settings, auth, endpoints)
     if app.rate_limiter is not None:

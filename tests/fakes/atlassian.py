@@ -49,6 +49,30 @@ class FakeAtlassian(FakeProvider):
         return {**super().routes(), ("GET", "/me"): self.me,
                 ("GET", "/oauth/token/accessible-resources"): self.accessible_resources}
 
+    def match(self, req):
+        prefix = f"/ex/jira/{SITE['id']}/rest/api/3/search/jql"
+        return self.jira_search if req.method == "GET" and req.path == prefix else None
+
+    def not_found(self, req):
+        if req.path.startswith("/ex/jira/"):  # an unknown cloud id
+            return Reply.json({"code": 404, "message": "Not Found"}, 404)
+        return super().not_found(req)
+
+    def jira_search(self, req: Request) -> Reply:
+        """Jira Cloud REST v3 /search/jql through the API gateway (/ex/jira/{cloudid}/…); read:jira-work."""
+        token = self.lookup(req.bearer())
+        if token is None:
+            return Reply.json({"code": 401, "message": "Unauthorized"}, 401)
+        if "read:jira-work" not in token.scope.split():
+            return Reply.json({"code": 401, "message": "Unauthorized; scope does not match"}, 401)
+        n = min(int(req.query.get("maxResults", "50")), 100)
+        project = req.query.get("jql", "").split("=")[-1].strip().strip('"') or "SQL"
+        issues = [{"id": str(10000 + i), "key": f"{project}-{i + 1}",
+                   "self": f"{SITE['url']}/rest/api/3/issue/{10000 + i}",
+                   "fields": {"summary": f"Issue {i + 1}", "status": {"name": "To Do" if i % 2 else "Done"}}}
+                  for i in range(n)]
+        return Reply.json({"issues": issues, "isLast": True})
+
     def check_authorize(self, query):
         if query.get("audience") != "api.atlassian.com":
             return "The audience parameter must be api.atlassian.com."

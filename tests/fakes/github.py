@@ -52,6 +52,7 @@ class FakeGitHub(FakeProvider):
     def routes(self):
         app = f"/applications/{self.client_id}/token"
         return {**super().routes(), ("GET", "/user"): self.user, ("GET", "/user/emails"): self.emails,
+                ("GET", "/user/repos"): self.repos,
                 ("POST", app): self.check_token, ("DELETE", app): self.delete_token}
 
     def not_found(self, req):
@@ -115,6 +116,25 @@ class FakeGitHub(FakeProvider):
                            "site_admin": False, "name": u.name, "email": u.email if u.email_public else None,
                            "avatar_url": f"https://avatars.githubusercontent.com/u/{u.id}?v=4",
                            "html_url": f"https://github.com/{u.login}"}, headers=self._scope_headers(token))
+
+    api_delay: float = 0.0  # seconds /user/repos waits before answering (deadline tests)
+
+    def repos(self, req: Request) -> Reply:
+        """GET /user/repos: the caller's repositories, `per_page` (max 100) at a time."""
+        token, refused = self._api_user(req)
+        if refused:
+            return refused
+        if self.api_delay:
+            import time
+
+            time.sleep(self.api_delay)
+        u = self.users[token.user]
+        per_page = min(int(req.query.get("per_page", "30")), 100)
+        repos = [{"id": 7000 + i, "name": f"repo-{i}", "full_name": f"{u.login}/repo-{i}", "private": i % 2 == 0,
+                  "owner": {"login": u.login, "id": u.id}, "html_url": f"https://github.com/{u.login}/repo-{i}",
+                  "description": "x" * 200, "updated_at": f"2024-05-{i % 28 + 1:02d}T10:00:00Z"}
+                 for i in range(per_page)]
+        return Reply.json(repos, headers=self._scope_headers(token))
 
     def emails(self, req: Request) -> Reply:
         token, refused = self._api_user(req)

@@ -65,6 +65,29 @@ class FakeGoogle(FakeProvider):
                 ("GET", "/oauth2/v3/certs"): self.certs,
                 ("GET", "/.well-known/openid-configuration"): self.discovery}
 
+    def match(self, req):
+        if req.method == "GET" and req.path.startswith("/calendar/v3/calendars/") and req.path.endswith("/events"):
+            return self.calendar_events
+        return None
+
+    def calendar_events(self, req: Request) -> Reply:
+        """Calendar API v3 events.list: needs a calendar scope, answers Google's error shape."""
+        token = self.lookup(req.bearer())
+        if token is None:
+            return Reply.json({"error": {"code": 401, "message": "Request had invalid authentication credentials.",
+                                         "status": "UNAUTHENTICATED"}}, 401)
+        if not any(s.startswith("https://www.googleapis.com/auth/calendar") for s in token.scope.split()):
+            return Reply.json({"error": {"code": 403, "message": "Request had insufficient authentication scopes.",
+                                         "status": "PERMISSION_DENIED"}}, 403)
+        n = min(int(req.query.get("maxResults", "250")), 2500)
+        user = self.users[token.user]
+        items = [{"kind": "calendar#event", "id": f"evt{i:04d}", "status": "confirmed", "summary": f"Meeting {i}",
+                  "organizer": {"email": user.email, "self": True},
+                  "start": {"dateTime": f"2024-06-{i % 28 + 1:02d}T09:00:00+02:00"},
+                  "end": {"dateTime": f"2024-06-{i % 28 + 1:02d}T10:00:00+02:00"}} for i in range(n)]
+        return Reply.json({"kind": "calendar#events", "summary": user.email, "timeZone": "Europe/Berlin",
+                           "items": items})
+
     # ---------------------------------------------------------------- OAuth quirks
     def check_authorize(self, query):
         return None if query.get("scope") else "Missing required parameter: scope"

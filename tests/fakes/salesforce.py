@@ -53,7 +53,26 @@ class FakeSalesforce(FakeProvider):
                 ("POST", rv): self.revoke_endpoint, ("GET", rv): self.revoke_endpoint}
 
     def match(self, req):
+        if req.method == "GET" and req.path.startswith("/services/data/v") and req.path.endswith("/query"):
+            return self.query
         return self.identity if req.method == "GET" and req.path.startswith("/id/") else None
+
+    ACCOUNTS = [f"Account {i}" for i in range(1, 51)]
+
+    def query(self, req: Request) -> Reply:
+        """REST API query (SOQL): only `SELECT Id, Name FROM Account [LIMIT n]` is understood."""
+        if self._caller(req.bearer()) is None:
+            return Reply.json([{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}], 401)
+        import re
+
+        m = re.fullmatch(r"SELECT Id, Name FROM Account(?: LIMIT (\d+))?", req.query.get("q", "").strip(), re.I)
+        if m is None:
+            return Reply.json([{"message": "unexpected token", "errorCode": "MALFORMED_QUERY"}], 400)
+        names = self.ACCOUNTS[: int(m.group(1))] if m.group(1) else self.ACCOUNTS
+        version = req.path.split("/")[3]
+        records = [{"attributes": {"type": "Account", "url": f"/services/data/{version}/sobjects/Account/001{i:015d}"},
+                    "Id": f"001{i:015d}", "Name": n} for i, n in enumerate(names)]
+        return Reply.json({"totalSize": len(records), "done": True, "records": records})
 
     def identity_url(self, user: User) -> str:
         return f"{self.base_url}/id/{ORG}/{user_id(user)}"

@@ -11,9 +11,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-PROVIDERS = ("github", "atlassian", "salesforce", "keycloak", "google", "oidc")
+PROVIDERS = ("github", "atlassian", "salesforce", "keycloak", "google", "oidc",
+             "auth0", "workos", "cognito", "entra", "descope", "scalekit")
 PROVIDER_TITLES = {"github": "GitHub", "atlassian": "Atlassian", "salesforce": "Salesforce",
-                   "keycloak": "Keycloak", "google": "Google", "oidc": "OIDC"}
+                   "keycloak": "Keycloak", "google": "Google", "oidc": "OIDC", "auth0": "Auth0",
+                   "workos": "WorkOS AuthKit", "cognito": "AWS Cognito", "entra": "Microsoft Entra ID",
+                   "descope": "Descope", "scalekit": "Scalekit"}
+PROVIDER_ALIASES = {"azure": "entra"}  # `provider: azure` (and an `azure:` section) mean entra
+ProviderName = Literal["none", "github", "atlassian", "salesforce", "keycloak", "google", "oidc",
+                       "auth0", "workos", "cognito", "entra", "descope", "scalekit"]
 
 
 class Strict(BaseModel):
@@ -47,6 +53,25 @@ class ProviderConfig(Strict):
     # OIDC: discovery document (defaults to {issuer}/.well-known/openid-configuration)
     issuer: str | None = None
     discovery_url: str | None = None
+    # presets (auth/presets/): Auth0 / Cognito / WorkOS AuthKit: the tenant's domain (a host name,
+    # or a full URL); Cognito: user_pool_id (its region prefix is the region unless `region` is set);
+    # Entra: tenant (GUID, domain, organizations, common, consumers), authority_url, identifier_uri;
+    # Auth0: audience (your API identifier); Descope: project_id; Scalekit: environment_url
+    domain: str | None = None
+    region: str | None = None
+    user_pool_id: str | None = None
+    tenant: str | None = None
+    authority_url: str | None = None
+    identifier_uri: str | None = None
+    audience: str | None = None
+    project_id: str | None = None
+    environment_url: str | None = None
+    # JWKS the provider signs its access tokens with (presets that read claims from them)
+    jwks_url: str | None = None
+    # runtime.http: hosts the caller's token may be sent to (default per provider, see README),
+    # and the largest response body a Python endpoint may read from them
+    api_hosts: CommaList | None = None
+    api_max_response_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post", "none"] | None = None
     forward_pkce: bool = True
     extra_authorize_params: dict[str, str] = Field(default_factory=dict)
@@ -200,13 +225,19 @@ class AuthorizationConfig(Strict):
 
 
 class AuthConfig(Strict):
-    provider: Literal["none", "github", "atlassian", "salesforce", "keycloak", "google", "oidc"] = "none"
+    provider: ProviderName = "none"
     github: ProviderConfig | None = None
     atlassian: ProviderConfig | None = None
     salesforce: ProviderConfig | None = None
     keycloak: ProviderConfig | None = None
     google: ProviderConfig | None = None
     oidc: ProviderConfig | None = None
+    auth0: ProviderConfig | None = None
+    workos: ProviderConfig | None = None
+    cognito: ProviderConfig | None = None
+    entra: ProviderConfig | None = None
+    descope: ProviderConfig | None = None
+    scalekit: ProviderConfig | None = None
     # resource-server verification (alone, or next to the proxy for machine clients)
     jwt: JWTConfig | None = None
     introspection: IntrospectionConfig | None = None
@@ -241,6 +272,22 @@ class AuthConfig(Strict):
     # many seconds; otherwise only sqlgate's own tokens rotate (the provider is not asked)
     upstream_refresh_margin_seconds: int = Field(default=60, ge=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for alias, name in PROVIDER_ALIASES.items():
+            if data.get("provider") == alias:
+                data["provider"] = name
+            if alias in data:
+                if name in data:
+                    raise ValueError(f"both `{alias}:` and `{name}:` sections are given; `{alias}` is another "
+                                     f"name for `{name}`: keep one")
+                data[name] = data.pop(alias)
+        return data
+
     @field_validator("allowed_redirect_uris")
     @classmethod
     def _https_only(cls, patterns: list[str]) -> list[str]:
@@ -272,6 +319,10 @@ class AuthConfig(Strict):
         missing = [k for k in ("client_id", "client_secret") if not getattr(block, k)]
         if self.provider == "keycloak":
             missing += [k for k in ("realm", "server_url") if not getattr(block, k)]
+        from sqlgate.auth.presets import PRESETS
+
+        if self.provider in PRESETS:
+            missing += PRESETS[self.provider].missing(block)
         if self.provider == "oidc" and not (block.discovery_url or block.issuer
                                             or (block.auth_url and block.token_url and block.userinfo_url)):
             missing.append("issuer or discovery_url")

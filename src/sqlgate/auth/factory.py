@@ -33,6 +33,9 @@ def build_auth(auth: AuthConfig, transport: TransportConfig):
     - only `jwt` / `introspection`: sqlgate is a resource server; its protected-resource metadata
       sends clients to `remote.authorization_servers` (default: the JWT issuer).
     """
+    from sqlgate import provider_api
+
+    provider_api.configure(auth)  # where runtime.http may send the caller's provider token
     if not auth.enabled:
         return None
     from sqlgate.auth.verifiers import build_verifiers

@@ -10,7 +10,7 @@ from types import MappingProxyType
 
 from sqlgate.context import ANONYMOUS, UserContext
 
-_PRIVATE_CLAIMS = ("sqlgate_upstream_token",)  # raw user info stays available as claims
+_PRIVATE_CLAIMS = ("sqlgate_upstream_token", "upstream_claims")  # raw user info stays available as claims
 
 
 def user_from_token(token) -> UserContext:
@@ -19,6 +19,8 @@ def user_from_token(token) -> UserContext:
                    or claims.get("sub") or "")
     external = str(claims.get("sqlgate_upstream_token") or "")
     public = {k: v for k, v in claims.items() if k not in _PRIVATE_CLAIMS}
+    upstream = claims.get("upstream_claims")
+    token_info = upstream.get("token_info") if isinstance(upstream, dict) else None
     return UserContext(
         username=username,
         user_id=str(claims.get("sub") or ""),
@@ -28,6 +30,7 @@ def user_from_token(token) -> UserContext:
         external_token=external,
         scopes=frozenset(token.scopes or ()),
         claims=MappingProxyType(public),
+        token_info=MappingProxyType(dict(token_info or {})),
     )
 
 

@@ -51,7 +51,7 @@ from sqlgate.auth.grant_flow import FamilyRefreshToken, GrantFlow, UpstreamUnava
 from sqlgate.auth.outages import ProviderCalls
 from sqlgate.auth.registration import BoundedRegistration
 from sqlgate.auth.store import OAuthState
-from sqlgate.auth.upstream import Endpoints, UserInfoVerifier
+from sqlgate.auth.upstream import Endpoints, UserInfoVerifier, token_info_fields
 from sqlgate.auth.upstream_revocation import UpstreamClient, revoke_upstream
 
 log = logging.getLogger("sqlgate.auth")
@@ -135,6 +135,7 @@ class SqlgateOAuthProxy(HonestCallback, GrantFlow, ProviderCalls, OAuthProxy):
         self.required_scopes = list(auth.authorization.required_scopes)
         self.revocation_options = RevocationOptions(enabled=True)
         self._upstream_scopes = endpoints.scope.split()
+        self._refresh_scope = endpoints.refresh_scope
         self._provider_name = auth.provider
         self._config_clients = {c.client_id: c for c in auth.clients}
         self._mcp_scopes = list(auth.scopes)
@@ -173,7 +174,17 @@ class SqlgateOAuthProxy(HonestCallback, GrantFlow, ProviderCalls, OAuthProxy):
         return super()._build_upstream_authorize_url(txn_id, {**transaction, "scopes": self._upstream_scopes})
 
     def _prepare_scopes_for_upstream_refresh(self, scopes: list[str]) -> list[str]:
-        return []  # omitted: the upstream grant keeps its original scope (RFC 6749 §6)
+        # omitted: the upstream grant keeps its original scope (RFC 6749 §6) — except where the
+        # provider wants them named again (Entra: the scopes choose the token's resource)
+        return list(self._upstream_scopes) if self._refresh_scope else []
+
+    async def _extract_upstream_claims(self, idp_tokens: dict[str, Any]) -> dict[str, Any] | None:
+        """Non-secret fields of the provider's token reply that endpoints need (Salesforce's
+        instance_url: where the org's API lives). They ride in sqlgate's signed access token, so
+        every replica sees them without a store lookup; refreshes keep them (grant_flow merges)."""
+        info = {k: idp_tokens[k] for k in token_info_fields(self._provider_name)
+                if isinstance(idp_tokens.get(k), str)}
+        return {"token_info": info} if info else None
 
     def _translate_scopes_from_idp(self, scopes: list[str]) -> list[str]:
         granted = _granted_scopes.get()

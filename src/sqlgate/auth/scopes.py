@@ -136,11 +136,29 @@ class ScopeGuard:
         await send({"type": "http.response.body", "body": body})
 
 
-class ScopeFilter(Middleware):
-    """Hide what the caller cannot use, and refuse it inside MCP too (defence in depth)."""
+LOCKED_META_KEY = "sqlgate/requiredScopes"
 
-    def __init__(self, registry: ScopeRegistry):
+
+def locked_copy(tool: Any, missing: list[str]) -> Any:
+    """The listing's view of a tool the caller cannot use yet: a note in the description and the
+    scopes in `_meta`, on a copy (the registered tool stays as it is for everyone else)."""
+    note = (f"[Locked: needs scope(s) {' '.join(missing)}, which your token lacks; re-authorise with them "
+            "to use this tool.]")
+    meta = {**(tool.meta or {}), LOCKED_META_KEY: missing}
+    return tool.model_copy(update={"description": f"{tool.description or ''}\n\n{note}".strip(), "meta": meta})
+
+
+class ScopeFilter(Middleware):
+    """Hide what the caller cannot use, and refuse it inside MCP too (defence in depth).
+
+    With `list_locked_tools` (setting `locked_tools: list`), tools the caller lacks a scope for stay
+    in tools/list with a note naming the scope(s), so a client can re-authorise for them (step up);
+    calling one still gets 403 insufficient_scope.
+    """
+
+    def __init__(self, registry: ScopeRegistry, list_locked_tools: bool = False):
         self.registry = registry
+        self.list_locked_tools = list_locked_tools
 
     def _have(self) -> set[str] | None:
         from fastmcp.server.dependencies import get_access_token
@@ -153,7 +171,13 @@ class ScopeFilter(Middleware):
 
     async def on_list_tools(self, context, call_next):
         have = self._have()
-        return [t for t in await call_next(context) if self._visible("tool", t.name, have)]
+        tools = await call_next(context)
+        if have is None:
+            return tools
+        if not self.list_locked_tools:
+            return [t for t in tools if self._visible("tool", t.name, have)]
+        return [locked_copy(t, missing) if (missing := self.registry.missing("tool", t.name, have)) else t
+                for t in tools]
 
     async def on_list_resources(self, context, call_next):
         have = self._have()

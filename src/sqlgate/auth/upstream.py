@@ -22,6 +22,7 @@ from fastmcp.utilities.token_cache import TokenCache
 
 from sqlgate.auth.config import PROVIDER_TITLES, AuthConfig, ProviderConfig
 from sqlgate.auth.outages import describe, note, provider_failure
+from sqlgate.auth.presets import PRESETS, TokenClaims
 from sqlgate.errors import ConfigError
 
 log = logging.getLogger("sqlgate.auth.upstream")
@@ -31,13 +32,15 @@ log = logging.getLogger("sqlgate.auth.upstream")
 class Endpoints:
     authorize: str
     token: str
-    userinfo: str
+    userinfo: str | None  # None: the identity comes from the access token alone (token_claims)
     revoke: str | None = None
     emails: str | None = None  # GitHub: /user/emails when /user hides the address
     scope: str = ""
     callback_path: str = "/auth/callback"
     token_auth_method: str = "client_secret_basic"
     extra_authorize: dict[str, str] = field(default_factory=dict)
+    token_claims: TokenClaims | None = None  # read identity claims from the access token (a JWT)
+    refresh_scope: bool = False  # name the upstream scopes again when refreshing (Entra)
 
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
@@ -62,8 +65,16 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# fields of the token reply kept for endpoints (never a token): see proxy._extract_upstream_claims
+_TOKEN_INFO = {"salesforce": ("instance_url", "id")}
+
+
+def token_info_fields(provider: str) -> tuple[str, ...]:
+    return PRESETS[provider].token_info if provider in PRESETS else _TOKEN_INFO.get(provider, ())
+
+
 def resolve_endpoints(provider: str, cfg: ProviderConfig) -> Endpoints:
-    d = _DEFAULTS[provider]
+    d = _DEFAULTS[provider] if provider in _DEFAULTS else PRESETS[provider].defaults(cfg)
     title = PROVIDER_TITLES[provider]
     if provider == "keycloak":
         base = f"{cfg.server_url.rstrip('/')}/realms/{cfg.realm}/protocol/openid-connect"  # type: ignore[union-attr]
@@ -77,13 +88,15 @@ def resolve_endpoints(provider: str, cfg: ProviderConfig) -> Endpoints:
     return Endpoints(
         authorize=cfg.auth_url or d["authorize"],
         token=cfg.token_url or d["token"],
-        userinfo=cfg.userinfo_url or d["userinfo"],
+        userinfo=cfg.userinfo_url or d.get("userinfo"),
         revoke=cfg.revoke_url or d.get("revoke"),
         emails=d.get("emails"),
         scope=cfg.scope if cfg.scope is not None else d["scope"],
         callback_path=cfg.callback_path or f"/{provider}/callback",
         token_auth_method=cfg.token_endpoint_auth_method or d.get("token_auth_method", "client_secret_basic"),
         extra_authorize={**d.get("extra_authorize", {}), **cfg.extra_authorize_params},
+        token_claims=d.get("token_claims"),
+        refresh_scope=d.get("refresh_scope", False),
     )
 
 
@@ -105,6 +118,8 @@ def _discover(cfg: ProviderConfig, title: str) -> dict[str, str]:
 
 def normalize(provider: str, info: dict[str, Any]) -> dict[str, str]:
     """Provider user info -> user_id / username / email / name."""
+    if provider in PRESETS:
+        return PRESETS[provider].identity(info)
     if provider == "github":
         return {"user_id": str(info.get("id", "")), "username": info.get("login") or "",
                 "email": info.get("email") or "", "name": info.get("name") or info.get("login") or ""}
@@ -132,6 +147,7 @@ class UserInfoVerifier(TokenVerifier):
         self._cache = TokenCache(ttl_seconds=cache_ttl)
         self._timeout = timeout
         self._http: httpx2.AsyncClient | None = None
+        self._jwt = _token_claims_verifier(endpoints.token_claims, timeout)
 
     def _client(self) -> httpx2.AsyncClient:
         if self._http is None:
@@ -150,7 +166,7 @@ class UserInfoVerifier(TokenVerifier):
                 raise
             why = describe(exc, self._timeout)
             log.warning("%s user info request failed: %s", self.provider, why)
-            note("provider", f"user info {self.endpoints.userinfo}: {why}")
+            note("provider", f"user info {self.endpoints.userinfo or self.endpoints.token_claims.jwks_url}: {why}")
             return None
         if info is None:
             return None
@@ -166,6 +182,37 @@ class UserInfoVerifier(TokenVerifier):
         return result
 
     async def _user_info(self, token: str) -> dict[str, Any] | None:
+        claims: dict[str, Any] = {}
+        if self._jwt is not None:
+            found = await self._token_claims(token)
+            if found is None:
+                return None
+            claims = found
+        if self.endpoints.userinfo is None:
+            return claims
+        info = await self._userinfo_endpoint(token)
+        # the access token's claims (groups, roles …) stay; the user-info answer describes the user
+        return None if info is None else {**claims, **info}
+
+    async def _token_claims(self, token: str) -> dict[str, Any] | None:
+        rule = self.endpoints.token_claims
+        assert rule is not None and self._jwt is not None
+        checked = await self._jwt.verify_token(token)  # keys unreachable: noted as an outage (503)
+        if checked is None:
+            return None
+        claims = dict(checked.claims)
+        issuers = {i.replace("{tid}", str(claims.get("tid", ""))) for i in rule.issuers}
+        problems = [what for what, bad in (
+            ("issuer", str(claims.get("iss", "")).rstrip("/") not in {i.rstrip("/") for i in issuers}),
+            ("client_id", rule.client_id is not None and claims.get("client_id") != rule.client_id),
+            ("token_use", rule.token_use is not None and claims.get("token_use") != rule.token_use)) if bad]
+        if problems:
+            log.warning("%s access token refused: unexpected %s", self.provider, ", ".join(problems))
+            return None
+        return claims
+
+    async def _userinfo_endpoint(self, token: str) -> dict[str, Any] | None:
+        assert self.endpoints.userinfo is not None
         headers = {"Authorization": f"Bearer {token}"}
         resp = await self._client().get(self.endpoints.userinfo, headers=headers)
         if resp.status_code in (401, 403):
@@ -180,6 +227,18 @@ class UserInfoVerifier(TokenVerifier):
                 if primary:
                     info = {**info, "email": primary[0]["email"]}
         return info
+
+
+def _token_claims_verifier(rule: TokenClaims | None, timeout: float):
+    """sqlgate's JWT verifier for a provider's access tokens; issuer and client checks are done
+    in UserInfoVerifier._token_claims (Entra's issuer names the token's own tenant)."""
+    if rule is None:
+        return None
+    from sqlgate.auth.jwt_verifier import SqlgateJWTVerifier
+
+    return SqlgateJWTVerifier(algorithms=["RS256"], issuer=None,
+                              audience=list(rule.audience) if rule.audience else None,
+                              jwks_uri=rule.jwks_url, timeout_seconds=timeout)
 
 
 def build_verifier(auth: AuthConfig) -> tuple[UserInfoVerifier, Endpoints]:

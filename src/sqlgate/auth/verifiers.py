@@ -15,7 +15,10 @@ from sqlgate.auth.outages import NotingTransport
 
 
 def claim_at(claims: dict[str, Any], path: str) -> Any:
-    """A claim by dotted path, e.g. `realm_access.roles`."""
+    """A claim by dotted path, e.g. `realm_access.roles`; a claim named with dots (Auth0's
+    namespaced `https://example.com/roles`) is found by its whole name first."""
+    if path in claims:
+        return claims[path]
     node: Any = claims
     for part in path.split("."):
         if not isinstance(node, dict) or part not in node:

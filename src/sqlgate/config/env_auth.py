@@ -58,6 +58,23 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "UPSTREAM_SCOPE": ("upstream", "scope"),
     "REDIRECT_PATH": ("upstream", "callback_path"),
     "FORWARD_PKCE": ("upstream", "forward_pkce"),
+    # provider presets (auth/presets/): the provider's own coordinates
+    "UPSTREAM_DOMAIN": ("upstream", "domain"),
+    "UPSTREAM_REGION": ("upstream", "region"),
+    "UPSTREAM_USER_POOL_ID": ("upstream", "user_pool_id"),
+    "UPSTREAM_TENANT": ("upstream", "tenant"),
+    "UPSTREAM_AUTHORITY_URL": ("upstream", "authority_url"),
+    "UPSTREAM_IDENTIFIER_URI": ("upstream", "identifier_uri"),
+    "UPSTREAM_AUDIENCE": ("upstream", "audience"),
+    "UPSTREAM_PROJECT_ID": ("upstream", "project_id"),
+    "UPSTREAM_ENVIRONMENT_URL": ("upstream", "environment_url"),
+    "UPSTREAM_JWKS_URL": ("upstream", "jwks_url"),
+    "UPSTREAM_API_BASE_URL": ("upstream", "api_base_url"),
+    "UPSTREAM_REALM": ("upstream", "realm"),
+    "UPSTREAM_SERVER_URL": ("upstream", "server_url"),
+    # runtime.http (Python endpoints calling the provider's API as the user)
+    "UPSTREAM_API_HOSTS": ("upstream", "api_hosts"),
+    "UPSTREAM_API_MAX_RESPONSE_BYTES": ("upstream", "api_max_response_bytes"),
     "TOKEN_ENDPOINT_AUTH_METHOD": ("upstream", "token_endpoint_auth_method"),
     "EXTRA_AUTHORIZE_PARAMS": ("upstream", "extra_authorize_params"),
     "EXTRA_TOKEN_PARAMS": ("upstream", "extra_token_params"),
@@ -138,7 +155,10 @@ def auth_from_env(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, Any
         else:
             auth.setdefault(section, {})[key] = value
     if mode == "proxy":
-        provider = auth.get("provider", "oidc")
+        from sqlgate.auth.config import PROVIDER_ALIASES
+
+        provider = auth.get("provider", "oidc").strip().lower()
+        provider = PROVIDER_ALIASES.get(provider, provider)
         auth["provider"] = provider
         auth[provider] = upstream
     else:

@@ -5,6 +5,7 @@ Every section forbids unknown keys so a misspelt setting is an error, not a sile
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -178,11 +179,32 @@ class TransportConfig(Strict):
     stateless: bool = False
     # answer POSTs with one JSON body instead of an SSE stream (for JSON-only clients)
     json_response: bool = False
+    # browser origins allowed to call the server (CORS), e.g. https://app.example.com; none by
+    # default (CORS off). Env: comma-separated
+    cors_origins: list[str] = Field(default_factory=list)
+    # memory kept per server for SSE stream resumption (Last-Event-ID): recent events, oldest
+    # dropped first; 0 turns resumption off (a GET with Last-Event-ID then gets a clean 400)
+    resume_buffer_bytes: int = Field(default=8_000_000, ge=0)
     # MCP sessions: a ceiling for the server, a share per client (token principal or address), and
     # how long an idle session lives
     max_sessions: int = Field(default=10_000, ge=1)
     max_sessions_per_client: int = Field(default=100, ge=1)
     session_idle_timeout: float = Field(default=600, gt=0)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value):
+        if isinstance(value, str):  # SQLGATE_CORS_ORIGINS=https://a.example,https://b.example
+            return [p.strip() for p in value.split(",") if p.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"cors_origins: {origin!r} is not an origin (scheme://host[:port], no path)")
+        return value
 
     @field_validator("path")
     @classmethod
@@ -199,11 +221,34 @@ class AuditConfig(Strict):
     log_arguments: bool = True
 
 
+class Icon(Strict):
+    """An icon clients may show next to the server or a component (MCP `Icon`)."""
+
+    # https: URL or data: URI
+    src: str = Field(pattern=r"^(https://|data:)")
+    mime_type: str | None = None
+    # e.g. ["48x48"], ["any"] for SVG
+    sizes: list[str] | None = None
+    theme: Literal["light", "dark"] | None = None
+
+    def to_mcp(self):
+        from mcp_types import Icon as McpIcon
+
+        return McpIcon(src=self.src, mime_type=self.mime_type, sizes=self.sizes, theme=self.theme)
+
+
 class Settings(Strict):
     """The effective configuration of one project under one profile."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str | None = None
+    # shown by clients instead of the name, with the icons and a link to the project's site
+    title: str | None = None
+    website_url: str | None = Field(default=None, pattern=r"^https?://")
+    icons: list[Icon] = Field(default_factory=list)
+    # tools the caller lacks a scope for: "hide" them from tools/list (default), or "list" them
+    # with a note naming the scope(s) they need, so a client can re-authorise (step up)
+    locked_tools: Literal["hide", "list"] = "hide"
     profile: str = "default"
     engine: EngineConfig = Field(default_factory=EngineConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
@@ -216,5 +261,5 @@ class Settings(Strict):
 
 # sections a profile in the user config may override; name/description/profile are the project's
 PROFILE_SECTIONS = ("engine", "limits", "sql_tools", "transport", "auth", "audit", "rate_limits")
-PROJECT_KEYS = ("name", "description", "profile", "engine", "limits", "sql_tools", "transport", "audit",
-                "rate_limits")
+PROJECT_KEYS = ("name", "description", "title", "website_url", "icons", "locked_tools", "profile", "engine",
+                "limits", "sql_tools", "transport", "audit", "rate_limits")

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from sqlgate.config.yamlio import format_loc, load_yaml_file, location_of, pydantic_problems
 from sqlgate.endpoints.models import EndpointFile, PromptDef, ResourceDef, ToolDef
-from sqlgate.endpoints.sqlparams import sql_parameters
+from sqlgate.endpoints.sqlparams import colon_names, sql_parameters
 from sqlgate.errors import ConfigError
 from sqlgate.policy import Enforcer
 
@@ -112,6 +112,7 @@ def _load_one(root: Path, path: Path) -> Endpoint | None:
                 if "default" in p.json_schema()}
     ep = Endpoint(kind=kind, name=name, definition=definition, file=rel, input_schema=schema,
                   validator=Draft202012Validator(schema), defaults=defaults)
+    _check_completion_sql(definition, rel, kind)
     if isinstance(definition, PromptDef):
         return ep
     if definition.policies is not None:
@@ -138,6 +139,13 @@ def _load_one(root: Path, path: Path) -> Endpoint | None:
             ep.sql_params = sql_parameters(ep.sql)
         except ConfigError as exc:
             raise ConfigError(f"cannot read the SQL: {exc.message}", where=f"{rel} ({kind}.source)") from None
+        colon_style = [p for p in colon_names(ep.sql) if p in declared and p not in ep.sql_params]
+        if colon_style:
+            raise ConfigError(
+                f"SQL uses {', '.join(':' + p for p in colon_style)}: sqlgate parameters are written "
+                f"{', '.join('$' + p for p in colon_style)}",
+                where=f"{rel} ({kind}.source)",
+            )
         undeclared = [p for p in ep.sql_params if p not in declared]
         if undeclared:
             raise ConfigError(
@@ -154,6 +162,23 @@ def _load_one(root: Path, path: Path) -> Endpoint | None:
         _check_signature(ep.function, declared, rel, fn_name)
         ep.is_async = inspect.iscoroutinefunction(ep.function)
     return ep
+
+
+def _check_completion_sql(definition, rel: str, kind: str) -> None:
+    """A parameter's `complete.sql` may use `$value` and the endpoint's parameters, nothing else."""
+    allowed = {"value", *(p.name for p in definition.parameters)}
+    for p in definition.parameters:
+        if p.complete is None:
+            continue
+        where = f"{rel} ({kind}.parameters.{p.name}.complete.sql)"
+        try:
+            used = sql_parameters(p.complete.sql)
+        except ConfigError as exc:
+            raise ConfigError(f"cannot read the SQL: {exc.message}", where=where) from None
+        unknown = [u for u in used if u not in allowed]
+        if unknown:
+            raise ConfigError(f"completion SQL uses {', '.join('$' + u for u in unknown)}; it may use $value "
+                              "(the text typed so far) and the endpoint's parameters", where=where)
 
 
 def _resource_name(defn: ResourceDef) -> str:

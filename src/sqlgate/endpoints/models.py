@@ -12,7 +12,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sqlgate.config.models import EndpointLimits, RateLimitRule
+from sqlgate.config.models import EndpointLimits, Icon, RateLimitRule
 from sqlgate.context import UserContext
 from sqlgate.policy import Policies
 
@@ -53,6 +53,17 @@ SCHEMA_KEYWORDS = frozenset(Draft202012Validator.VALIDATORS) | {
 }
 
 
+class CompleteSpec(Strict):
+    """Where `completion/complete` finds candidate values for a parameter (besides its `enum`).
+
+    `sql` is the project's own SQL, run like endpoint SQL (engine guard, caller identity, a short
+    timeout, at most 100 rows); its first column gives the values. It may use `$value` (what the
+    user typed so far) and the endpoint's other parameters (NULL until given).
+    """
+
+    sql: str = Field(min_length=1)
+
+
 class Parameter(BaseModel):
     """A typed parameter; every JSON-Schema keyword given is kept verbatim in the inputSchema."""
 
@@ -63,6 +74,8 @@ class Parameter(BaseModel):
     description: str = Field(min_length=1)
     # required unless a default is given or `required: false`
     required: bool | None = None
+    # completion values from SQL (prompt arguments and resource-template parameters only)
+    complete: CompleteSpec | None = None
 
     @model_validator(mode="after")
     def _schema_ok(self) -> Parameter:
@@ -165,6 +178,7 @@ class _Executable(Strict):
     # this endpoint's own calls-per-minute / concurrent-calls limits per caller (besides the global ones)
     rate_limit: RateLimitRule | None = None
     tests: list[TestCase] = Field(default_factory=list)
+    icons: list[Icon] = Field(default_factory=list)
 
     @field_validator("parameters")
     @classmethod
@@ -203,6 +217,14 @@ class ToolDef(_Executable):
     name: str = Field(pattern=NAME)
     title: str | None = None
     annotations: Annotations | None = None
+
+    @model_validator(mode="after")
+    def _no_completions(self) -> ToolDef:
+        for p in self.parameters:
+            if p.complete is not None:
+                raise ValueError(f"parameter {p.name!r}: `complete` is for prompt arguments and resource-template "
+                                 "parameters (MCP has no completion for tool arguments)")
+        return self
 
 
 class ResourceDef(_Executable):
@@ -247,6 +269,7 @@ class PromptDef(Strict):
     enabled: bool = True
     tags: list[str] = Field(default_factory=list)
     scopes: list[str] = Field(default_factory=list)
+    icons: list[Icon] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _placeholders(self) -> PromptDef:

@@ -19,13 +19,20 @@ def sql_parameters(sql: str) -> list[str]:
     return _scan(sql)[0]
 
 
+def colon_names(sql: str) -> list[str]:
+    """`:name` words outside strings and comments (not `::` casts): other tools' parameter style,
+    which sqlgate would pass to the engine as text — the loader turns them into errors."""
+    return _scan(sql)[2]
+
+
 def to_pyformat(sql: str) -> str:
     """`$name` -> `%(name)s` for drivers using Python's paramstyle (psycopg); literal % doubled."""
     return _scan(sql)[1]
 
 
-def _scan(sql: str) -> tuple[list[str], str]:
+def _scan(sql: str) -> tuple[list[str], str, list[str]]:
     names: list[str] = []
+    colons: list[str] = []
     out: list[str] = []
     i, n = 0, len(sql)
     last = 0
@@ -59,10 +66,20 @@ def _scan(sql: str) -> tuple[list[str], str]:
                 last = i = name.end()
             else:
                 i += 1
+        elif c == ":":
+            if sql.startswith("::", i):  # a cast
+                i += 2
+                continue
+            name = _NAME.match(sql, i + 1)
+            # `'k':v` (struct literal), `a[i:j]` (slice) and `f(x):y` are not parameters
+            after_value = i > 0 and (sql[i - 1].isalnum() or sql[i - 1] in "_'\")]")
+            if name is not None and not after_value and name.group(0) not in colons:
+                colons.append(name.group(0))
+            i += 1
         else:
             i += 1
     emit(n)
-    return names, "".join(out)
+    return names, "".join(out), colons
 
 
 def _skip_quoted(sql: str, start: int, quote: str) -> int:

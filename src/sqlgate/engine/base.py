@@ -174,9 +174,10 @@ class Engine(abc.ABC):
         QueryTimeout or DatabaseUnavailable.
         """
 
-    def bind_problem(self, sql: str) -> str | None:
+    def bind_problem(self, sql: str, samples: dict[str, Any] | None = None) -> str | None:
         """Why the project's `sql` cannot be bound against the database (a missing table or column …),
-        or None. For `sqlgate validate`; an engine that cannot tell says None."""
+        or None. For `sqlgate validate`; `samples` holds a value of each parameter's declared type for
+        engines that need typed parameters to plan. An engine that cannot tell says None."""
         return None
 
     @abc.abstractmethod

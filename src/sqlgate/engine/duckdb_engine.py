@@ -248,7 +248,7 @@ class DuckDBEngine(Engine):
             return asyncio.run_coroutine_threadsafe(self.execute(sql, params, call, limits), loop).result()
         return self._pool.submit(self._run, sql, params, call, limits, deadline, True).result()
 
-    def bind_problem(self, sql: str) -> str | None:
+    def bind_problem(self, sql: str, samples: dict[str, Any] | None = None) -> str | None:
         # PREPARE binds names and types without running anything ($name parameters stay open)
         cur = self._db.cursor()
         try:

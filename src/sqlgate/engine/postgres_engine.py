@@ -36,6 +36,7 @@ from contextlib import aclosing, suppress
 from typing import Any
 
 import psycopg
+import psycopg.sql
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -194,6 +195,23 @@ class PostgresEngine(Engine):
             bound[TOKEN_PARAM] = call.user.external_token or None
         # a mapping, even an empty one: psycopg then turns the %% of to_pyformat back into %
         return await self._call(text, bound, call, limits, deadline, read_only=self._read_only)
+
+    def bind_problem(self, sql: str, samples: dict[str, Any] | None = None) -> str | None:
+        # EXPLAIN plans (names, types, permissions) without running the statement; read-only and
+        # bounded all the same. Sample values stand in for the parameters so their types are known.
+        text, uses_token = endpoint_sql(to_pyformat(sql), self._identity)
+        bound = dict(samples or {})
+        if uses_token:
+            bound[TOKEN_PARAM] = None
+        try:
+            with psycopg.connect(**self._conninfo(self._dsn), autocommit=True) as conn:
+                conn.execute("BEGIN READ ONLY")
+                conn.execute("SET LOCAL statement_timeout = '10s'")
+                conn.execute(psycopg.sql.SQL("EXPLAIN ") + psycopg.sql.SQL(text), bound)  # type: ignore[arg-type]
+                conn.execute("ROLLBACK")
+        except psycopg.Error as exc:
+            return str(exc).strip().split("\n")[0]
+        return None
 
     async def run_untrusted(self, sql: str, call: CallContext, limits: Limits) -> QueryResult:
         deadline = time.monotonic() + limits.timeout_seconds

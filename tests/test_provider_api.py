@@ -1,0 +1,132 @@
+"""runtime.http: Python endpoints calling the provider's API as the caller, against faithful fakes
+of GitHub (repos), Google (Calendar events), Salesforce (SOQL at the org's instance_url) and
+Atlassian (accessible resources → cloud id → Jira search).
+
+Each test logs in through the OAuth proxy with the official client and calls an endpoint written
+as the README shows it (the fake's base URL in place of the real host): the answer comes from the
+provider's API with the user's token, the size cap and the call's deadline end a request with a
+clear error, a host outside the provider's API is refused — and the token never reaches the client
+(results, errors) or the log.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import anyio
+import pytest
+
+from tests.auth_support import MemoryTokenStorage, auth_project, call_tool, oauth_client
+from tests.browser import Browser
+from tests.conftest import free_port, start_server, stop_server
+from tests.fakes.providers import FAKES
+from tests.test_auth_providers import urls
+
+# the README's examples, with API standing for the real host (https://api.github.com …)
+ENDPOINTS = {
+    "github": '''
+def api_call(n: int, max_bytes: int = 0, url: str = ""):
+    r = runtime.http.get(url or f"{API}/user/repos", params={"per_page": n, "sort": "updated"},
+                         max_bytes=max_bytes or None).raise_for_status()
+    return [repo["full_name"] for repo in r.json()]
+''',
+    "google": '''
+def api_call(n: int, max_bytes: int = 0, url: str = ""):
+    r = runtime.http.get(url or f"{API}/calendar/v3/calendars/primary/events",
+                         params={"maxResults": n, "singleEvents": "true", "orderBy": "startTime"},
+                         max_bytes=max_bytes or None).raise_for_status()
+    return [event["summary"] for event in r.json()["items"]]
+''',
+    "salesforce": '''
+def api_call(n: int, max_bytes: int = 0, url: str = ""):
+    instance = runtime.user().token_info["instance_url"]  # the org's own host, from the token reply
+    r = runtime.http.get(url or f"{instance}/services/data/v61.0/query",
+                         params={"q": f"SELECT Id, Name FROM Account LIMIT {n}"},
+                         max_bytes=max_bytes or None).raise_for_status()
+    return [record["Name"] for record in r.json()["records"]]
+''',
+    "atlassian": '''
+def api_call(n: int, max_bytes: int = 0, url: str = ""):
+    sites = runtime.http.get(f"{API}/oauth/token/accessible-resources").raise_for_status().json()
+    cloud_id = sites[0]["id"]
+    r = runtime.http.get(url or f"{API}/ex/jira/{cloud_id}/rest/api/3/search/jql",
+                         params={"jql": "project = SQL", "maxResults": n, "fields": "summary,status"},
+                         max_bytes=max_bytes or None).raise_for_status()
+    return [issue["key"] for issue in r.json()["issues"]]
+''',
+}
+EXPECTED = {"github": ["alice/repo-0", "alice/repo-1"], "google": ["Meeting 0", "Meeting 1"],
+            "salesforce": ["Account 1", "Account 2"], "atlassian": ["SQL-1", "SQL-2"]}
+SCOPES = {"google": "openid profile email https://www.googleapis.com/auth/calendar.readonly",
+          "atlassian": "read:me read:jira-work offline_access"}
+TOOL = """tool:
+  name: api_call
+  description: The provider's API as the caller (test).
+  parameters:
+    - {name: n, type: integer, description: how many}
+    - {name: max_bytes, type: integer, description: answer cap, default: 0}
+    - {name: url, type: string, description: another URL, default: ""}
+  limits: {timeout_seconds: 2}
+  source:
+    file: ../python/provider_api.py
+"""
+
+
+@contextmanager
+def api_stack(kind: str, tmp_path):
+    port = free_port()
+    with FAKES[kind](f"{kind}-client", f"{kind}-secret", [f"http://127.0.0.1:{port}/{kind}/callback"]) as fake:
+        host = fake.base_url.removeprefix("http://")
+        block = {"client_id": f"{kind}-client", "client_secret": f"{kind}-secret", **urls(kind, fake.base_url)}
+        if kind in SCOPES:
+            block["scope"] = SCOPES[kind]
+        if kind != "salesforce":  # Salesforce: the org's instance_url is allowed by itself
+            block["api_hosts"] = [host]
+        project, env, _ = auth_project(tmp_path, {"provider": kind, kind: block}, port)
+        (project / "python" / "provider_api.py").write_text(
+            f"from sqlgate import runtime\n\nAPI = {fake.base_url!r}\n" + ENDPOINTS[kind])
+        (project / "tools" / "api_call.yml").write_text(TOOL)
+        server = start_server(project, tmp_path, env=env, port=port)
+        try:
+            yield fake, server
+        finally:
+            stop_server(server)
+
+
+def _calls(server, calls):
+    storage = MemoryTokenStorage()
+    browser = Browser("alice", "alice-password")
+    out = [anyio.run(call_tool, server.url, oauth_client(server.url, browser, storage), "api_call", args)
+           for args in calls]
+    browser.close()
+    return out
+
+
+@pytest.mark.parametrize("kind", list(ENDPOINTS))
+def test_endpoint_calls_provider_api_as_the_user(kind, tmp_path):
+    with api_stack(kind, tmp_path) as (fake, server):
+        ok, too_big, elsewhere = _calls(server, [{"n": 2}, {"n": 100, "max_bytes": 2000},
+                                                 {"n": 1, "url": "https://evil.example/steal"}])
+        logs = server.logs()
+    assert not ok.is_error, ok.content
+    assert ok.structured_content["result"] == EXPECTED[kind]
+    api_requests = [r for r in fake.seen if r.path not in (fake.AUTHORIZE_PATH, fake.TOKEN_PATH)
+                    and r.bearer() in fake.tokens]
+    assert api_requests, "the API was called with the user's own provider token"
+    assert too_big.is_error and "larger than 2000 bytes" in str(too_big.content)
+    assert elsewhere.is_error and "host evil.example is not one of" in str(elsewhere.content)
+    assert "provider API GET 127.0.0.1" in logs and "-> 200" in logs and "(user alice" in logs
+    for token in fake.tokens:
+        for res in (ok, too_big, elsewhere):
+            assert token not in str(res.content) and token not in str(res.structured_content)
+        assert token not in logs
+
+
+def test_provider_api_request_ends_at_the_call_deadline(tmp_path):
+    with api_stack("github", tmp_path) as (fake, server):
+        fake.api_delay = 4  # the endpoint's timeout is 2 s
+        (slow,) = _calls(server, [{"n": 1}])
+        logs = server.logs()
+    assert slow.is_error and "deadline" in str(slow.content)
+    assert "-> deadline" in logs
+    assert all(token not in str(slow.content) and token not in logs for token in fake.tokens)

@@ -1,0 +1,87 @@
+"""The README's shell examples, run as written (in a scratch directory, `sqlgate` on PATH).
+
+A section's first ```bash block is split into commands; `serve` lines are started and must answer
+/healthz (HTTP) or stay up (stdio) instead of running forever.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, free_port, isolated_env
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def bash_block(heading: str) -> list[str]:
+    """The commands of the first ```bash block after `heading` (comments and blank lines dropped)."""
+    start = README.index(heading)
+    block = re.search(r"```bash\n(.*?)```", README[start:], re.S)
+    assert block is not None, f"no bash block under {heading!r}"
+    commands = []
+    for line in block.group(1).splitlines():
+        line = re.sub(r"\s+#.*$", "", line).strip()
+        if line and not line.startswith("#"):
+            commands.append(line)
+    return commands
+
+
+def shell_env(tmp: Path) -> dict[str, str]:
+    env = isolated_env(tmp, COLUMNS="200")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the venv's sqlgate
+    return env
+
+
+def run_command(command: str, cwd: Path, env: dict[str, str]) -> None:
+    argv = shlex.split(command)
+    if "serve" in argv:
+        return check_serve(argv, cwd, env)
+    proc = subprocess.run(command, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, f"{command}\n{proc.stdout}\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr, command
+
+
+def check_serve(argv: list[str], cwd: Path, env: dict[str, str]) -> None:
+    http = "--transport" in argv and argv[argv.index("--transport") + 1] == "http"
+    port = free_port()
+    if http and "--port" in argv:  # the README's port may be taken on a shared machine
+        argv[argv.index("--port") + 1] = str(port)
+    elif http:
+        argv += ["--port", str(port)]
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, f"{shlex.join(argv)} exited: {proc.stderr.read().decode()}"
+            if not http:
+                if time.monotonic() > deadline - 27:  # stdio: still serving after 3 s
+                    return
+            else:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+            time.sleep(0.1)
+        pytest.fail(f"{shlex.join(argv)} did not start")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_quick_start_commands_work_as_written(tmp_path):
+    commands = bash_block("## Quick start with your own project")
+    assert commands[0].startswith("sqlgate init myproject")
+    env = shell_env(tmp_path)
+    for command in commands:
+        run_command(command, tmp_path, env)
