@@ -6,6 +6,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+# the example's database is built here, not inside the package template examples/shop links to
+STATE  ?= .state
 
 .PHONY: serve test lint bench install install-test clean
 
@@ -23,7 +25,8 @@ install-test: $(BIN)/python
 
 serve: install
 	@echo "sqlgate is installed as $(CURDIR)/$(BIN)/sqlgate; to use it elsewhere: export PATH=\"$(CURDIR)/$(BIN):\$$PATH\""
-	$(BIN)/sqlgate serve --project examples/shop --transport http --host $(HOST) --port $(PORT)
+	SQLGATE_DB_PATH="$(CURDIR)/$(STATE)/shop.duckdb" \
+		$(BIN)/sqlgate serve --project examples/shop --transport http --host $(HOST) --port $(PORT)
 
 lint: install-test
 	$(BIN)/ruff check .
@@ -35,4 +38,4 @@ bench: install-test
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info
+	rm -rf $(VENV) $(STATE) .pytest_cache .ruff_cache src/*.egg-info

@@ -53,13 +53,14 @@ class ServerProcess:
 
 
 def start_server(project: Path, tmp: Path, env: dict[str, str] | None = None,
-                 args: list[str] | None = None, timeout: float = 30, port: int | None = None) -> ServerProcess:
+                 args: list[str] | None = None, timeout: float = 30, port: int | None = None,
+                 cwd: Path | None = None) -> ServerProcess:
     port = port or free_port()
     log = tmp / f"server-{port}.log"
     proc = subprocess.Popen(
         [*SQLGATE, "serve", "-p", str(project), "--transport", "http", "--host", "127.0.0.1",
          "--port", str(port), *(args or [])],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env or isolated_env(tmp),
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env or isolated_env(tmp), cwd=cwd,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout

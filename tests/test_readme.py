@@ -7,7 +7,6 @@ A section's first ```bash block is split into commands; `serve` lines are starte
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -17,22 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port, isolated_env
-
-README = (ROOT / "README.md").read_text(encoding="utf-8")
-
-
-def bash_block(heading: str) -> list[str]:
-    """The commands of the first ```bash block after `heading` (comments and blank lines dropped)."""
-    start = README.index(heading)
-    block = re.search(r"```bash\n(.*?)```", README[start:], re.S)
-    assert block is not None, f"no bash block under {heading!r}"
-    commands = []
-    for line in block.group(1).splitlines():
-        line = re.sub(r"\s+#.*$", "", line).strip()
-        if line and not line.startswith("#"):
-            commands.append(line)
-    return commands
+from tests.conftest import free_port, isolated_env
+from tests.readme import bash_block
 
 
 def shell_env(tmp: Path) -> dict[str, str]:

@@ -87,23 +87,52 @@ def init(
     directory: Annotated[Path, typer.Argument(help="Where to create the project.")] = Path("."),
     name: Annotated[str | None, typer.Option(help="Project name (default: the directory name).")] = None,
     force: Annotated[bool, typer.Option(help="Write into a non-empty directory.")] = False,
+    from_: Annotated[list[Path] | None, typer.Option(
+        "--from", help="Data file(s) or folder(s) to serve (csv, tsv, parquet, json, ndjson, duckdb, sqlite) "
+                       "instead of the example shop; repeatable.")] = None,
 ) -> None:
-    """Create a working example project (sample shop data, tools, resources, prompts)."""
-    from sqlgate.project_init import create_project
+    """Create a working project: the example shop, or one around your data files (--from)."""
+    from sqlgate.project_init import create_from_files, create_project
 
     try:
-        info = create_project(directory, name=name, force=force)
+        if from_:
+            info = create_from_files(directory, list(from_), name=name, force=force)
+        else:
+            info = create_project(directory, name=name, force=force)
     except SqlgateError as exc:
         _fail(exc)
     out.print(f"[green]Created project[/] [bold]{info['name']}[/] in {info['root']}")
     out.print(f"Database: {info['database']}")
-    out.print("\nTry it:\n"
-              f"  sqlgate list -p {directory}\n"
-              f"  sqlgate run -p {directory} tool top_customers --param limit=3\n"
-              f"  sqlgate test -p {directory}\n"
-              f"  sqlgate serve -p {directory} --transport http\n")
+    if from_:
+        out.print("Sources: " + ", ".join(info["sources"]))
+        for note in info["skipped"]:
+            err.print(f"[yellow]skipped:[/] {escape(note)}", soft_wrap=True)
+        example = f"  sqlgate validate -p {directory}\n"
+    else:
+        example = (f"  sqlgate list -p {directory}\n"
+                   f"  sqlgate run -p {directory} tool top_customers --param limit=3\n"
+                   f"  sqlgate test -p {directory}\n")
+    out.print("\nTry it:\n" + example + f"  sqlgate serve -p {directory} --transport http\n")
     out.print("Claude Desktop (claude_desktop_config.json):")
     out.print_json(json.dumps(info["claude_desktop"]))
+
+
+@app.command()
+def refresh(project: ProjectOpt = Path("."), profile: ProfileOpt = None) -> None:
+    """Rebuild the database (seed, sources, views/) into a new file and swap it in atomically.
+
+    A running server keeps answering from the old file; send it SIGHUP (kill -HUP PID) and new
+    calls use the new one while calls in flight finish on the old."""
+    from sqlgate.engine.duckdb_build import refresh as rebuild
+
+    def progress(message: str) -> None:
+        err.print(f"[dim]{escape(message)}[/]", highlight=False, soft_wrap=True)
+
+    try:
+        path = rebuild(_load(project, profile), progress)
+    except SqlgateError as exc:
+        _fail(exc)
+    out.print(f"[green]refreshed[/] {path}; running servers switch to it on SIGHUP (kill -HUP PID)")
 
 
 @app.command()

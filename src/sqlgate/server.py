@@ -128,11 +128,29 @@ class App:
             settle_heap()
             log.info("reloaded %d endpoint(s)", count)
             self.announce_reload()
+        self._reopen_database()
 
     def announce_reload(self) -> None:
         """Send list_changed to every connected client (from the event loop, e.g. the SIGHUP handler)."""
         task = asyncio.get_running_loop().create_task(self.connections.list_changed())
         self._announcing.add(task)  # a reference until done, so the task is not collected mid-way
+        task.add_done_callback(self._announcing.discard)
+
+    def _reopen_database(self) -> None:
+        """After `sqlgate refresh` swapped the database file: open the new one off the event loop;
+        calls in flight finish on the old file (DuckDBEngine.reopen_if_replaced)."""
+        reopen = getattr(self.engine, "reopen_if_replaced", None)
+        if reopen is None:
+            return
+
+        async def run() -> None:
+            try:
+                await asyncio.to_thread(reopen)
+            except SqlgateError as exc:
+                log.error("reload could not open the rebuilt database, keeping the previous one: %s", exc)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._announcing.add(task)  # same: a reference until done
         task.add_done_callback(self._announcing.discard)
 
 

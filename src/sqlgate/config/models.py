@@ -84,6 +84,54 @@ class EngineConfig(Strict):
         return self
 
 
+SOURCE_FORMATS = ("csv", "tsv", "parquet", "json", "ndjson", "duckdb", "sqlite")
+# option values a source may pass to DuckDB's reader: scalars, lists and mappings of them
+OptionValue = str | int | float | bool | list[Any] | dict[str, Any]
+
+
+class SourceConfig(Strict):
+    """A named, read-only relation built from files or another database (DuckDB engine only).
+
+    csv/tsv/parquet/json/ndjson: a view over the file(s), read live at every query; duckdb: the
+    file attached read-only, one view per table in a schema named after the source; sqlite: its
+    tables copied in when the database is built (DuckDB's sqlite extension cannot be installed
+    offline), so `sqlgate refresh` re-reads them.
+    """
+
+    # a file, a glob (data/sales/*.parquet, **/*.csv) or a list of them; relative to the project
+    path: str | list[str]
+    # default: from the file extension (.csv .tsv .parquet .json .ndjson/.jsonl .duckdb .sqlite/.db)
+    format: Literal["csv", "tsv", "parquet", "json", "ndjson", "duckdb", "sqlite"] | None = None
+    description: str | None = None
+    # named parameters of DuckDB's reader (read_csv, read_parquet, read_json), e.g. delim, header,
+    # columns: {id: INTEGER}, dateformat; passed as quoted literals, never spliced as text
+    options: dict[str, OptionValue] = Field(default_factory=dict)
+    # column comments shown by describe_table / search_objects
+    columns: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("path")
+    @classmethod
+    def _some_path(cls, value: str | list[str]) -> str | list[str]:
+        paths = [value] if isinstance(value, str) else value
+        if not paths or not all(isinstance(p, str) and p.strip() for p in paths):
+            raise ValueError("needs a file, a glob or a list of them")
+        if any("\0" in p for p in paths):
+            raise ValueError("a path cannot hold a NUL character")
+        return value
+
+    @field_validator("options")
+    @classmethod
+    def _option_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                raise ValueError(f"option name {key!r} must be a plain identifier (e.g. delim, header)")
+        return value
+
+    @property
+    def paths(self) -> list[str]:
+        return [self.path] if isinstance(self.path, str) else list(self.path)
+
+
 class LimitsConfig(Strict):
     """Per-call limits. Only configuration sets them; tool arguments cannot raise them."""
 
@@ -257,9 +305,27 @@ class Settings(Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     rate_limits: RateLimitsConfig = Field(default_factory=RateLimitsConfig)
+    # named relations from files and other databases (DuckDB only), keyed by relation name
+    sources: dict[str, SourceConfig] = Field(default_factory=dict)
+
+    @field_validator("sources")
+    @classmethod
+    def _source_names(cls, value: dict[str, SourceConfig]) -> dict[str, SourceConfig]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(name)) or str(name).lower().startswith("__sqlgate"):
+                raise ValueError(f"source name {name!r} must be a plain identifier (letters, digits, _), "
+                                 "as queries will name it")
+        return value
+
+    @model_validator(mode="after")
+    def _sources_need_duckdb(self) -> Settings:
+        if self.sources and self.engine.type != "duckdb":
+            raise ValueError(f"sources: are DuckDB-only (engine.type is {self.engine.type}); read files into "
+                             "PostgreSQL with its own tools, or remove the sources: section")
+        return self
 
 
 # sections a profile in the user config may override; name/description/profile are the project's
-PROFILE_SECTIONS = ("engine", "limits", "sql_tools", "transport", "auth", "audit", "rate_limits")
+PROFILE_SECTIONS = ("engine", "limits", "sql_tools", "transport", "auth", "audit", "sources", "rate_limits")
 PROJECT_KEYS = ("name", "description", "title", "website_url", "icons", "locked_tools", "profile", "engine",
-                "limits", "sql_tools", "transport", "audit", "rate_limits")
+                "limits", "sql_tools", "transport", "audit", "sources", "rate_limits")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +43,11 @@ _HARDENING = {
 }
 
 
+# the catalog tools show the project's database only: not attached source files (their tables are
+# shown through the source's schema) and not sqlgate's build record
+_OWN = "database_name = current_database() AND {n} NOT LIKE '\\_\\_sqlgate%' ESCAPE '\\'"
+
+
 def _unconvertible(exc: Exception) -> str:
     return (f"the result holds a value that cannot be converted ({type(exc).__name__}: {exc}); "
             "cast it to VARCHAR in the query")
@@ -57,15 +63,54 @@ def _clean_error(exc: Exception) -> str:
     return text
 
 
+class _Database:
+    """One opened database file: its hardened connection, guard and per-thread cursors.
+
+    `sqlgate refresh` swaps a new file in; a reload opens it as a new _Database while calls on the
+    old one finish, and the old one is closed when its last call ends."""
+
+    def __init__(self, db: duckdb.DuckDBPyConnection, file_id: tuple[int, int] | None):
+        self.db = db
+        self.file_id = file_id
+        self.guard = DuckDBGuard.for_connection(db)
+        self.local = threading.local()
+        self.conns: list[duckdb.DuckDBPyConnection] = []
+        self.active = 0
+        self.retired = False
+        self.closed = False
+
+    def interrupt(self) -> None:
+        for con in self.conns:
+            with contextlib.suppress(duckdb.Error):
+                con.interrupt()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for con in self.conns:
+            with contextlib.suppress(duckdb.Error):
+                con.close()
+        self.conns.clear()
+        with contextlib.suppress(duckdb.Error):
+            self.db.close()
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns)
+
+
 class DuckDBEngine(Engine):
     dialect = "duckdb"
 
     def __init__(self, db: duckdb.DuckDBPyConnection, pool_size: int, label: str,
-                 per_caller: int | None = None):
-        self._db = db
+                 per_caller: int | None = None, project=None):
         self._label = label
-        self._local = threading.local()
-        self._conns: list[duckdb.DuckDBPyConnection] = []
+        self._project = project
         self._lock = threading.Lock()
         self._watchdog = Watchdog()
         self._pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="sqlgate-db")
@@ -76,75 +121,89 @@ class DuckDBEngine(Engine):
         self._loop: asyncio.AbstractEventLoop | None = None
         self.query_headers: frozenset[str] = frozenset()  # sql_tools.request_headers
         duckdb_identity.register(db)
-        self.guard = DuckDBGuard.for_connection(db)
+        self._current = _Database(db, None if label == ":memory:" else _file_id(label))
+        self._retired: list[_Database] = []
+
+    @property
+    def _db(self) -> duckdb.DuckDBPyConnection:
+        return self._current.db
+
+    @property
+    def _conns(self) -> list[duckdb.DuckDBPyConnection]:
+        return self._current.conns
+
+    @property
+    def guard(self) -> DuckDBGuard:
+        return self._current.guard
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, project) -> DuckDBEngine:
+    def open(cls, project, progress=None) -> DuckDBEngine:
+        """Open the project's database hardened, building it first when it is missing or stale."""
+        db, path = _open_hardened(project, build=True, progress=progress)
         cfg = project.settings.engine
-        in_memory = cfg.path == ":memory:"
-        path = ":memory:" if in_memory else str(project.path(cfg.path))
-        seed = project.path(cfg.seed) if cfg.seed else None
-        if seed is not None and not seed.is_file():
-            raise ConfigError(f"engine.seed file not found: {seed}", where="sqlgate.yml")
-        if not in_memory and not Path(path).exists():
-            if seed is None:
-                raise ConfigError(
-                    f"database file {path} does not exist; set engine.seed to a SQL file that builds it, "
-                    "or create it with `sqlgate init`",
-                    where="sqlgate.yml (engine.path)",
-                )
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            build_database(path, seed)
-        config: dict[str, Any] = dict(_HARDENING)
-        if cfg.threads:
-            config["threads"] = cfg.threads
-        config["memory_limit"] = cfg.memory_limit
-        # no spilling unless a directory is configured: DuckDB's default is next to the database
-        # (or the working directory for :memory:), which is nobody's decision
-        temp_directory = str(project.path(cfg.temp_directory)) if cfg.temp_directory else ""
-        dirs, files = [], []
-        for entry in cfg.allowed_paths:
-            p = project.path(entry).resolve()
-            (dirs if p.is_dir() else files).append(str(p) + ("/" if p.is_dir() else ""))
-        try:
-            if in_memory:
-                db = duckdb.connect(":memory:", config=config)
-                duckdb_identity.register(db)
-                if seed is not None:
-                    db.execute(seed.read_text(encoding="utf-8"))
-            else:
-                db = duckdb.connect(path, read_only=cfg.read_only, config=config)
-        except duckdb.Error as exc:
-            raise ConfigError(f"cannot open DuckDB database {path}: {_clean_error(exc)}",
-                              where="sqlgate.yml (engine)") from None
-        # in this order: temp_directory cannot change once external access is off, and nothing
-        # can change once the configuration is locked (the seed ran above with file access on)
-        db.execute("SET temp_directory = $1", [temp_directory])
-        # files SQL may read despite external access being off; DuckDB takes them only once the
-        # database has started and before external access is switched off
-        if dirs:
-            db.execute("SET allowed_directories = $1", [dirs])
-        if files:
-            db.execute("SET allowed_paths = $1", [files])
-        # DuckDB draws a progress bar on stdout for long queries: on stdio that would corrupt MCP
-        # (a connection setting; cursors made from this connection inherit it)
-        db.execute("SET enable_progress_bar = false")
-        db.execute("SET enable_external_access = false")
-        db.execute("SET lock_configuration = true")
-        engine = cls(db, cfg.pool_size, path, cfg.max_concurrent_per_caller)
+        engine = cls(db, cfg.pool_size, path, cfg.max_concurrent_per_caller, project)
         engine.query_headers = frozenset(h.lower() for h in project.settings.sql_tools.request_headers)
         return engine
 
+    def reopen_if_replaced(self) -> bool:
+        """Switch to the database file now on disk if it was replaced (`sqlgate refresh`).
+
+        Calls in flight finish on the old file; new calls use the new one. Blocking: run it off
+        the event loop. Returns whether it switched."""
+        if self._project is None or self._label == ":memory:":
+            return False
+        if _file_id(self._label) == self._current.file_id:
+            return False
+        # DuckDB keeps one instance per path in the process, and the old one (still serving calls)
+        # would be handed back: open the new file through a name of its own, a hard link made
+        # and removed around the open (the open file stays; only the name goes)
+        alias = Path(self._label).with_name(f".{Path(self._label).name}.reopen-{os.getpid()}-{time.time_ns()}")
+        try:
+            os.link(self._label, alias)
+        except OSError as exc:
+            raise ConfigError(f"cannot open the rebuilt database {self._label}: {exc}; restart the server",
+                              where="sqlgate.yml (engine.path)") from None
+        try:
+            db, _ = _open_hardened(self._project, build=False, open_path=str(alias))
+        finally:
+            alias.unlink(missing_ok=True)
+        duckdb_identity.register(db)
+        fresh = _Database(db, _file_id(self._label))
+        with self._lock:
+            old, self._current = self._current, fresh
+            old.retired = True
+            if old.active == 0:
+                old.close()
+            else:
+                self._retired.append(old)
+        log.info("switched to the rebuilt database %s", self._label)
+        return True
+
     # ------------------------------------------------------------------ connections
-    def _conn(self) -> duckdb.DuckDBPyConnection:
-        con = getattr(self._local, "con", None)
+    def _enter(self) -> _Database:
+        with self._lock:
+            database = self._current
+            database.active += 1
+        return database
+
+    def _leave(self, database: _Database) -> None:
+        with self._lock:
+            database.active -= 1
+            if database.retired and database.active == 0:
+                database.close()
+                with contextlib.suppress(ValueError):
+                    self._retired.remove(database)
+
+    def _conn(self, database: _Database | None = None) -> duckdb.DuckDBPyConnection:
+        database = database or self._current
+        con = getattr(database.local, "con", None)
         if con is None:
             with self._lock:
-                con = self._db.cursor()
+                con = database.db.cursor()
                 self._worker_threads.add(threading.get_ident())
-                self._conns.append(con)
-            self._local.con = con
+                database.conns.append(con)
+            database.local.con = con
         return con
 
     # ------------------------------------------------------------------ execution
@@ -152,7 +211,12 @@ class DuckDBEngine(Engine):
              deadline: float, trusted: bool, slot: dict[str, Any] | None = None) -> QueryResult:
         # a cursor of its own per call: closing it frees a half-fetched result, and interrupting it
         # (timeout, cancelled client) can only ever stop this call
-        cur = self._conn().cursor()
+        database = self._enter()
+        try:
+            cur = self._conn(database).cursor()
+        except BaseException:
+            self._leave(database)
+            raise
         if slot is not None:
             slot["cursor"] = cur
         try:
@@ -164,7 +228,7 @@ class DuckDBEngine(Engine):
                 with duckdb_identity.bound(call, trusted, self.query_headers):
                     if not trusted:
                         # the guard runs here, on the worker, so a big query never blocks the event loop
-                        checked = self.guard.check(sql, cur)
+                        checked = database.guard.check(sql, cur)
                         # rows are bounded inside DuckDB (2x max_bytes as text, so any row that could
                         # fit the JSON answer passes; the shaper cuts exactly)
                         sql = (row_size_guarded(checked.sql, 2 * limits.max_bytes + 1024)
@@ -188,6 +252,7 @@ class DuckDBEngine(Engine):
         finally:
             with contextlib.suppress(duckdb.Error):
                 cur.close()
+            self._leave(database)
 
     @staticmethod
     def _fetch(cur: duckdb.DuckDBPyConnection, limits: Limits, deadline: float) -> QueryResult:
@@ -265,7 +330,7 @@ class DuckDBEngine(Engine):
     async def list_schemas(self, limits: Limits) -> QueryResult:
         return await self._meta(
             "SELECT database_name AS database, schema_name AS schema, comment "
-            "FROM duckdb_schemas() WHERE database_name NOT IN ('system', 'temp') "
+            "FROM duckdb_schemas() WHERE database_name = current_database() "
             "AND schema_name NOT IN ('information_schema', 'pg_catalog') "
             "ORDER BY 1, 2", None, limits)
 
@@ -273,19 +338,22 @@ class DuckDBEngine(Engine):
         return await self._meta(
             "SELECT schema_name AS schema, table_name AS name, 'table' AS kind, comment, "
             "estimated_size AS estimated_rows, column_count FROM duckdb_tables() "
-            "WHERE NOT internal AND NOT temporary AND ($s IS NULL OR schema_name = $s) "
-            "UNION ALL "
+            "WHERE NOT internal AND NOT temporary AND ($s IS NULL OR schema_name = $s) AND "
+            + _OWN.format(n="table_name") + " UNION ALL "
             "SELECT v.schema_name, v.view_name, 'view', v.comment, NULL, "
             "(SELECT count(*) FROM duckdb_columns() c WHERE c.table_oid = v.view_oid) "
             "FROM duckdb_views() v WHERE NOT v.internal AND NOT v.temporary "
-            "AND ($s IS NULL OR v.schema_name = $s) ORDER BY 1, 2", {"s": schema}, limits)
+            "AND ($s IS NULL OR v.schema_name = $s) AND " + _OWN.format(n="view_name") + " ORDER BY 1, 2",
+            {"s": schema}, limits)
 
     async def _find_relation(self, table: str, schema: str | None, limits: Limits) -> QueryResult:
         return await self._meta(
             "SELECT schema_name, table_name, 'table' AS kind, comment, NULL FROM duckdb_tables() "
-            "WHERE NOT internal AND NOT temporary AND table_name = $t AND ($s IS NULL OR schema_name = $s) "
-            "UNION ALL SELECT schema_name, view_name, 'view', comment, NULL FROM duckdb_views() "
-            "WHERE NOT internal AND NOT temporary AND view_name = $t AND ($s IS NULL OR schema_name = $s)",
+            "WHERE NOT internal AND NOT temporary AND table_name = $t AND ($s IS NULL OR schema_name = $s) AND "
+            + _OWN.format(n="table_name") +
+            " UNION ALL SELECT schema_name, view_name, 'view', comment, NULL FROM duckdb_views() "
+            "WHERE NOT internal AND NOT temporary AND view_name = $t AND ($s IS NULL OR schema_name = $s) AND "
+            + _OWN.format(n="view_name"),
             {"t": table, "s": schema}, limits)
 
     async def _describe_relation(self, schema: str, name: str, ref: Any,
@@ -294,11 +362,12 @@ class DuckDBEngine(Engine):
         cols = await self._meta(
             "SELECT column_name AS name, data_type AS type, is_nullable AS nullable, "
             "column_default AS \"default\", comment FROM duckdb_columns() "
-            "WHERE schema_name = $s AND table_name = $t ORDER BY column_index", where, limits)
+            "WHERE database_name = current_database() AND schema_name = $s AND table_name = $t "
+            "ORDER BY column_index", where, limits)
         keys = await self._meta(
             "SELECT constraint_type AS type, constraint_column_names AS columns, "
             "referenced_table, referenced_column_names AS referenced_columns FROM duckdb_constraints() "
-            "WHERE schema_name = $s AND table_name = $t "
+            "WHERE database_name = current_database() AND schema_name = $s AND table_name = $t "
             "AND constraint_type IN ('PRIMARY KEY', 'FOREIGN KEY', 'UNIQUE') ORDER BY constraint_index",
             where, limits)
         return cols, keys
@@ -307,41 +376,100 @@ class DuckDBEngine(Engine):
         big = Limits(max_rows=1_000_000, max_bytes=1 << 40, timeout_seconds=30)
         objs = await self._meta(
             "SELECT schema_name AS schema, table_name AS name, 'table' AS kind, comment, NULL AS columns "
-            "FROM duckdb_tables() WHERE NOT internal AND NOT temporary "
-            "UNION ALL SELECT schema_name, view_name, 'view', comment, NULL FROM duckdb_views() "
-            "WHERE NOT internal AND NOT temporary", None, big)
+            "FROM duckdb_tables() WHERE NOT internal AND NOT temporary AND " + _OWN.format(n="table_name") +
+            " UNION ALL SELECT schema_name, view_name, 'view', comment, NULL FROM duckdb_views() "
+            "WHERE NOT internal AND NOT temporary AND " + _OWN.format(n="view_name"), None, big)
         cols = await self._meta(
             "SELECT c.schema_name AS schema, c.table_name AS table, c.column_name AS name, "
             "c.data_type AS type, c.comment FROM duckdb_columns() c WHERE NOT c.internal "
-            "AND c.database_name NOT IN ('system', 'temp')", None, big)
+            "AND c.database_name = current_database() AND " + _OWN.format(n="c.table_name"), None, big)
         entries = [dict(r, table=None) for r in objs.records()]
         entries += [dict(r, kind="column") for r in cols.records()]
         return entries
 
     async def close(self) -> None:
         with self._lock:
-            for con in self._conns:  # statements still running end now, so the pool can stop
-                with contextlib.suppress(duckdb.Error):
-                    con.interrupt()
+            databases = [self._current, *self._retired]
+            for database in databases:  # statements still running end now, so the pool can stop
+                database.interrupt()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._watchdog.stop()
         with self._lock:
-            for con in self._conns:
-                with contextlib.suppress(duckdb.Error):
-                    con.close()
-            self._conns.clear()
-        self._db.close()
+            for database in databases:
+                database.close()
+            self._retired.clear()
 
 
-def build_database(path: str, seed: Path) -> None:
-    """Create a database file from trusted project SQL (runs with normal privileges)."""
-    log.info("building %s from %s", path, seed)
-    con = duckdb.connect(path)
+def _open_hardened(project, build: bool, progress=None,
+                   open_path: str | None = None) -> tuple[duckdb.DuckDBPyConnection, str]:
+    """The project's database as the server uses it: built if needed (when `build`), sources
+    attached, file access limited to the sources and allowed_paths, external access off,
+    configuration locked. `open_path`: another name of the same file to open it by."""
+    from sqlgate.engine import duckdb_build
+    from sqlgate.engine.duckdb_sources import access_lists, attach, load_views, resolve_sources
+
+    cfg = project.settings.engine
+    in_memory = cfg.path == ":memory:"
+    path = ":memory:" if in_memory else str(project.path(cfg.path))
+    if cfg.seed and not project.path(cfg.seed).is_file():
+        raise ConfigError(f"engine.seed file not found: {project.path(cfg.seed)}", where="sqlgate.yml")
+    sources = resolve_sources(project)
+    views = load_views(project.root)
+    report = progress or duckdb_build._log_progress
+    if not in_memory and build:
+        duckdb_build.ensure_built(project, Path(path), sources, views, report)
+    elif not in_memory and not Path(path).exists():
+        raise ConfigError(f"database file {path} does not exist", where="sqlgate.yml (engine.path)")
+    config: dict[str, Any] = dict(_HARDENING)
+    if cfg.threads:
+        config["threads"] = cfg.threads
+    config["memory_limit"] = cfg.memory_limit
+    # no spilling unless a directory is configured: DuckDB's default is next to the database
+    # (or the working directory for :memory:), which is nobody's decision
+    temp_directory = str(project.path(cfg.temp_directory)) if cfg.temp_directory else ""
+    dirs, files = access_lists(sources)
+    for entry in cfg.allowed_paths:
+        p = Path(os.path.abspath(project.path(entry)))
+        (dirs if p.is_dir() else files).append(str(p) + ("/" if p.is_dir() else ""))
     try:
-        duckdb_identity.register(con)  # views of the seed may use get_username() …
-        con.execute(seed.read_text(encoding="utf-8"))
+        if in_memory:
+            db = duckdb.connect(":memory:", config=config)
+            duckdb_identity.register(db)
+            duckdb_build.populate(db, project, sources, views, report)
+        else:
+            db = duckdb.connect(open_path or path, read_only=cfg.read_only, config=config)
+            attach(db, sources)
     except duckdb.Error as exc:
-        con.close()
-        Path(path).unlink(missing_ok=True)
-        raise ConfigError(f"seed SQL failed: {_clean_error(exc)}", where=str(seed)) from None
-    con.close()
+        raise ConfigError(f"cannot open DuckDB database {path}: {_clean_error(exc)}",
+                          where="sqlgate.yml (engine)") from None
+    # in this order: temp_directory cannot change once external access is off, and nothing
+    # can change once the configuration is locked (the seed ran above with file access on)
+    db.execute("SET temp_directory = $1", [temp_directory])
+    # files SQL may read despite external access being off; DuckDB takes them only once the
+    # database has started and before external access is switched off
+    if dirs:
+        db.execute("SET allowed_directories = $1", [dirs])
+    if files:
+        db.execute("SET allowed_paths = $1", [files])
+    # DuckDB draws a progress bar on stdout for long queries: on stdio that would corrupt MCP
+    # (a connection setting; cursors made from this connection inherit it)
+    db.execute("SET enable_progress_bar = false")
+    db.execute("SET enable_external_access = false")
+    db.execute("SET lock_configuration = true")
+    _check_views(db, views)
+    return db, path
+
+
+def _check_views(db: duckdb.DuckDBPyConnection, views) -> None:
+    """Bind every views/ file as the server will (external access off), so a view that reads a
+    file by path fails at start with its file named, not at the first query."""
+    from sqlgate.engine.duckdb_sources import VIEWS_DIR, ident
+
+    for view in views:
+        try:
+            db.execute(f"SELECT * FROM {ident(view.name)} LIMIT 0").fetchall()
+        except duckdb.Error as exc:
+            db.close()
+            raise ConfigError(f"view {view.name!r} cannot be read by the server: {_clean_error(exc)} (views "
+                              "read tables and sources; make a file a source instead of reading it by path)",
+                              where=f"{VIEWS_DIR}/{view.path.name}") from None
