@@ -152,6 +152,25 @@ EDGE_VALUES = """tool:
       result: {result}
 """
 
+# a Python endpoint returning rows it keeps: one caller's mask must not reach the next caller
+SHARED_ROWS_PY = "ROWS = [{'name': 'a', 'secret': 's1'}]\n\n\ndef shared_rows() -> list:\n    return ROWS\n"
+SHARED_ROWS = """tool:
+  name: shared_rows
+  description: Rows a Python module keeps.
+  source: {file: ../python/shared_rows.py}
+  policies:
+    output:
+      - {condition: "!('admins' in user.groups)", action: mask_fields, fields: [secret]}
+      - {condition: "!('admins' in user.groups)", action: filter_fields, fields: [name]}
+  tests:
+    - name: masked for a non-admin
+      user: {username: bob}
+      result: [{secret: "****"}]
+    - name: the kept rows are unchanged for the next caller
+      user: {username: alice, claims: {groups: [admins]}}
+      result: [{name: a, secret: s1}]
+"""
+
 SQL_TOOLS_POLICIES = {
     "query": {
         "input": [{"condition": "!('admins' in user.groups)", "action": "deny",
@@ -172,6 +191,8 @@ def _project(tmp: Path) -> Path:
     (project / "tools" / "needs_role.yml").write_text(NEEDS_ROLE)
     (project / "tools" / "region_counts.yml").write_text(REGION_COUNTS)
     (project / "resources" / "customer_card.yml").write_text(CUSTOMER_CARD)
+    (project / "python" / "shared_rows.py").write_text(SHARED_ROWS_PY)
+    (project / "tools" / "shared_rows.yml").write_text(SHARED_ROWS)
     (project / "tools" / "big_numbers.yml").write_text(EDGE_VALUES.format(
         name="big_numbers", sql="SELECT 170141183460469231731687303715884105727::HUGEINT AS big, 1 AS small",
         test="a value beyond 64 bits reaches the rules", result="{small: 1}"))
@@ -307,6 +328,7 @@ def test_sqlgate_test_runs_policy_tests_as_the_given_user(tmp_path):
         "resource cards": ["the account manager reads it", "someone else is refused"],
         "tool big_numbers": ["a value beyond 64 bits reaches the rules"],
         "tool no_row": ["no answer is nothing to hide"],
+        "tool shared_rows": ["masked for a non-admin", "the kept rows are unchanged for the next caller"],
     }
     for endpoint, names in expected.items():
         for name in names:

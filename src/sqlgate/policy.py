@@ -257,6 +257,7 @@ class RecordsView(ResultView):
 
     def __init__(self, envelope: dict[str, Any], key: str | None):
         self.envelope, self.key = envelope, key
+        self._owned = False
 
     @property
     def _value(self) -> Any:
@@ -266,6 +267,15 @@ class RecordsView(ResultView):
         return self._value
 
     def _records(self) -> list[dict[str, Any]]:
+        """The records to change, copied first: a Python endpoint may return an object it keeps
+        (a module-level list), and one caller's mask must never reach the next caller's answer."""
+        if not self._owned and self.key is not None:
+            value = self.envelope.get(self.key)
+            if isinstance(value, dict):
+                self.envelope[self.key] = dict(value)
+            elif isinstance(value, list):
+                self.envelope[self.key] = [dict(r) if isinstance(r, dict) else r for r in value]
+            self._owned = True
         value = self._value
         if isinstance(value, dict):
             return [value]
