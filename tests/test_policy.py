@@ -356,3 +356,17 @@ def test_sqlgate_test_user_context_is_the_caller_of_tests_without_their_own(tmp_
     assert "PASS tool managers_only :: a user without the claim is denied" in done.stdout, "its own user: wins"
     done = subprocess.run(command, capture_output=True, text=True, env=isolated_env(tmp_path), timeout=120)
     assert done.returncode == 1 and "FAIL tool managers_only :: a user with another role passes" in done.stdout
+
+
+def test_sqlgate_query_follows_the_query_tool_policies(tmp_path):
+    project = _project(tmp_path)
+    command = [*SQLGATE, "query", "-p", str(project), "--csv",
+               "SELECT name, email FROM customers ORDER BY customer_id LIMIT 2"]
+    env = isolated_env(tmp_path)
+    denied = subprocess.run([*command, "--user-context", '{"username": "bob"}'], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert denied.returncode != 0 and "denied by policy: The query tool is for administrators." in denied.stderr
+    admin = json.dumps({"username": "alice", "claims": {"groups": ["admins"]}})
+    done = subprocess.run([*command, "--user-context", admin], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["name,email", "Customer 1,****", "Customer 2,****"]
