@@ -9,6 +9,7 @@ themselves when their holder dies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import threading
 import time
@@ -68,11 +69,12 @@ def _value(response: httpx.Response):
     return result["structuredContent"]["result"]
 
 
+JWT = {"jwt": {"secret": SECRET, "algorithms": ["HS256"], "issuer": "https://issuer.test"}}
+
+
 def _server(tmp: Path, settings: dict | None = None, **kw):
     _project(tmp, settings)
-    project, env, port = auth_project(tmp, {"jwt": {"secret": SECRET, "algorithms": ["HS256"],
-                                                    "issuer": "https://issuer.test"}},
-                                      transport={"stateless": True, "json_response": True})
+    project, env, port = auth_project(tmp, JWT, transport={"stateless": True, "json_response": True})
     return start_server(project, tmp, env=env, port=port, **{"timeout": 120, **kw})  # builds the database first
 
 
@@ -229,3 +231,32 @@ def test_state_store_down_is_503_never_unlimited(tmp_path):
         assert "Traceback" not in logs
     finally:
         stop_server(server)
+
+
+def test_a_killed_server_frees_its_slots_when_the_lease_expires(tmp_path):
+    """Two servers share the state store (as replicas do); one is killed with SIGKILL during carol's
+    call, so nobody gives her slot back: the other refuses her until the lease expires (timeout 3 s
+    + 5 + grace 1 = 9 s after it was taken), then serves her."""
+    first = _server(tmp_path, {"limits": {"timeout_seconds": 3}, "rate_limits": {"lease_grace_seconds": 1}})
+    project, env, port = auth_project(tmp_path, JWT, transport={"stateless": True, "json_response": True})
+    second = start_server(project, tmp_path, env=env, port=port, timeout=120)
+    try:
+        taken = time.monotonic()
+        def doomed_call() -> None:
+            with contextlib.suppress(httpx.HTTPError):  # its connection dies with the server
+                _call(first.url, "carol", "slow", {"seconds": 2.5})
+
+        caller = threading.Thread(target=doomed_call)
+        caller.start()
+        time.sleep(0.7)
+        first.proc.kill()
+        first.proc.wait(10)
+        caller.join()
+        refused = _call(second.url, "carol", "slow", {"seconds": 0})
+        assert refused.status_code == 429, "the killed call's lease still holds carol's slot"
+        assert time.monotonic() - taken < 8.5, "the refusal above must come before the lease can expire"
+        time.sleep(max(0.0, taken + 10 - time.monotonic()))
+        assert _value(_call(second.url, "carol", "slow", {"seconds": 0})) == 0, "expired: the slot is free"
+    finally:
+        stop_server(second)
+        stop_server(first)
