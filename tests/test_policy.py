@@ -370,3 +370,20 @@ def test_sqlgate_query_follows_the_query_tool_policies(tmp_path):
     done = subprocess.run([*command, "--user-context", admin], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["name,email", "Customer 1,****", "Customer 2,****"]
+
+
+async def test_sql_tools_policies_know_every_builtin_parameter(tmp_path):
+    """The start-up check of sql_tools.policies names the built-in tools' parameters: they must match."""
+    from sqlgate.config.loader import load_project
+    from sqlgate.engine import Limits, open_engine
+    from sqlgate.policy import BUILTIN_PARAMETERS
+    from sqlgate.sqltools.builtin import builtin_tools
+
+    project = _project(tmp_path)
+    loaded = load_project(project, None, env=isolated_env(tmp_path))
+    engine = open_engine(loaded)
+    try:
+        tools = builtin_tools(engine, loaded.settings.sql_tools, lambda: Limits(10, 10_000, 5), lambda: None)
+        assert {name for t in tools for name in t.parameters["properties"]} == BUILTIN_PARAMETERS
+    finally:
+        await engine.close()
