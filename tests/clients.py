@@ -22,10 +22,11 @@ async def mcp_session(url: str, headers: dict[str, str] | None = None):
         yield session
 
 
-def hs256_bearer(secret: str, audience: str, name: str, issuer: str = "https://issuer.test") -> dict[str, str]:
+def hs256_bearer(secret: str, audience: str, name: str, issuer: str = "https://issuer.test",
+                 extra_claims: dict | None = None) -> dict[str, str]:
     """An Authorization header with a JWT for user `name`, as sqlgate's jwt mode (HS256) accepts it."""
     claims = {"iss": issuer, "aud": audience, "sub": name, "preferred_username": name,
-              "email": f"{name}@example.test", "exp": int(time.time()) + 600}
+              "email": f"{name}@example.test", "exp": int(time.time()) + 600, **(extra_claims or {})}
     return {"Authorization": "Bearer " + jwt.encode({"alg": "HS256"}, claims, OctKey.import_key(secret.encode()))}
 
 

@@ -427,37 +427,54 @@ def query(
     except (SqlgateError, ValueError) as exc:
         _fail(exc)
     call = CallContext(user=user)
+    # the query tool's policies (sql_tools.policies.query) hold here too, for the --user-context caller
+    policy = _query_policy(loaded)
 
     async def go():
         try:
             with pinned_call(call):
-                return await engine.run_untrusted(sql, call, limits)
+                scope = policy.check_input(call, {"sql": sql}) if policy is not None else None
+                qr = await engine.run_untrusted(sql, call, limits)
+                answer = {"columns": qr.columns, "types": qr.types, "rows": qr.rows, "row_count": len(qr.rows),
+                          "truncated": qr.truncated}
+                if qr.truncated:
+                    answer["hint"] = qr.hint()
+                if scope is not None:
+                    from sqlgate.policy import ColumnsView, apply_output_policies
+
+                    await apply_output_policies(policy, scope, ColumnsView(answer))
+                return qr, answer
         finally:
             await engine.close()
 
     try:
-        qr = anyio.run(go)
+        qr, answer = anyio.run(go)
     except SqlgateError as exc:
         _fail(exc)
     if as_json:
-        answer = {"columns": qr.columns, "types": qr.types, "rows": qr.rows, "row_count": len(qr.rows),
-                  "truncated": qr.truncated}
-        if qr.truncated:
-            answer["hint"] = qr.hint()
         out.print_json(json.dumps(answer, default=str))
     elif as_csv:
         import csv
 
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(qr.columns)
-        writer.writerows([_csv_value(v) for v in row] for row in qr.rows)
+        writer.writerow(answer["columns"])
+        writer.writerows([_csv_value(v) for v in row] for row in answer["rows"])
     else:
-        table = Table(*qr.columns, caption=f"{len(qr.rows)} row(s)", highlight=False)
-        for row in qr.rows:
+        table = Table(*answer["columns"], caption=f"{len(answer['rows'])} row(s)", highlight=False)
+        for row in answer["rows"]:
             table.add_row(*(escape(_text(v)) for v in row))
         out.print(table)
     if qr.truncated:
         err.print(f"[yellow]truncated:[/] {escape(qr.hint() or '')}")
+
+
+def _query_policy(loaded):
+    rules = loaded.settings.sql_tools.policies.get("query")
+    if rules is None:
+        return None
+    from sqlgate.policy import Enforcer
+
+    return Enforcer(rules, "tool", "query", "sql_tools.policies.query")
 
 
 def _text(value: Any) -> str:
@@ -485,16 +502,21 @@ def test(
     name: Annotated[str | None, typer.Argument(help="Only this endpoint's tests.")] = None,
     project: ProjectOpt = Path("."),
     profile: ProfileOpt = None,
+    user_context: Annotated[str | None, typer.Option(
+        "--user-context", help='Caller for tests without their own `user:`, as JSON, e.g. '
+                               '\'{"username": "bob", "claims": {"groups": ["sales"]}}\'.')] = None,
 ) -> None:
     """Run the `tests:` blocks of the project's endpoints."""
     import anyio
 
+    from sqlgate.context import UserContext
     from sqlgate.testing import run_tests
 
     try:
         loaded = _load(project, profile)
-        outcomes = anyio.run(run_tests, loaded, name)
-    except SqlgateError as exc:
+        default_user = UserContext.from_mapping(json.loads(user_context)) if user_context else None
+        outcomes = anyio.run(run_tests, loaded, name, default_user)
+    except (SqlgateError, ValueError) as exc:
         _fail(exc)
     failed = 0
     for o in outcomes:

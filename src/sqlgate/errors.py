@@ -49,3 +49,15 @@ class InvalidArguments(SqlgateError):
 
 class ResourceNotFound(SqlgateError):
     """A resource URI that names nothing (e.g. a record id with no row)."""
+
+
+class PolicyDenied(SqlgateError):
+    """A policy refused the call or its answer (also when a policy could not be evaluated)."""
+
+
+class RateLimited(SqlgateError):
+    """A principal is over a calls-per-minute or concurrent-calls limit."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after

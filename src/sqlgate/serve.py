@@ -159,8 +159,8 @@ def worker_app():
 
 def http_middleware(app: App, resumable: bool = False) -> list[Any]:
     """Outermost CORS (a preflight carries no token) and the in-flight counter (graceful SIGTERM);
-    the JSON-RPC checks and the per-tool scope guard sit behind authentication, in front of the
-    MCP endpoint."""
+    the JSON-RPC checks, the per-tool scope guard and the rate limits sit behind authentication,
+    in front of the MCP endpoint."""
     from starlette.middleware import Middleware
 
     from sqlgate.audit.http import RequestAudit
@@ -173,10 +173,15 @@ def http_middleware(app: App, resumable: bool = False) -> list[Any]:
               Middleware(JsonRpcIdGuard, mcp_path=t.path)]
     if not resumable:
         stack.append(Middleware(NoReplayGuard, mcp_path=t.path))
-    if app.scopes is None:
-        return stack
-    from sqlgate.auth.factory import public_base_url
-    from sqlgate.auth.scopes import ScopeGuard
+    if app.scopes is not None:
+        from sqlgate.auth.factory import public_base_url
+        from sqlgate.auth.scopes import ScopeGuard
 
-    prm = f"{public_base_url(t)}/.well-known/oauth-protected-resource{t.path}"
-    return [*stack, Middleware(ScopeGuard, registry=app.scopes, mcp_path=t.path, resource_metadata_url=prm)]
+        prm = f"{public_base_url(t)}/.well-known/oauth-protected-resource{t.path}"
+        stack.append(Middleware(ScopeGuard, registry=app.scopes, mcp_path=t.path, resource_metadata_url=prm))
+    if app.rate_limiter is not None:
+        # behind the scope guard: a call refused for its scopes is not counted
+        from sqlgate.ratelimit import RateLimitGuard
+
+        stack.append(Middleware(RateLimitGuard, limiter=app.rate_limiter, mcp_path=t.path))
+    return stack

@@ -41,6 +41,7 @@ from sqlgate.engine import Engine, Limits, open_engine
 from sqlgate.errors import SqlgateError
 from sqlgate.notices import CallNotices
 from sqlgate.paging import Pager, resolve_secret
+from sqlgate.ratelimit import RateLimiter, RateLimitMiddleware
 from sqlgate.sqltools.builtin import builtin_tools
 
 log = logging.getLogger("sqlgate.server")
@@ -55,6 +56,7 @@ class App:
     builtin_names: list[str] = field(default_factory=list)
     scopes: ScopeRegistry | None = None
     pager: Pager | None = None
+    rate_limiter: RateLimiter | None = None
     connections: OpenConnections = field(default_factory=OpenConnections)
     _announcing: set[asyncio.Task] = field(default_factory=set)
 
@@ -68,6 +70,12 @@ class App:
             if self.scopes is not None:
                 key = ep.definition.uri if ep.kind == "resource" else ep.name
                 self.scopes.set(ep.kind, key, list(ep.definition.scopes))
+            if self.rate_limiter is not None:
+                self.rate_limiter.set(ep.kind, ep.definition.uri if ep.kind == "resource" else ep.name,
+                                      getattr(ep.definition, "rate_limit", None))
+            elif getattr(ep.definition, "rate_limit", None) is not None:
+                log.warning("%s: rate_limit ignored until restart (no rate limit was configured at start-up)",
+                            ep.file)
             if ep.kind == "tool":
                 self.mcp.add_tool(_tool(ep, self))
             elif ep.kind == "resource":
@@ -102,6 +110,8 @@ class App:
         for ep in self.endpoints:
             if self.scopes is not None:
                 self.scopes.set(ep.kind, ep.definition.uri if ep.kind == "resource" else ep.name, [])
+            if self.rate_limiter is not None:
+                self.rate_limiter.set(ep.kind, ep.definition.uri if ep.kind == "resource" else ep.name, None)
             if ep.kind == "tool":
                 provider.remove_tool(ep.name)
             elif ep.kind == "prompt":
@@ -220,6 +230,28 @@ def _prompt(ep: Endpoint) -> SqlgatePrompt:
     return prompt
 
 
+def _rate_limiter(settings, auth, endpoints: list[Endpoint]):
+    """(limiter, state it opened itself) when any rate limit is configured, else (None, None).
+
+    The counters live in the OAuth state store: the proxy's own when sqlgate is the authorization
+    server, else one opened from `auth.persistence` (default ~/.sqlgate/oauth.db), so workers and
+    replicas sharing it share the limits."""
+    wanted = (settings.rate_limits.active or any(r.active for r in settings.sql_tools.rate_limits.values())
+              or any(getattr(ep.definition, "rate_limit", None) is not None for ep in endpoints))
+    if not wanted:
+        return None, None
+    state = getattr(auth, "state", None)
+    own = None
+    if state is None:
+        from sqlgate.auth.store import open_state
+
+        state = own = open_state(settings.auth.persistence)
+    # a slot whose holder died frees itself once no call could still be running in it
+    lease = settings.limits.timeout_seconds + 5 + settings.rate_limits.lease_grace_seconds
+    log.info("rate limits: counted in %s", state.grants.location)
+    return RateLimiter(state.grants, settings.rate_limits, lease), own
+
+
 def build_app(project: LoadedProject, engine: Engine | None = None,
               endpoints: list[Endpoint] | None = None, metrics_listener: bool = True) -> App:
     """`metrics_listener=False` for `--workers` processes: the supervisor serves a separate metrics port."""
@@ -250,6 +282,8 @@ def build_app(project: LoadedProject, engine: Engine | None = None,
         try:
             yield {}
         finally:
+            if own_rate_state is not None:
+                own_rate_state.close()
             if cleanup is not None:
                 cleanup.cancel()
             if listener is not None:
@@ -287,11 +321,17 @@ def build_app(project: LoadedProject, engine: Engine | None = None,
     mcp.add_completion_handler(Completer(lambda: app.endpoints, engine, lambda: app.limits,
                                          app.may_use).__call__)
 
+    app.rate_limiter, own_rate_state = _rate_limiter(settings, auth, endpoints)
+    if app.rate_limiter is not None:
+        mcp.add_middleware(RateLimitMiddleware(app.rate_limiter))
+
     for tool in builtin_tools(engine, settings.sql_tools, lambda: app.limits, current_call, app.pager):
         mcp.add_tool(tool)
         app.builtin_names.append(tool.name)
         if app.scopes is not None:
             app.scopes.set("tool", tool.name, settings.sql_tools.scopes.get(tool.name, []))
+        if app.rate_limiter is not None:
+            app.rate_limiter.set("tool", tool.name, settings.sql_tools.rate_limits.get(tool.name))
     app.register(endpoints)
 
     @mcp.custom_route("/healthz", methods=["GET"], include_in_schema=False)

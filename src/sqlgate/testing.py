@@ -69,7 +69,9 @@ def check(case, envelope: dict[str, Any] | None, error: str | None) -> str | Non
     return None
 
 
-async def run_tests(project: LoadedProject, only: str | None = None) -> list[Outcome]:
+async def run_tests(project: LoadedProject, only: str | None = None,
+                    default_user: UserContext | None = None) -> list[Outcome]:
+    """Every test of every endpoint (or of `only`), each as its own `user:`, else as `default_user`."""
     endpoints = [ep for ep in load_endpoints(project.root)
                  if ep.kind != "prompt" and getattr(ep.definition, "tests", None)
                  and (only is None or ep.name == only)]
@@ -82,7 +84,8 @@ async def run_tests(project: LoadedProject, only: str | None = None) -> list[Out
     try:
         for ep in endpoints:
             for case in ep.definition.tests:
-                user = UserContext.from_mapping(case.user_context) if case.user_context else UserContext()
+                user = (UserContext.from_mapping(case.user_context) if case.user_context
+                        else default_user or UserContext())
                 call = CallContext(user=user)
                 started = time.perf_counter()
                 envelope, error = None, None

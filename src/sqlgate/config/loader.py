@@ -67,6 +67,8 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "SQLGATE_METRICS": ("telemetry", "metrics", "enabled"),
     "SQLGATE_METRICS_TOKEN": ("telemetry", "metrics", "token"),
     "SQLGATE_METRICS_PORT": ("telemetry", "metrics", "port"),
+    "SQLGATE_RATE_LIMIT_CALLS_PER_MINUTE": ("rate_limits", "calls_per_minute"),
+    "SQLGATE_RATE_LIMIT_CONCURRENT_CALLS": ("rate_limits", "concurrent_calls"),
 }
 
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from sqlgate.auth.config import AuthConfig
+from sqlgate.policy import BUILTIN_PARAMETERS, Policies
 
 
 class Strict(BaseModel):
@@ -189,6 +190,26 @@ class EndpointLimits(Strict):
     timeout_seconds: float | None = Field(default=None, gt=0)
 
 
+class RateLimitRule(Strict):
+    """Per caller (user, else client address): calls per minute and calls at the same time; None = no limit."""
+
+    calls_per_minute: int | None = Field(default=None, ge=1)
+    concurrent_calls: int | None = Field(default=None, ge=1)
+
+    @property
+    def active(self) -> bool:
+        return self.calls_per_minute is not None or self.concurrent_calls is not None
+
+
+class RateLimitsConfig(RateLimitRule):
+    """The limits every call counts against (tool calls, resource reads, prompt renders), shared by all
+    workers and replicas through the OAuth state store (auth.persistence)."""
+
+    # a concurrent-call slot whose holder vanished (kill -9, a lost replica) is free again after the
+    # call's timeout plus this many seconds
+    lease_grace_seconds: float = Field(default=30, ge=1)
+
+
 BUILTIN_TOOLS = ("list_schemas", "list_tables", "describe_table", "search_objects", "query")
 
 
@@ -205,10 +226,24 @@ class SqlToolsConfig(Strict):
     # (headers carry credentials: X-Forwarded-Access-Token, X-Amzn-Oidc-Data, DPoP …). The project
     # author's own endpoints may read every header but Authorization and Cookie.
     request_headers: list[str] = Field(default_factory=list)
+    # CEL policies per built-in tool, e.g. {query: {input: [{condition: ..., action: deny}]}}
+    policies: dict[str, Policies] = Field(default_factory=dict)
+    # calls-per-minute / concurrent-calls limits per caller, per built-in tool
+    rate_limits: dict[str, RateLimitRule] = Field(default_factory=dict)
 
-    @field_validator("scopes")
+    @field_validator("policies")
     @classmethod
-    def _known_tools(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+    def _known_variables(cls, v: dict[str, Policies]) -> dict[str, Policies]:
+        for tool, policies in v.items():
+            unknown = policies.unknown_variable(set(BUILTIN_PARAMETERS))
+            if unknown is not None:
+                where = f"{tool}.{unknown[0][0]}[{unknown[0][1]}].{unknown[0][2]}"
+                raise ValueError(f"{where}: {unknown[1]}")
+        return v
+
+    @field_validator("scopes", "policies", "rate_limits")
+    @classmethod
+    def _known_tools(cls, v: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(v) - set(BUILTIN_TOOLS))
         if unknown:
             raise ValueError(f"unknown built-in tool(s) {', '.join(unknown)} (known: {', '.join(BUILTIN_TOOLS)})")
@@ -357,6 +392,7 @@ class Settings(Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    rate_limits: RateLimitsConfig = Field(default_factory=RateLimitsConfig)
     # named relations from files and other databases (DuckDB only), keyed by relation name
     sources: dict[str, SourceConfig] = Field(default_factory=dict)
 
@@ -378,6 +414,7 @@ class Settings(Strict):
 
 
 # sections a profile in the user config may override; name/description/profile are the project's
-PROFILE_SECTIONS = ("engine", "limits", "sql_tools", "transport", "auth", "audit", "sources", "telemetry")
+PROFILE_SECTIONS = ("engine", "limits", "sql_tools", "transport", "auth", "audit", "sources", "telemetry",
+                    "rate_limits")
 PROJECT_KEYS = ("name", "description", "title", "website_url", "icons", "locked_tools", "profile", "engine",
-                "limits", "sql_tools", "transport", "audit", "sources", "telemetry")
+                "limits", "sql_tools", "transport", "audit", "sources", "telemetry", "rate_limits")

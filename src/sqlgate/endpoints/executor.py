@@ -17,6 +17,7 @@ from sqlgate.endpoints.models import PromptDef
 from sqlgate.engine.base import Engine, Limits, QueryResult
 from sqlgate.errors import InvalidArguments, QueryFailed, QueryTimeout, ResourceNotFound
 from sqlgate.paging import CURSOR_RESERVE, FIRST, Page, Pager
+from sqlgate.policy import RecordsView, apply_output_policies
 
 CURSOR = "cursor"
 
@@ -62,6 +63,8 @@ async def execute(ep: Endpoint, arguments: dict[str, Any] | None, engine: Engine
     arguments = dict(arguments or {})
     cursor = arguments.pop(CURSOR, None) if pageable(ep) else None
     args = prepare_arguments(ep, arguments)
+    # policies are checked here, so MCP calls, `sqlgate run` and `sqlgate test` all pass through them
+    policy_scope = ep.enforcer.check_input(call, args) if ep.enforcer is not None else None
     limits = endpoint_limits(ep, base_limits)
     if ep.sql is not None:
         target = f"{ep.kind}:{ep.name}"
@@ -86,10 +89,16 @@ async def execute(ep: Endpoint, arguments: dict[str, Any] | None, engine: Engine
                 envelope["truncated"], envelope["hint"] = True, qr.hint()
             if envelope["truncated"] and paging:
                 envelope["next_cursor"] = pager.issue(call, target, args, Page(page.offset + len(qr.rows)))
-        return envelope
-    result = await _call_python(ep, args, engine, call, limits)
-    count = len(result) if isinstance(result, list) else int(result is not None)
-    return {"result": result, "row_count": count, "truncated": False}
+    else:
+        result = await _call_python(ep, args, engine, call, limits)
+        envelope = {"result": result, "row_count": 0, "truncated": False}
+    if policy_scope is not None and ep.enforcer.policies.output:
+        # after the page is cut (a cursor counts the engine's rows, whatever a rule then drops) and
+        # before it is encoded: structured content and JSON text both come from the envelope
+        await apply_output_policies(ep.enforcer, policy_scope, RecordsView(envelope, "result"))
+    result = envelope["result"]
+    envelope["row_count"] = len(result) if isinstance(result, list) else int(result is not None)
+    return envelope
 
 
 async def _call_python(ep: Endpoint, args: dict[str, Any], engine: Engine, call: CallContext,

@@ -16,10 +16,11 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from pydantic import ValidationError
 
-from sqlgate.config.yamlio import load_yaml_file, pydantic_problems
+from sqlgate.config.yamlio import format_loc, load_yaml_file, location_of, pydantic_problems
 from sqlgate.endpoints.models import EndpointFile, PromptDef, ResourceDef, ToolDef
 from sqlgate.endpoints.sqlparams import colon_names, sql_parameters
 from sqlgate.errors import ConfigError
+from sqlgate.policy import Enforcer
 
 KIND_DIRS = {"tool": "tools", "resource": "resources", "prompt": "prompts"}
 
@@ -38,6 +39,7 @@ class Endpoint:
     function: Callable[..., Any] | None = None
     is_async: bool = False
     warnings: list[str] = field(default_factory=list)
+    enforcer: Enforcer | None = None  # the endpoint's compiled policies
 
     @property
     def key(self) -> str:
@@ -113,6 +115,13 @@ def _load_one(root: Path, path: Path) -> Endpoint | None:
     _check_completion_sql(definition, rel, kind)
     if isinstance(definition, PromptDef):
         return ep
+    if definition.policies is not None:
+        unknown = definition.policies.unknown_variable({p.name for p in definition.parameters})
+        if unknown is not None:
+            loc = (kind, "policies", *unknown[0])
+            source, line = location_of(data, loc, rel)
+            raise ConfigError(unknown[1], where=f"{source}:{line} ({format_loc(loc)})" if line else rel)
+        ep.enforcer = Enforcer(definition.policies, kind, name, rel)
     declared = [p.name for p in definition.parameters]
     src = definition.source
     if definition.language == "sql":

@@ -10,9 +10,11 @@ from typing import Any, Literal
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sqlgate.config.models import EndpointLimits, Icon
+from sqlgate.config.models import EndpointLimits, Icon, RateLimitRule
+from sqlgate.context import UserContext
+from sqlgate.policy import Policies
 
 NAME = r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$"
 PARAM_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
@@ -121,13 +123,25 @@ class TestCase(Strict):
     name: str
     description: str | None = None
     arguments: dict[str, Any] = Field(default_factory=dict)
-    user_context: dict[str, Any] | None = None
+    # the caller the test runs as (to test policies): username, email, scopes, claims (groups, roles …);
+    # `user:` is the same, `user_context:` the name MXCP's tests use
+    user_context: dict[str, Any] | None = Field(default=None, validation_alias=AliasChoices("user_context", "user"))
     # assertions (any combination)
     result: Any = None
     result_contains: Any = None
     result_length: int | None = Field(default=None, ge=0)
     truncated: bool | None = None
     expect_error: str | None = None
+
+    @field_validator("user_context")
+    @classmethod
+    def _known_user_keys(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            try:
+                UserContext.from_mapping(value)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{exc}; other claims (role, groups …) go under `claims:`") from None
+        return value
 
     @model_validator(mode="after")
     def _has_assertion(self) -> TestCase:
@@ -159,6 +173,10 @@ class _Executable(Strict):
     tags: list[str] = Field(default_factory=list)
     # scopes (or claim-mapped capabilities) a caller needs; missing → HTTP 403 insufficient_scope
     scopes: list[str] = Field(default_factory=list)
+    # CEL rules on the caller, the arguments and the answer (see sqlgate/policy.py)
+    policies: Policies | None = None
+    # this endpoint's own calls-per-minute / concurrent-calls limits per caller (besides the global ones)
+    rate_limit: RateLimitRule | None = None
     tests: list[TestCase] = Field(default_factory=list)
     icons: list[Icon] = Field(default_factory=list)
 

@@ -19,6 +19,7 @@ from sqlgate.engine.base import Engine, Limits, QueryResult
 from sqlgate.engine.guard import check_length
 from sqlgate.errors import InvalidArguments, QueryFailed
 from sqlgate.paging import CURSOR_RESERVE, FIRST, Page, Pager
+from sqlgate.policy import ColumnsView, Enforcer, guard_handler
 from sqlgate.sqltools.search import search
 
 MAX_KEYWORDS_CHARS = 1000
@@ -195,5 +196,11 @@ def builtin_tools(engine: Engine, cfg: SqlToolsConfig, limits: Callable[[], Limi
             parameters=_obj({"sql": {"type": "string", "description": "One read-only SQL statement."},
                              "cursor": CURSOR_PARAM}, ["sql"]),
             handler=query, output_schema=_TABLE, annotations=READ_ONLY, tags={"builtin"}))
+    for tool in tools:  # the policies of sqlgate.yml `sql_tools.policies` wrap each tool's handler
+        rules = cfg.policies.get(tool.name)
+        if rules is not None:
+            enforcer = Enforcer(rules, "tool", tool.name, f"sql_tools.policies.{tool.name}")
+            # every built-in tool answers {columns, types, rows, row_count, …}
+            tool._handler = guard_handler(enforcer, tool._handler, ColumnsView, call)
     return tools
 

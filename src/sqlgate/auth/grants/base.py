@@ -173,6 +173,17 @@ class GrantStore(ABC):
         window including this one, when that window started). A window older than
         `window_seconds` is restarted by the hit. Shared by every process using the store."""
 
+    @abstractmethod
+    def acquire_lease(self, bucket: str, lease_id: str, limit: int, expires_at: float, now: float) -> bool:
+        """Take one of `limit` concurrent slots of `bucket`, atomically: expired leases of the
+        bucket are dropped, the live ones counted and, below the limit, `lease_id` added — in one
+        transaction, so N processes never hold more than `limit`. A lease expires on its own (the
+        holder was killed), so a crash never keeps a slot forever."""
+
+    @abstractmethod
+    def release_lease(self, lease_id: str) -> None:
+        """Give a slot back (a lease already expired and dropped is fine)."""
+
     # ------------------------------------------------------------------ upkeep
     @abstractmethod
     def delete_expired(self, now: float) -> int: ...

@@ -64,6 +64,12 @@ CREATE TABLE IF NOT EXISTS {P}rate_windows (
     hits         integer NOT NULL,
     expires_at   double precision NOT NULL
 );
+CREATE TABLE IF NOT EXISTS {P}call_leases (
+    lease_id   text PRIMARY KEY,
+    bucket     text NOT NULL,
+    expires_at double precision NOT NULL
+);
+CREATE INDEX IF NOT EXISTS {P}call_leases_bucket ON {P}call_leases (bucket, expires_at);
 ALTER TABLE {P}families ADD COLUMN IF NOT EXISTS pending_since double precision;
 ALTER TABLE {P}refresh_tokens ADD COLUMN IF NOT EXISTS successor text;
 """
@@ -241,13 +247,30 @@ class PostgresGrantStore(GrantStore):
             (bucket, now, now + window_seconds, window_seconds, now, window_seconds, now, now))
         return int(row[0]), float(row[1])
 
+    def acquire_lease(self, bucket, lease_id, limit, expires_at, now):
+        with self._tx() as con:
+            # count-then-insert is a race under READ COMMITTED: one transaction-scoped advisory lock
+            # per bucket orders the replicas taking a slot of the same bucket
+            con.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("sqlgate_lease:" + bucket,))
+            con.execute(f"DELETE FROM {P}call_leases WHERE bucket = %s AND expires_at <= %s", (bucket, now))
+            (held,) = con.execute(f"SELECT count(*) FROM {P}call_leases WHERE bucket = %s", (bucket,)).fetchone()
+            if held >= limit:
+                return False
+            con.execute(f"INSERT INTO {P}call_leases (lease_id, bucket, expires_at) VALUES (%s, %s, %s)",
+                        (lease_id, bucket, expires_at))
+            return True
+
+    def release_lease(self, lease_id):
+        with self._tx() as con:
+            con.execute(f"DELETE FROM {P}call_leases WHERE lease_id = %s", (lease_id,))
+
     # ------------------------------------------------------------------ upkeep
     def delete_expired(self, now):
         removed = 0
         with self._tx() as con:
             removed += con.execute(f"DELETE FROM {P}kv WHERE expires_at IS NOT NULL AND expires_at <= %s",
                                    (now,)).rowcount
-            for table in ("codes", "spent_codes", "refresh_tokens", "families", "rate_windows"):
+            for table in ("codes", "spent_codes", "refresh_tokens", "families", "rate_windows", "call_leases"):
                 removed += con.execute(f"DELETE FROM {P}{table} WHERE expires_at <= %s", (now,)).rowcount
         return removed
 

@@ -66,6 +66,12 @@ CREATE TABLE IF NOT EXISTS rate_windows (
     hits         INTEGER NOT NULL,
     expires_at   REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS call_leases (
+    lease_id   TEXT PRIMARY KEY,
+    bucket     TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS call_leases_bucket ON call_leases (bucket, expires_at);
 """
 
 # columns added after the first release of the schema: (table, column, type)
@@ -270,13 +276,27 @@ class SqliteGrantStore(GrantStore):
                 (bucket, now, now + window_seconds, window_seconds, now, window_seconds, now, now)).fetchone()
         return int(row[0]), float(row[1])
 
+    def acquire_lease(self, bucket, lease_id, limit, expires_at, now):
+        with self._write() as con:  # BEGIN IMMEDIATE: the count and the insert see no other writer
+            con.execute("DELETE FROM call_leases WHERE bucket = ? AND expires_at <= ?", (bucket, now))
+            (held,) = con.execute("SELECT count(*) FROM call_leases WHERE bucket = ?", (bucket,)).fetchone()
+            if held >= limit:
+                return False
+            con.execute("INSERT INTO call_leases (lease_id, bucket, expires_at) VALUES (?, ?, ?)",
+                        (lease_id, bucket, expires_at))
+            return True
+
+    def release_lease(self, lease_id):
+        with self._write() as con:
+            con.execute("DELETE FROM call_leases WHERE lease_id = ?", (lease_id,))
+
     # ------------------------------------------------------------------ upkeep
     def delete_expired(self, now):
         removed = 0
         with self._write() as con:
             removed += con.execute("DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ?",
                                    (now,)).rowcount
-            for table in ("codes", "spent_codes", "refresh_tokens", "families", "rate_windows"):
+            for table in ("codes", "spent_codes", "refresh_tokens", "families", "rate_windows", "call_leases"):
                 removed += con.execute(f"DELETE FROM {table} WHERE expires_at <= ?", (now,)).rowcount
         return removed
 
