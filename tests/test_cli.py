@@ -149,7 +149,14 @@ def test_validate_binds_endpoint_sql_against_the_database(project, tmp_path):
     tool.write_text(tool.read_text().replace("FROM customers", "FROM customerz", 1))
     proc = sqlgate("validate", "-p", str(broken), tmp=tmp_path)
     assert proc.returncode == 2
-    assert "tools/top_customers.yml" in proc.stderr and "customerz does not exist" in proc.stderr
+    # file:line of the SQL line DuckDB names (the `code: |` block starts on the line after the key)
+    assert "tools/top_customers.yml:30: tool 'top_customers'" in proc.stderr
+    assert "customerz does not exist" in proc.stderr
+    sql_file = broken / "sql" / "orders_by_status.sql"
+    sql_file.write_text(sql_file.read_text().replace("WHERE order_date", "WHERE order_datez", 1))
+    proc = sqlgate("validate", "-p", str(broken), tmp=tmp_path)
+    line = next(i for i, text in enumerate(sql_file.read_text().splitlines(), 1) if "order_datez" in text)
+    assert f"sql/orders_by_status.sql:{line}: tool 'orders_by_status'" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

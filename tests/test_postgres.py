@@ -245,7 +245,7 @@ def test_validate_binds_endpoint_sql_against_postgres(pg, tmp_path):
     (project / "tools" / "broken.yml").write_text(
         tool.format(n="broken", sql="SELECT nam FROM accountz WHERE owner = $owner"))
     bad = subprocess.run(validate, capture_output=True, text=True, env=isolated_env(tmp_path))
-    assert bad.returncode == 2 and "tools/broken.yml" in bad.stderr and "accountz" in bad.stderr
+    assert bad.returncode == 2 and "tools/broken.yml:9: tool 'broken'" in bad.stderr and "accountz" in bad.stderr
     assert "Traceback" not in bad.stderr
     (project / "sqlgate.yml").write_text("name: pgshop\nengine:\n  type: postgres\n"
                                          "  dsn: postgresql://nobody@127.0.0.1:1/none\n"

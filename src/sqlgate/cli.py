@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -262,7 +263,10 @@ def _bind_problems(loaded, endpoints) -> list[str]:
                 samples = {p.name: _sample(p.json_schema()) for p in ep.definition.parameters}
                 problem = engine.bind_problem(ep.sql, samples)
                 if problem:
-                    problems.append(f"{ep.file}: {ep.kind} {ep.name!r}: {problem}")
+                    line = re.search(r" \(SQL line (\d+)\)$", problem)
+                    where = ep.sql_line(int(line.group(1))) if line else ep.sql_line(1)
+                    problem = problem[:line.start()] if line else problem
+                    problems.append(f"{where}: {ep.kind} {ep.name!r}: {problem}")
         return problems
     finally:
         asyncio.run(engine.close())

@@ -40,6 +40,13 @@ class Endpoint:
     is_async: bool = False
     warnings: list[str] = field(default_factory=list)
     enforcer: Enforcer | None = None  # the endpoint's compiled policies
+    # where line 1 of `sql` is: (file, line), for messages that point into the SQL
+    sql_origin: tuple[str, int] = ("", 1)
+
+    def sql_line(self, line: int) -> str:
+        """file:line of the SQL's `line` (1-based)."""
+        file, first = self.sql_origin
+        return f"{file}:{first + line - 1}"
 
     @property
     def key(self) -> str:
@@ -127,8 +134,11 @@ def _load_one(root: Path, path: Path) -> Endpoint | None:
     if definition.language == "sql":
         if src.code is not None:
             ep.sql = src.code
+            ep.sql_origin = (rel, _code_line(data, kind, path))
         else:
             file = _resolve(root, path, src.file, rel, ".sql")
+            ep.sql_origin = (str(file.relative_to(root.resolve())) if file.is_relative_to(root.resolve())
+                             else str(file), 1)
             try:
                 ep.sql = file.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
@@ -179,6 +189,18 @@ def _check_completion_sql(definition, rel: str, kind: str) -> None:
         if unknown:
             raise ConfigError(f"completion SQL uses {', '.join('$' + u for u in unknown)}; it may use $value "
                               "(the text typed so far) and the endpoint's parameters", where=where)
+
+
+def _code_line(data: Any, kind: str, path: Path) -> int:
+    """The YAML line of the SQL's first line: the `code:` key's, or the next one for a block (`|`)."""
+    source = data.get(kind, {}).get("source", {}) if isinstance(data, dict) else {}
+    where = getattr(source, "key_lines", {}).get("code")
+    if where is None:
+        return 1
+    line = where[1]
+    text = path.read_text(encoding="utf-8").splitlines()
+    block = line <= len(text) and text[line - 1].split("code:", 1)[-1].strip()[:1] in ("|", ">")
+    return line + 1 if block else line
 
 
 def _resource_name(defn: ResourceDef) -> str:

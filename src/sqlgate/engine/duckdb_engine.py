@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -353,7 +354,9 @@ class DuckDBEngine(Engine):
                 cur.execute(f"PREPARE __sqlgate_validate AS {sql}")
                 cur.execute("DEALLOCATE __sqlgate_validate")
         except duckdb.Error as exc:
-            return _clean_error(exc)
+            # DuckDB names the SQL line ("LINE 3:"); PREPARE … AS keeps the lines of `sql`
+            line = re.search(r"\nLINE (\d+):", str(exc))
+            return _clean_error(exc) + (f" (SQL line {line.group(1)})" if line else "")
         finally:
             cur.close()
         return None

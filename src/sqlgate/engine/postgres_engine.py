@@ -217,7 +217,9 @@ class PostgresEngine(Engine):
                 conn.execute(psycopg.sql.SQL("EXPLAIN ") + psycopg.sql.SQL(text), bound)  # type: ignore[arg-type]
                 conn.execute("ROLLBACK")
         except psycopg.Error as exc:
-            return str(exc).strip().split("\n")[0]
+            # PostgreSQL names the SQL line ("LINE 3:"); "EXPLAIN " keeps the lines of `sql`
+            line = re.search(r"\nLINE (\d+):", str(exc))
+            return str(exc).strip().split("\n")[0] + (f" (SQL line {line.group(1)})" if line else "")
         return None
 
     async def run_untrusted(self, sql: str, call: CallContext, limits: Limits, page: Page = FIRST) -> QueryResult:
