@@ -49,7 +49,12 @@ log = logging.getLogger("sqlgate.policy")
 # cel-python logs every evaluation step with its values (claims, arguments, rows) at DEBUG: never ours
 logging.getLogger("celpy").setLevel(logging.WARNING)
 
-_env = celpy.Environment()
+
+@functools.cache
+def _env() -> celpy.Environment:
+    """Built on first use (its CEL grammar takes ~0.4 s): a project without policies never pays."""
+    return celpy.Environment()
+
 # names a rule may use besides the arguments; an argument with one of these names is only in `args`
 RESERVED = frozenset({"user", "args", "endpoint", "response", "row"})
 DEFAULT_MASK = "****"
@@ -61,7 +66,8 @@ def compile_cel(text: str) -> celpy.Runner:
 
     Cached: the same rule text in many files compiles once."""
     try:
-        return _env.program(_env.compile(text))
+        env = _env()
+        return env.program(env.compile(text))
     except celpy.CELParseError as exc:
         at = f"line {exc.line}, column {exc.column}" if getattr(exc, "line", None) else "here"
         raise ValueError(f"invalid CEL expression {text!r}: syntax error at {at}") from None
@@ -80,7 +86,7 @@ BUILTIN_PARAMETERS = frozenset({"sql", "schema", "table", "keywords", "limit"})
 def free_names(text: str) -> set[str]:
     """The variables an expression reads (not the ones its macros bind, not CEL's own names)."""
     bound, used = set(), set()
-    for node in _env.compile(text).iter_subtrees():
+    for node in _env().compile(text).iter_subtrees():
         if node.data == "member_dot_arg" and len(node.children) >= 3 and str(node.children[1]) in _BINDING_MACROS:
             first = node.children[2].children[0]
             idents = [t for t in first.iter_subtrees() if t.data == "ident"]
