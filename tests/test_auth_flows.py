@@ -92,7 +92,9 @@ def result_of(resp: httpx.Response) -> dict:
 
     text = resp.text
     if "text/event-stream" in resp.headers.get("content-type", ""):
-        text = next(line[5:] for line in text.splitlines() if line.startswith("data:"))
+        # the response, not the notifications (log messages, progress) sent before it on the stream
+        messages = [json.loads(line[5:]) for line in text.splitlines() if line.startswith("data:")]
+        return next(m for m in messages if "id" in m and ("result" in m or "error" in m))
     return json.loads(text)
 
 

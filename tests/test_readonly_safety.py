@@ -55,7 +55,9 @@ def guarded(tmp_path_factory) -> Guarded:
     outside.mkdir()
     marker = outside / "marker.csv"
     marker.write_text(MARKER_TEXT)
-    server = start_server(project, tmp, env=isolated_env(tmp))  # builds data/shop.duckdb from the seed
+    # builds data/shop.duckdb from the seed; the audit trail (which every call writes) lives outside
+    # the tree whose files must not change
+    server = start_server(project, tmp, env=isolated_env(tmp, SQLGATE_AUDIT_DATABASE=str(tmp / "audit.db")))
     try:
         yield Guarded(project, project / "data" / "shop.duckdb", outside, marker, server)
     finally:

@@ -80,7 +80,7 @@ _BINDING_MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
 _CEL_NAMES = frozenset({"null_type", "bool", "int", "uint", "double", "string", "bytes", "list", "map", "type",
                         "duration", "timestamp", "google", "dyn"})
 # the parameters of the built-in tools (sqltools/builtin.py), for checking sql_tools.policies
-BUILTIN_PARAMETERS = frozenset({"sql", "schema", "table", "keywords", "limit"})
+BUILTIN_PARAMETERS = frozenset({"sql", "schema", "table", "keywords", "limit", "cursor"})
 
 
 def free_names(text: str) -> set[str]:
