@@ -47,8 +47,9 @@ class JsonRpcIdGuard:
             messages.append(message)
             body += message.get("body", b"")
             more = message.get("more_body", False)
-        if _SUSPECT_ID.search(body) and self._has_bad_id(body):
-            await json_rpc_error(send, "Invalid Request: a JSON-RPC id must be a string or an integer")
+        problem = self._problem(body) if _SUSPECT_ID.search(body) else None
+        if problem:
+            await json_rpc_error(send, problem)
             return
         replay = iter(messages)
 
@@ -61,12 +62,17 @@ class JsonRpcIdGuard:
         await self.app(scope, replay_receive, send)
 
     @staticmethod
-    def _has_bad_id(body: bytes) -> bool:
+    def _problem(body: bytes) -> str | None:
         try:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError):
-            return False  # the SDK answers the parse error
-        return any(bad_id(m) for m in (payload if isinstance(payload, list) else [payload]))
+            return None  # the SDK answers the parse error
+        except RecursionError:
+            # nested deeper than Python's decoder goes (an HTTP 500 before): no message sqlgate answers
+            return "Invalid Request: the JSON is nested too deeply"
+        if any(bad_id(m) for m in (payload if isinstance(payload, list) else [payload])):
+            return "Invalid Request: a JSON-RPC id must be a string or an integer"
+        return None
 
 
 async def json_rpc_error(send: Send, message: str) -> None:

@@ -1,0 +1,64 @@
+"""Hostile clients against answers, paging and the HTTP extras, each over real HTTP with the official
+mcp client or raw httpx: a row larger than the answer budget must not hand out a cursor that points
+at the same row forever, the JSON-RPC id check must not turn a deeply nested body into HTTP 500, and
+the query tool's second run (its own total order) stays within the call's one timeout."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.clients import mcp_session
+from tests.conftest import isolated_env, start_server, stop_server
+
+HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
+           "MCP-Protocol-Version": "2025-11-25"}
+
+
+def write_project(root):
+    root.mkdir(parents=True)
+    (root / "sqlgate.yml").write_text("name: attacks\nengine:\n  path: ':memory:'\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("attacks")
+    srv = start_server(write_project(tmp / "project"), tmp,
+                       env=isolated_env(tmp, SQLGATE_MAX_BYTES="100000", SQLGATE_QUERY_TIMEOUT="3"))
+    yield srv
+    stop_server(srv)
+
+
+async def test_a_row_larger_than_the_answer_is_an_error_not_an_endless_cursor(server):
+    """60 kB of quotes cost 180 kB in the message (twice, the text form escaped): no page can hold
+    it. Paging must not answer 0 rows with a cursor back to the same row (a client would loop)."""
+    async with mcp_session(server.url) as s:
+        sql = "SELECT i, repeat('\"', 60000) AS v FROM range(3) t(i) ORDER BY i"
+        res = await s.call_tool("query", {"sql": sql})
+        assert res.is_error, res.structured_content
+        assert "larger than the result limit" in res.content[0].text
+        # a small row first: that page ends before the big row, and the next page says why it stops
+        sql = "SELECT i, CASE WHEN i = 1 THEN repeat('\"', 60000) ELSE 'small' END AS v FROM range(3) t(i) ORDER BY i"
+        first = await s.call_tool("query", {"sql": sql})
+        assert not first.is_error
+        sc = first.structured_content
+        assert sc["rows"] == [[0, "small"]] and sc["truncated"] is True and sc["next_cursor"]
+        second = await s.call_tool("query", {"sql": sql, "cursor": sc["next_cursor"]})
+        assert second.is_error and "larger than the result limit" in second.content[0].text
+
+
+@pytest.mark.parametrize("depth", [5_000, 200_000])
+def test_deeply_nested_body_with_a_bad_id_is_not_a_500(server, depth):
+    body = '{"jsonrpc":"2.0","id":1.5,"method":"ping","params":{"x":' + "[" * depth + "]" * depth + "}}"
+    r = httpx.post(server.url, content=body, headers=HEADERS, timeout=30)
+    assert r.status_code == 400, (r.status_code, r.text[:300])
+    assert r.json()["error"]["code"] == -32600 and "nested too deeply" in r.json()["error"]["message"]
+    assert "Traceback" not in server.logs()
+
+
+def test_deeply_nested_body_with_a_good_id_is_not_a_500(server):
+    depth = 200_000
+    body = '{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":' + "[" * depth + "]" * depth + "}}"
+    r = httpx.post(server.url, content=body, headers=HEADERS, timeout=30)
+    assert 400 <= r.status_code < 500, (r.status_code, r.text[:300])
