@@ -14,7 +14,7 @@ from sqlgate.components import check_arguments
 from sqlgate.context import CallContext
 from sqlgate.endpoints.loader import Endpoint
 from sqlgate.endpoints.models import PromptDef
-from sqlgate.engine.base import Engine, Limits, QueryResult
+from sqlgate.engine.base import ROW_TOO_LARGE, Engine, Limits, QueryResult
 from sqlgate.errors import InvalidArguments, QueryFailed, QueryTimeout, ResourceNotFound
 from sqlgate.paging import CURSOR_RESERVE, FIRST, Page, Pager
 
@@ -85,6 +85,8 @@ async def execute(ep: Endpoint, arguments: dict[str, Any] | None, engine: Engine
                 qr.truncated, qr.truncated_by = True, "max_bytes"
                 envelope["truncated"], envelope["hint"] = True, qr.hint()
             if envelope["truncated"] and paging:
+                if not qr.rows:  # a cursor to this same position again would page forever
+                    raise QueryFailed(ROW_TOO_LARGE)
                 envelope["next_cursor"] = pager.issue(call, target, args, Page(page.offset + len(qr.rows)))
         return envelope
     result = await _call_python(ep, args, engine, call, limits)

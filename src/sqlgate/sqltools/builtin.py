@@ -15,7 +15,7 @@ from sqlgate import answers
 from sqlgate.components import SqlgateTool
 from sqlgate.config.models import SqlToolsConfig
 from sqlgate.context import CallContext
-from sqlgate.engine.base import Engine, Limits, QueryResult
+from sqlgate.engine.base import ROW_TOO_LARGE, Engine, Limits, QueryResult
 from sqlgate.engine.guard import check_length
 from sqlgate.errors import InvalidArguments, QueryFailed
 from sqlgate.paging import CURSOR_RESERVE, FIRST, Page, Pager
@@ -74,6 +74,8 @@ def paged_answer(qr: QueryResult, max_bytes: int, next_cursor: Callable[[Page], 
         qr.truncated, qr.truncated_by = True, "max_bytes"
         out["truncated"], out["hint"] = True, qr.hint()
     if out["truncated"] and next_cursor is not None:
+        if not out["rows"]:  # a cursor to this same position again would page forever
+            raise QueryFailed(ROW_TOO_LARGE)
         out["next_cursor"] = next_cursor(Page(qr.page.offset + len(out["rows"]), qr.page.order_all))
     return out
 
