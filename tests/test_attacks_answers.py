@@ -62,3 +62,16 @@ def test_deeply_nested_body_with_a_good_id_is_not_a_500(server):
     body = '{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":' + "[" * depth + "]" * depth + "}}"
     r = httpx.post(server.url, content=body, headers=HEADERS, timeout=30)
     assert 400 <= r.status_code < 500, (r.status_code, r.text[:300])
+
+
+async def test_the_pagers_own_order_stays_within_the_calls_one_timeout(server):
+    """Without ORDER BY, a cut answer is run again sorted by all columns. When that sort cannot
+    finish, the client still gets the first rows (no cursor, a hint why) — not a timeout error
+    after twice the timeout."""
+    sql = "SELECT i, md5(i::VARCHAR) AS h, md5(h) AS h2 FROM range(300000000) t(i)"
+    async with mcp_session(server.url) as s:
+        res = await s.call_tool("query", {"sql": sql})
+    assert not res.is_error, res.content[0].text
+    sc = res.structured_content
+    assert sc["truncated"] is True and sc["row_count"] > 0 and "next_cursor" not in sc
+    assert "add an ORDER BY on a unique key" in sc["hint"] and "timeout" in sc["hint"]
