@@ -130,3 +130,66 @@ def test_provider_api_request_ends_at_the_call_deadline(tmp_path):
     assert slow.is_error and "deadline" in str(slow.content)
     assert "-> deadline" in logs
     assert all(token not in str(slow.content) and token not in logs for token in fake.tokens)
+
+
+def test_an_answer_echoing_the_token_in_a_header_is_refused(tmp_path):
+    """A hostile or buggy API repeating the bearer in a response header: the endpoint (and so the
+    client) must not get it, as for an answer body that contains it."""
+    with api_stack("github", tmp_path) as (fake, server):
+        fake.echo_token_header = True
+        (echo,) = _calls(server, [{"n": 1}])
+        logs = server.logs()
+    assert echo.is_error and "contains the caller's token" in str(echo.content)
+    assert "refused: echoes the token" in logs
+    assert fake.tokens and all(t not in str(echo.content) and t not in logs for t in fake.tokens)
+
+
+class _Listener:
+    """A plain HTTP service elsewhere on this host (what SSRF would reach); records what it receives."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        seen = self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                seen.append(dict(self.headers))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(b'{"records": []}')
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("instance", ["LISTENER", "https://127.0.0.1:1", "https://2130706433",
+                                      "https://0x7f.1", "https://[::1]", "https://metadata.localhost",
+                                      "https://user@example.my.salesforce.com"])
+def test_a_hostile_instance_url_does_not_get_the_token(tmp_path, instance):
+    """Salesforce's token reply names the org's API host (instance_url). One that points at the
+    server's own network (another loopback service, an IP literal in any spelling, localhost,
+    userinfo) is not an API host: the endpoint's request is refused and nothing is sent there."""
+    listener = _Listener()
+    try:
+        with api_stack("salesforce", tmp_path) as (fake, server):
+            fake.instance_url = listener.url if instance == "LISTENER" else instance
+            (res,) = _calls(server, [{"n": 1}])
+            logs = server.logs()
+    finally:
+        listener.close()
+    assert res.is_error, res.content
+    assert ("is not one of the salesforce API hosts" in str(res.content)
+            or "is not an API URL" in str(res.content)), res.content  # userinfo: refused as a URL already
+    assert listener.seen == []
+    assert all(t not in str(res.content) and t not in logs for t in fake.tokens)
