@@ -8,8 +8,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.clients import mcp_session
-from tests.conftest import isolated_env, start_server, stop_server
+from tests.auth_support import start_auth_server
+from tests.clients import hs256_bearer, mcp_session
+from tests.conftest import free_port, isolated_env, start_server, stop_server
 
 HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
            "MCP-Protocol-Version": "2025-11-25"}
@@ -75,3 +76,22 @@ async def test_the_pagers_own_order_stays_within_the_calls_one_timeout(server):
     sc = res.structured_content
     assert sc["truncated"] is True and sc["row_count"] > 0 and "next_cursor" not in sc
     assert "add an ORDER BY on a unique key" in sc["hint"] and "timeout" in sc["hint"]
+
+
+def test_the_id_check_does_not_read_bodies_of_callers_without_a_token(tmp_path):
+    """The id check sits in front of the endpoint's bearer check: a caller without a token gets
+    401 without its (up to 4 MiB) body being held and parsed; with a token the check applies."""
+    secret = "attack-secret-0123456789abcdef0123"
+    port = free_port()
+    server = start_auth_server(tmp_path, {"jwt": {"secret": secret, "algorithms": ["HS256"],
+                                                  "issuer": "https://issuer.test"}}, port=port)
+    url = f"http://127.0.0.1:{port}/mcp"
+    body = '{"jsonrpc":"2.0","id":1.5,"method":"ping","params":{"x":' + "[" * 5000 + "]" * 5000 + "}}"
+    try:
+        anonymous = httpx.post(url, content=body, headers=HEADERS, timeout=30)
+        signed_in = httpx.post(url, content=body, timeout=30,
+                               headers={**HEADERS, **hs256_bearer(secret, url, "alice")})
+    finally:
+        stop_server(server)
+    assert anonymous.status_code == 401, anonymous.text[:200]
+    assert signed_in.status_code == 400 and signed_in.json()["error"]["code"] == -32600

@@ -36,8 +36,12 @@ class JsonRpcIdGuard:
         self.mcp_path = mcp_path.rstrip("/") or "/"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        user = scope.get("user")  # set by the authentication middleware when the server has one
         if (scope["type"] != "http" or scope.get("method") != "POST"
-                or scope.get("path", "").rstrip("/") != self.mcp_path):
+                or scope.get("path", "").rstrip("/") != self.mcp_path
+                or (user is not None and not getattr(user, "is_authenticated", False))):
+            # a caller without a valid token gets its 401 from the endpoint: its body is neither
+            # held nor parsed here (this middleware runs before the endpoint's token check)
             await self.app(scope, receive, send)
             return
         messages: list[Message] = []
