@@ -95,3 +95,25 @@ def test_the_id_check_does_not_read_bodies_of_callers_without_a_token(tmp_path):
         stop_server(server)
     assert anonymous.status_code == 401, anonymous.text[:200]
     assert signed_in.status_code == 400 and signed_in.json()["error"]["code"] == -32600
+
+
+def test_a_request_body_over_the_cap_is_413_without_being_held(server):
+    """The mcp SDK reads any body whole: 64 MiB (or a chunked body without Content-Length) must be
+    refused at transport.max_request_bytes (4 MiB by default), and the server keeps serving."""
+    padding = " " * (64 * 1024 * 1024)
+    big = '{"jsonrpc":"2.0","id":1,"method":"ping"' + padding + "}"
+    r = httpx.post(server.url, content=big, headers=HEADERS, timeout=60)
+    assert r.status_code == 413 and "transport.max_request_bytes" in r.json()["error"]["message"]
+
+    def chunks():
+        yield b'{"jsonrpc":"2.0","id":1,"method":"ping"'
+        for _ in range(80):
+            yield b" " * (64 * 1024)
+        yield b"}"
+
+    r = httpx.post(server.url, content=chunks(), headers=HEADERS, timeout=60)
+    assert r.status_code == 413
+    ok = httpx.post(server.url, timeout=10, headers=HEADERS, json={
+        "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+    assert ok.status_code == 200

@@ -1,8 +1,10 @@
-"""HTTP-level pieces in front of the MCP endpoint: JSON-RPC id check and CORS.
+"""HTTP-level pieces in front of the MCP endpoint: request size and JSON-RPC id checks, and CORS.
 
-The mcp SDK answers a request whose `id` is not a string or an integer (a float, an object, null,
-`true`) with HTTP 202 and then drops it, so the client waits forever. `JsonRpcIdGuard` answers it
-with HTTP 400 and a JSON-RPC -32600 error instead. It is on the hot path, so it decides from the raw
+The mcp SDK reads any request body whole, however large: `JsonRpcIdGuard` refuses a body over
+`transport.max_request_bytes` with HTTP 413 while reading it (or at once from its Content-Length).
+The SDK also answers a request whose `id` is not a string or an integer (a float, an object, null,
+`true`) with HTTP 202 and then drops it, so the client waits forever: the guard answers it with
+HTTP 400 and a JSON-RPC -32600 error instead. It is on the hot path, so it decides from the raw
 bytes first and parses only a body that could hold a bad id.
 """
 
@@ -18,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 # an object, an array, null, true or false. A match is only a candidate (it may sit inside tool
 # arguments); the full parse below decides.
 _SUSPECT_ID = re.compile(rb'"id"\s*:\s*(?:-?\d+[.eE]|[{\[ntf])')
-MAX_CHECKED_BODY = 4 * 1024 * 1024
+DEFAULT_MAX_BODY = 4 * 1024 * 1024
 
 
 def bad_id(message: Any) -> bool:
@@ -31,9 +33,10 @@ def bad_id(message: Any) -> bool:
 class JsonRpcIdGuard:
     """ASGI middleware: HTTP 400 + JSON-RPC -32600 for a POST whose message id is invalid."""
 
-    def __init__(self, app: ASGIApp, mcp_path: str):
+    def __init__(self, app: ASGIApp, mcp_path: str, max_body: int = DEFAULT_MAX_BODY):
         self.app = app
         self.mcp_path = mcp_path.rstrip("/") or "/"
+        self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         user = scope.get("user")  # set by the authentication middleware when the server has one
@@ -44,26 +47,35 @@ class JsonRpcIdGuard:
             # held nor parsed here (this middleware runs before the endpoint's token check)
             await self.app(scope, receive, send)
             return
+        declared = next((v for k, v in scope.get("headers", []) if k == b"content-length"), b"0")
+        if declared.isdigit() and int(declared) > self.max_body:
+            await self._too_large(send)
+            return
         messages: list[Message] = []
-        body, more = b"", True
-        while more and len(body) <= MAX_CHECKED_BODY:
+        chunks: list[bytes] = []
+        size, more = 0, True
+        while more:
             message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                await self.app(scope, _replay([message], receive), send)
+                return
             messages.append(message)
-            body += message.get("body", b"")
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body:
+                await self._too_large(send)
+                return
             more = message.get("more_body", False)
+        body = b"".join(chunks)
         problem = self._problem(body) if _SUSPECT_ID.search(body) else None
         if problem:
             await json_rpc_error(send, problem)
             return
-        replay = iter(messages)
+        await self.app(scope, _replay(messages, receive), send)
 
-        async def replay_receive() -> Message:
-            try:
-                return next(replay)
-            except StopIteration:
-                return await receive()
-
-        await self.app(scope, replay_receive, send)
+    async def _too_large(self, send: Send) -> None:
+        await json_rpc_error(send, f"the request body is larger than {self.max_body} bytes "
+                                   "(transport.max_request_bytes)", status=413)
 
     @staticmethod
     def _problem(body: bytes) -> str | None:
@@ -79,10 +91,23 @@ class JsonRpcIdGuard:
         return None
 
 
-async def json_rpc_error(send: Send, message: str) -> None:
-    """HTTP 400 with a JSON-RPC -32600 (Invalid Request) error that answers no id."""
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """`receive` for the app behind: the messages already read, then the client's own."""
+    pending = iter(messages)
+
+    async def replay_receive() -> Message:
+        try:
+            return next(pending)
+        except StopIteration:
+            return await receive()
+
+    return replay_receive
+
+
+async def json_rpc_error(send: Send, message: str, status: int = 400) -> None:
+    """HTTP 400 (or `status`) with a JSON-RPC -32600 (Invalid Request) error that answers no id."""
     body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": message}}).encode()
-    await send({"type": "http.response.start", "status": 400, "headers": [
+    await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 
