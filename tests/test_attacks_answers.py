@@ -117,3 +117,30 @@ def test_a_request_body_over_the_cap_is_413_without_being_held(server):
         "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
             "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
     assert ok.status_code == 200
+
+
+async def test_a_cursor_neither_shows_the_caller_nor_grows_with_a_long_subject(tmp_path):
+    """The cursor is readable base64: it must not carry who the caller is, and a 3000-character
+    subject (an IdP's choice) must not push it past the 2048 characters a cursor may have."""
+    import base64
+    import json
+
+    secret = "attack-secret-0123456789abcdef0123"
+    port = free_port()
+    server = start_auth_server(tmp_path, {"jwt": {"secret": secret, "algorithms": ["HS256"],
+                                                  "issuer": "https://issuer.test"}}, port=port,
+                               extra_env={"SQLGATE_MAX_BYTES": "20000"})
+    url = f"http://127.0.0.1:{port}/mcp"
+    sql = "SELECT i FROM range(5000) t(i) ORDER BY i"
+    name = "carol-" + "x" * 3000
+    try:
+        async with mcp_session(url, hs256_bearer(secret, url, name)) as s:
+            first = (await s.call_tool("query", {"sql": sql})).structured_content
+            cursor = first["next_cursor"]
+            second = await s.call_tool("query", {"sql": sql, "cursor": cursor})
+    finally:
+        stop_server(server)
+    body = base64.urlsafe_b64decode(cursor.split(".")[0] + "==")
+    assert b"carol" not in body and len(cursor) < 300, json.loads(body)
+    assert not second.is_error, second.content[0].text
+    assert second.structured_content["rows"][0] == [first["row_count"]]
