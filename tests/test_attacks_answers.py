@@ -98,12 +98,12 @@ def test_the_id_check_does_not_read_bodies_of_callers_without_a_token(tmp_path):
 
 
 def test_a_request_body_over_the_cap_is_413_without_being_held(server):
-    """The mcp SDK reads any body whole: 64 MiB (or a chunked body without Content-Length) must be
-    refused at transport.max_request_bytes (4 MiB by default), and the server keeps serving."""
+    """64 MiB (or a chunked body without Content-Length) is refused at the SDK's 4 MiB request limit
+    by sqlgate's first check, with a JSON-RPC error; the server keeps serving."""
     padding = " " * (64 * 1024 * 1024)
     big = '{"jsonrpc":"2.0","id":1,"method":"ping"' + padding + "}"
     r = httpx.post(server.url, content=big, headers=HEADERS, timeout=60)
-    assert r.status_code == 413 and "transport.max_request_bytes" in r.json()["error"]["message"]
+    assert r.status_code == 413 and "larger than 4194304 bytes" in r.json()["error"]["message"]
 
     def chunks():
         yield b'{"jsonrpc":"2.0","id":1,"method":"ping"'
@@ -144,3 +144,98 @@ async def test_a_cursor_neither_shows_the_caller_nor_grows_with_a_long_subject(t
     assert b"carol" not in body and len(cursor) < 300, json.loads(body)
     assert not second.is_error, second.content[0].text
     assert second.structured_content["rows"][0] == [first["row_count"]]
+
+
+SCOPED_RESOURCE = """resource:
+  uri: vault://notes/{id}
+  description: Notes for note readers only.
+  scopes: [notes:read]
+  parameters:
+    - {name: id, type: integer, description: which}
+  return: {type: object}
+  source:
+    code: SELECT $id AS id, 'the vault secret' AS note
+"""
+SCOPED_PROMPT = """prompt:
+  name: vault_prompt
+  description: For note readers only.
+  scopes: [notes:read]
+  messages: [{prompt: 'the vault prompt secret'}]
+"""
+
+
+def _jwt(secret: str, audience: str, scope: str) -> dict[str, str]:
+    import time
+
+    from joserfc import jwt
+    from joserfc.jwk import OctKey
+
+    claims = {"iss": "https://issuer.test", "aud": audience, "sub": "mallory", "preferred_username": "mallory",
+              "scope": scope, "exp": int(time.time()) + 600}
+    return {"Authorization": "Bearer " + jwt.encode({"alg": "HS256"}, claims, OctKey.import_key(secret.encode()))}
+
+
+@pytest.fixture(scope="module")
+def scoped_server(tmp_path_factory):
+    import shutil
+
+    from tests.conftest import EXAMPLE
+
+    tmp = tmp_path_factory.mktemp("scoped")
+    project = tmp / "project"
+    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    (project / "resources" / "vault.yml").write_text(SCOPED_RESOURCE)
+    (project / "prompts" / "vault_prompt.yml").write_text(SCOPED_PROMPT)
+    secret = "attack-scopes-secret-0123456789abcdef"
+    srv = start_auth_server(tmp, {"jwt": {"secret": secret, "algorithms": ["HS256"], "issuer": "https://issuer.test"}})
+    srv.secret = secret
+    yield srv
+    stop_server(srv)
+
+
+def _raw_session(url: str, auth: dict[str, str]) -> dict[str, str]:
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}
+    r = httpx.post(url, json=init, headers={**HEADERS, **auth}, timeout=10)
+    h = {**HEADERS, **auth, "Mcp-Session-Id": r.headers["mcp-session-id"]}
+    httpx.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=h, timeout=10)
+    return h
+
+
+@pytest.mark.parametrize("request_", [
+    {"method": "resources/read", "params": {"uri": "vault://notes/1"}},
+    {"method": "prompts/get", "params": {"name": "vault_prompt"}},
+])
+@pytest.mark.parametrize("padding", [3 * 1024 * 1024, 5 * 1024 * 1024])
+def test_padding_a_request_does_not_skip_the_scope_check(scoped_server, request_, padding):
+    """The scope guard read at most 4 MiB and passed a body it could not parse on unchecked (only
+    the SDK's own 4 MiB limit stopped that), and MCP-level checks covered tools only. Padded below
+    the limit: 403; above it: 413 from the guard itself — never the resource or prompt."""
+    url = scoped_server.url
+    h = _raw_session(url, _jwt(scoped_server.secret, url, "sqlgate:access"))
+    plain = httpx.post(url, json={"jsonrpc": "2.0", "id": 2, **request_}, headers=h, timeout=10)
+    assert plain.status_code == 403
+    body = '{"jsonrpc":"2.0","id":3' + " " * padding + "," + __import__("json").dumps(request_)[1:]
+    padded = httpx.post(url, content=body, headers=h, timeout=60)
+    assert padded.status_code == (403 if padding < 4 * 1024 * 1024 else 413), padded.text[:300]
+    assert "vault" not in padded.text and "secret" not in padded.text
+
+
+def test_a_deeply_nested_request_with_a_token_is_not_a_500(scoped_server):
+    url = scoped_server.url
+    h = _raw_session(url, _jwt(scoped_server.secret, url, "sqlgate:access"))
+    depth = 100_000
+    body = '{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":' + "[" * depth + "]" * depth + "}}"
+    r = httpx.post(url, content=body, headers=h, timeout=30)
+    assert 400 <= r.status_code < 500, (r.status_code, r.text[:300])
+
+
+@pytest.mark.parametrize("uri", [" vault://notes/1", "vault://notes/1 ", "\tvault://notes/1", "VAULT://notes/1",
+                                 "vault://notes/1#x", "vault://notes/1?x=1", "vault://notes/%31",
+                                 "vault://NOTES/1", "vault:///notes/1", "vault://notes//1"])
+def test_a_respelled_resource_uri_does_not_skip_the_scope_check(scoped_server, uri):
+    url = scoped_server.url
+    h = _raw_session(url, _jwt(scoped_server.secret, url, "sqlgate:access"))
+    r = httpx.post(url, json={"jsonrpc": "2.0", "id": 2, "method": "resources/read", "params": {"uri": uri}},
+                   headers=h, timeout=10)
+    assert "the vault secret" not in r.text, (r.status_code, r.text[:300])

@@ -1,11 +1,11 @@
 """HTTP-level pieces in front of the MCP endpoint: request size and JSON-RPC id checks, and CORS.
 
-The mcp SDK reads any request body whole, however large: `JsonRpcIdGuard` refuses a body over
-`transport.max_request_bytes` with HTTP 413 while reading it (or at once from its Content-Length).
-The SDK also answers a request whose `id` is not a string or an integer (a float, an object, null,
-`true`) with HTTP 202 and then drops it, so the client waits forever: the guard answers it with
-HTTP 400 and a JSON-RPC -32600 error instead. It is on the hot path, so it decides from the raw
-bytes first and parses only a body that could hold a bad id.
+`JsonRpcIdGuard` refuses a body over the mcp SDK's own request limit (4 MiB) with HTTP 413 while
+reading it (or at once from its Content-Length), as the SDK would, but before this or any other
+check in front of the SDK holds or parses it. The SDK answers a request whose `id` is not a string
+or an integer (a float, an object, null, `true`) with HTTP 202 and then drops it, so the client
+waits forever: the guard answers it with HTTP 400 and a JSON-RPC -32600 error instead. It is on the
+hot path, so it decides from the raw bytes first and parses only a body that could hold a bad id.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import json
 import re
 from typing import Any
 
+from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE as MAX_REQUEST_BODY
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # `"id":` followed by what can only start an invalid id: a number with a fraction or exponent,
 # an object, an array, null, true or false. A match is only a candidate (it may sit inside tool
 # arguments); the full parse below decides.
 _SUSPECT_ID = re.compile(rb'"id"\s*:\s*(?:-?\d+[.eE]|[{\[ntf])')
-DEFAULT_MAX_BODY = 4 * 1024 * 1024
 
 
 def bad_id(message: Any) -> bool:
@@ -33,7 +33,7 @@ def bad_id(message: Any) -> bool:
 class JsonRpcIdGuard:
     """ASGI middleware: HTTP 400 + JSON-RPC -32600 for a POST whose message id is invalid."""
 
-    def __init__(self, app: ASGIApp, mcp_path: str, max_body: int = DEFAULT_MAX_BODY):
+    def __init__(self, app: ASGIApp, mcp_path: str, max_body: int = MAX_REQUEST_BODY):
         self.app = app
         self.mcp_path = mcp_path.rstrip("/") or "/"
         self.max_body = max_body
@@ -74,8 +74,7 @@ class JsonRpcIdGuard:
         await self.app(scope, _replay(messages, receive), send)
 
     async def _too_large(self, send: Send) -> None:
-        await json_rpc_error(send, f"the request body is larger than {self.max_body} bytes "
-                                   "(transport.max_request_bytes)", status=413)
+        await json_rpc_error(send, f"the request body is larger than {self.max_body} bytes", status=413)
 
     @staticmethod
     def _problem(body: bytes) -> str | None:

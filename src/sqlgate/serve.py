@@ -141,7 +141,7 @@ def http_middleware(app: App, resumable: bool = False) -> list[Any]:
 
     t = app.project.settings.transport
     stack = [cors_middleware(t.cors_origins)] if t.cors_origins else []
-    stack += [Middleware(InFlight), Middleware(JsonRpcIdGuard, mcp_path=t.path, max_body=t.max_request_bytes)]
+    stack += [Middleware(InFlight), Middleware(JsonRpcIdGuard, mcp_path=t.path)]
     if not resumable:
         stack.append(Middleware(NoReplayGuard, mcp_path=t.path))
     if app.scopes is None:

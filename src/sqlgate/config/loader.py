@@ -51,7 +51,6 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "SQLGATE_JSON_RESPONSE": ("transport", "json_response"),
     "SQLGATE_CORS_ORIGINS": ("transport", "cors_origins"),
     "SQLGATE_RESUME_BUFFER_BYTES": ("transport", "resume_buffer_bytes"),
-    "SQLGATE_MAX_REQUEST_BYTES": ("transport", "max_request_bytes"),
     "SQLGATE_LOCKED_TOOLS": ("locked_tools",),
     "SQLGATE_MAX_SESSIONS": ("transport", "max_sessions"),
     "SQLGATE_MAX_SESSIONS_PER_CLIENT": ("transport", "max_sessions_per_client"),

@@ -205,9 +205,6 @@ class TransportConfig(Strict):
     # memory kept per server for SSE stream resumption (Last-Event-ID): recent events, oldest
     # dropped first; 0 turns resumption off (a GET with Last-Event-ID then gets a clean 400)
     resume_buffer_bytes: int = Field(default=8_000_000, ge=0)
-    # the largest JSON-RPC request body the MCP endpoint reads (SQL text and arguments); a larger
-    # one gets HTTP 413 before it is held in memory (the mcp SDK reads any body whole)
-    max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
     # MCP sessions: a ceiling for the server, a share per client (token principal or address), and
     # how long an idle session lives
     max_sessions: int = Field(default=10_000, ge=1)
