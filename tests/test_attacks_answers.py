@@ -239,3 +239,31 @@ def test_a_respelled_resource_uri_does_not_skip_the_scope_check(scoped_server, u
     r = httpx.post(url, json={"jsonrpc": "2.0", "id": 2, "method": "resources/read", "params": {"uri": uri}},
                    headers=h, timeout=10)
     assert "the vault secret" not in r.text, (r.status_code, r.text[:300])
+
+
+def _sse_event_size(url: str, sql: str) -> tuple[int, dict]:
+    """Call `query` with raw HTTP and measure the answer's SSE event as the client's decoder counts it."""
+    import json
+
+    h = _raw_session(url, {})
+    r = httpx.post(url, headers=h, timeout=60, json={"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                                                     "params": {"name": "query", "arguments": {"sql": sql}}})
+    event = [e for e in r.text.replace("\r\n", "\n").split("\n\n") if "data:" in e][-1]
+    message = json.loads(next(line[5:] for line in event.split("\n") if line.startswith("data:")))
+    return sum(len(line.encode("utf-8")) for line in event.split("\n")), message["result"]
+
+
+@pytest.mark.parametrize("sql", [
+    # a control character is 1 byte in the database, `\u0001` (6) in JSON and `\\u0001` (7) in the text
+    "SELECT i, repeat(chr(1), 3000) AS c FROM range(1000) t(i) ORDER BY i",
+    "SELECT i, repeat(chr(8232) || '\"\\é😀', 700) AS u FROM range(1000) t(i) ORDER BY i",
+    # 400 columns with long names: the names and types count too
+    "SELECT " + ", ".join(f"i AS \"{'c' * 60}{n}\"" for n in range(400)) + " FROM range(1000) t(i) ORDER BY i",
+    "SELECT i, 'NaN'::DOUBLE AS n, 'inf'::DOUBLE AS f, -0.0::DOUBLE AS z FROM range(100000) t(i) ORDER BY i",
+])
+def test_pathological_values_stay_within_max_bytes_over_http(server, sql):
+    size, result = _sse_event_size(server.url, sql)
+    assert not result.get("isError"), result
+    sc = result["structuredContent"]
+    assert sc["truncated"] is True and sc["row_count"] == len(sc["rows"]) > 0 and sc["next_cursor"]
+    assert size <= 100_000, size  # the server's limits.max_bytes
