@@ -73,7 +73,8 @@ TOOL = """tool:
 
 
 @contextmanager
-def api_stack(kind: str, tmp_path):
+def api_stack(kind: str, tmp_path, extra_tools: dict[str, tuple[str, str]] | None = None):
+    """`extra_tools`: name -> (python source, tool YAML) added to the project."""
     port = free_port()
     with FAKES[kind](f"{kind}-client", f"{kind}-secret", [f"http://127.0.0.1:{port}/{kind}/callback"]) as fake:
         host = fake.base_url.removeprefix("http://")
@@ -86,6 +87,9 @@ def api_stack(kind: str, tmp_path):
         (project / "python" / "provider_api.py").write_text(
             f"from sqlgate import runtime\n\nAPI = {fake.base_url!r}\n" + ENDPOINTS[kind])
         (project / "tools" / "api_call.yml").write_text(TOOL)
+        for name, (code, yml) in (extra_tools or {}).items():
+            (project / "python" / f"{name}.py").write_text(code)
+            (project / "tools" / f"{name}.yml").write_text(yml)
         server = start_server(project, tmp_path, env=env, port=port)
         try:
             yield fake, server
@@ -193,3 +197,34 @@ def test_a_hostile_instance_url_does_not_get_the_token(tmp_path, instance):
             or "is not an API URL" in str(res.content)), res.content  # userinfo: refused as a URL already
     assert listener.seen == []
     assert all(t not in str(res.content) and t not in logs for t in fake.tokens)
+
+
+LEAKY_PY = """from sqlgate import runtime
+
+
+def leaky(n: int):
+    token = runtime.user().external_token
+    # what an author's own HTTP client says when a token-in-the-URL API fails
+    raise RuntimeError(f"GET https://graph.example/me?access_token={token} failed: 401 ({token[:6]}...)")
+"""
+LEAKY_YML = """tool:
+  name: leaky
+  description: Fails with the token in its error (test).
+  parameters:
+    - {name: n, type: integer, description: unused}
+  source:
+    file: ../python/leaky.py
+"""
+
+
+def test_an_endpoint_error_never_carries_the_callers_token(tmp_path):
+    """A Python endpoint whose exception names the upstream token (an HTTP library's error with the
+    URL) must not hand it to the client, its log notifications or the server log."""
+    with api_stack("github", tmp_path, {"leaky": (LEAKY_PY, LEAKY_YML)}) as (fake, server):
+        storage = MemoryTokenStorage()
+        browser = Browser("alice", "alice-password")
+        res = anyio.run(call_tool, server.url, oauth_client(server.url, browser, storage), "leaky", {"n": 1})
+        browser.close()
+        logs = server.logs()
+    assert res.is_error and "failed: 401" in str(res.content) and "[token]" in str(res.content)
+    assert fake.tokens and all(t not in str(res.content) and t not in logs for t in fake.tokens)

@@ -108,14 +108,23 @@ async def _call_python(ep: Endpoint, args: dict[str, Any], engine: Engine, call:
         ctx = contextvars.copy_context()
         with anyio.fail_after(limits.timeout_seconds + 5):
             return await anyio.to_thread.run_sync(lambda: ctx.run(ep.function, **args))
-    except (QueryFailed, QueryTimeout, InvalidArguments):
+    except (QueryFailed, QueryTimeout, InvalidArguments) as exc:
+        secret = call.user.external_token
+        if secret and secret in str(exc):
+            raise type(exc)(_without_token(str(exc), secret)) from None
         raise
     except TimeoutError:
         raise QueryTimeout(f"{ep.kind} {ep.name!r} ran longer than its timeout") from None
     except Exception as exc:
-        raise QueryFailed(f"{type(exc).__name__}: {exc}") from None
+        raise QueryFailed(_without_token(f"{type(exc).__name__}: {exc}", call.user.external_token)) from None
     finally:
         runtime.unbind(token)
+
+
+def _without_token(text: str, secret: str) -> str:
+    """An endpoint's error goes to the client (the model) and the log: never with the caller's
+    upstream token in it (an HTTP library's error quoting a URL with `?access_token=…`)."""
+    return text.replace(secret, "[token]") if secret else text
 
 
 def _declared_kind(ep: Endpoint) -> str:
