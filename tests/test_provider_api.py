@@ -73,7 +73,8 @@ TOOL = """tool:
 
 
 @contextmanager
-def api_stack(kind: str, tmp_path):
+def api_stack(kind: str, tmp_path, extra_tools: dict[str, tuple[str, str]] | None = None):
+    """`extra_tools`: name -> (python source, tool YAML) added to the project."""
     port = free_port()
     with FAKES[kind](f"{kind}-client", f"{kind}-secret", [f"http://127.0.0.1:{port}/{kind}/callback"]) as fake:
         host = fake.base_url.removeprefix("http://")
@@ -86,6 +87,9 @@ def api_stack(kind: str, tmp_path):
         (project / "python" / "provider_api.py").write_text(
             f"from sqlgate import runtime\n\nAPI = {fake.base_url!r}\n" + ENDPOINTS[kind])
         (project / "tools" / "api_call.yml").write_text(TOOL)
+        for name, (code, yml) in (extra_tools or {}).items():
+            (project / "python" / f"{name}.py").write_text(code)
+            (project / "tools" / f"{name}.yml").write_text(yml)
         server = start_server(project, tmp_path, env=env, port=port)
         try:
             yield fake, server
@@ -130,3 +134,97 @@ def test_provider_api_request_ends_at_the_call_deadline(tmp_path):
     assert slow.is_error and "deadline" in str(slow.content)
     assert "-> deadline" in logs
     assert all(token not in str(slow.content) and token not in logs for token in fake.tokens)
+
+
+def test_an_answer_echoing_the_token_in_a_header_is_refused(tmp_path):
+    """A hostile or buggy API repeating the bearer in a response header: the endpoint (and so the
+    client) must not get it, as for an answer body that contains it."""
+    with api_stack("github", tmp_path) as (fake, server):
+        fake.echo_token_header = True
+        (echo,) = _calls(server, [{"n": 1}])
+        logs = server.logs()
+    assert echo.is_error and "contains the caller's token" in str(echo.content)
+    assert "refused: echoes the token" in logs
+    assert fake.tokens and all(t not in str(echo.content) and t not in logs for t in fake.tokens)
+
+
+class _Listener:
+    """A plain HTTP service elsewhere on this host (what SSRF would reach); records what it receives."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        seen = self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                seen.append(dict(self.headers))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(b'{"records": []}')
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("instance", ["LISTENER", "https://127.0.0.1:1", "https://2130706433",
+                                      "https://0x7f.1", "https://[::1]", "https://metadata.localhost",
+                                      "https://user@example.my.salesforce.com"])
+def test_a_hostile_instance_url_does_not_get_the_token(tmp_path, instance):
+    """Salesforce's token reply names the org's API host (instance_url). One that points at the
+    server's own network (another loopback service, an IP literal in any spelling, localhost,
+    userinfo) is not an API host: the endpoint's request is refused and nothing is sent there."""
+    listener = _Listener()
+    try:
+        with api_stack("salesforce", tmp_path) as (fake, server):
+            fake.instance_url = listener.url if instance == "LISTENER" else instance
+            (res,) = _calls(server, [{"n": 1}])
+            logs = server.logs()
+    finally:
+        listener.close()
+    assert res.is_error, res.content
+    assert ("is not one of the salesforce API hosts" in str(res.content)
+            or "is not an API URL" in str(res.content)), res.content  # userinfo: refused as a URL already
+    assert listener.seen == []
+    assert all(t not in str(res.content) and t not in logs for t in fake.tokens)
+
+
+LEAKY_PY = """from sqlgate import runtime
+
+
+def leaky(n: int):
+    token = runtime.user().external_token
+    # what an author's own HTTP client says when a token-in-the-URL API fails
+    raise RuntimeError(f"GET https://graph.example/me?access_token={token} failed: 401 ({token[:6]}...)")
+"""
+LEAKY_YML = """tool:
+  name: leaky
+  description: Fails with the token in its error (test).
+  parameters:
+    - {name: n, type: integer, description: unused}
+  source:
+    file: ../python/leaky.py
+"""
+
+
+def test_an_endpoint_error_never_carries_the_callers_token(tmp_path):
+    """A Python endpoint whose exception names the upstream token (an HTTP library's error with the
+    URL) must not hand it to the client, its log notifications or the server log."""
+    with api_stack("github", tmp_path, {"leaky": (LEAKY_PY, LEAKY_YML)}) as (fake, server):
+        storage = MemoryTokenStorage()
+        browser = Browser("alice", "alice-password")
+        res = anyio.run(call_tool, server.url, oauth_client(server.url, browser, storage), "leaky", {"n": 1})
+        browser.close()
+        logs = server.logs()
+    assert res.is_error and "failed: 401" in str(res.content) and "[token]" in str(res.content)
+    assert fake.tokens and all(t not in str(res.content) and t not in logs for t in fake.tokens)

@@ -1,7 +1,8 @@
 """Signed cursors: where the next page of a cut answer starts.
 
 A cursor is opaque to the client: base64url(JSON payload) "." base64url(HMAC-SHA256). The payload
-binds it to the caller (`CallContext.principal`), the tool, a hash of the call's other arguments
+binds it to the caller (a digest of `CallContext.principal`: the cursor neither shows who the caller
+is nor grows with a long subject), the tool, a hash of the call's other arguments
 (the SQL text, or the endpoint's arguments), an expiry, and the position (rows already delivered,
 and whether the pager imposed a total order). A cursor that was changed, that belongs to someone
 else, to another tool or other arguments, or that expired is refused with a tool error.
@@ -33,7 +34,7 @@ log = logging.getLogger("sqlgate.paging")
 CURSOR_ENV = "SQLGATE_CURSOR_SECRET"
 # generous room for a cursor (~200 characters) in the message budget: it appears in both encodings
 CURSOR_RESERVE = 600
-_VERSION = 1
+_VERSION = 2  # 2: the caller as a digest (1 carried the principal itself)
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,12 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def _digest(text: str) -> str:
+    return _b64(hashlib.sha256(text.encode("utf-8")).digest()[:18])
+
+
 def arguments_digest(arguments: dict[str, Any]) -> str:
-    canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return _b64(hashlib.sha256(canonical.encode("utf-8")).digest()[:18])
+    return _digest(json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str))
 
 
 class Pager:
@@ -73,7 +77,7 @@ class Pager:
 
     def issue(self, call: CallContext, target: str, arguments: dict[str, Any], page: Page,
               now: float | None = None) -> str:
-        payload = {"v": _VERSION, "p": call.principal, "t": target, "a": arguments_digest(arguments),
+        payload = {"v": _VERSION, "p": _digest(call.principal), "t": target, "a": arguments_digest(arguments),
                    "o": page.offset, "s": int(page.order_all),
                    "x": int((now if now is not None else time.time()) + self.ttl)}
         body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
@@ -96,7 +100,7 @@ class Pager:
         payload = json.loads(body)
         if payload.get("v") != _VERSION:
             raise InvalidArguments("`cursor` is from another sqlgate version; start again without a cursor")
-        if payload.get("p") != call.principal:
+        if payload.get("p") != _digest(call.principal):
             raise InvalidArguments("`cursor` belongs to another caller; start again without a cursor")
         if payload.get("t") != target or payload.get("a") != arguments_digest(arguments):
             raise InvalidArguments("`cursor` belongs to another call: send exactly the same arguments as the "

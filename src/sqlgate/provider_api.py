@@ -25,6 +25,7 @@ from __future__ import annotations
 import ipaddress
 import json as jsonlib
 import logging
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -56,6 +57,8 @@ class ProviderAPIError(QueryFailed):
 class _ProviderSettings:
     hosts: tuple[str, ...]
     max_bytes: int
+    # (scheme, host[:port]) of the provider's token endpoint: the only non-https instance_url trusted
+    token_origin: tuple[str, str] = ("", "")
 
 
 _settings: dict[str, _ProviderSettings] = {}
@@ -72,7 +75,31 @@ def configure(auth) -> None:
         hosts = list(DEFAULT_API_HOSTS.get(auth.provider, ()))
         if auth.provider == "github" and cfg.api_base_url:
             hosts = [urlsplit(cfg.api_base_url).netloc]
-    _settings[auth.provider] = _ProviderSettings(tuple(h.lower() for h in hosts), cfg.api_max_response_bytes)
+    token_origin = ("", "")
+    if auth.provider == "salesforce":
+        from sqlgate.auth.upstream import resolve_endpoints
+
+        token = urlsplit(resolve_endpoints(auth.provider, cfg).token)
+        token_origin = (token.scheme, token.netloc.lower())
+    _settings[auth.provider] = _ProviderSettings(tuple(h.lower() for h in hosts), cfg.api_max_response_bytes,
+                                                 token_origin)
+
+
+def instance_host(instance: str, token_origin: tuple[str, str]) -> str | None:
+    """The API host the token reply's `instance_url` names, if it may receive the token: https to a
+    DNS name (Salesforce's own org hosts), or the token endpoint's own origin (a local or self-hosted
+    login). Not an IP literal, `localhost` or userinfo: a forged or tampered reply must not point the
+    caller's token at the server's own network."""
+    parts = urlsplit(instance)
+    netloc = parts.netloc.lower()
+    if netloc and (parts.scheme, netloc) == token_origin:
+        return netloc
+    host = (parts.hostname or "").lower()
+    last = host.rsplit(".", 1)[-1]
+    if (parts.scheme != "https" or "@" in netloc or "." not in host or host.endswith(".localhost")
+            or not re.fullmatch(r"[a-z][a-z0-9-]*", last)):  # numeric/hex forms resolve as IP addresses
+        return None
+    return netloc
 
 
 @dataclass
@@ -179,15 +206,14 @@ class ProviderHTTP:
         if "@" in host or parts.scheme not in ("https", "http"):
             raise ProviderAPIError(f"runtime.http: {parts.scheme}://{host} is not an API URL")
         allowed = set(settings.hosts)
-        instance = str(user.token_info.get("instance_url") or "")
+        instance = instance_host(str(user.token_info.get("instance_url") or ""), settings.token_origin)
         if instance:
-            allowed.add(urlsplit(instance).netloc.lower())
+            allowed.add(instance)
         if host not in allowed:
             raise ProviderAPIError(f"runtime.http: host {host} is not one of the {user.provider} API hosts "
                                    f"({', '.join(sorted(allowed)) or 'none configured'}; see auth.{user.provider}"
                                    ".api_hosts)")
-        same_as_instance = instance and urlsplit(instance).netloc.lower() == host \
-            and urlsplit(instance).scheme == parts.scheme
+        same_as_instance = instance == host and settings.token_origin == (parts.scheme, host)
         if parts.scheme == "http" and not (_loopback(host) and (host in settings.hosts or same_as_instance)):
             raise ProviderAPIError(f"runtime.http: plain http to {host} would expose the token; use https")
         if any(k.lower() in ("authorization", "cookie", "proxy-authorization") for k in (headers or {})):
@@ -229,7 +255,8 @@ class _Plan:
             raise QueryTimeout(f"runtime.http: {self.host}{self.path} did not answer within the call's deadline")
 
     def finish(self, r, body: bytes) -> Response:
-        if self.secret and self.secret in body:
+        echoed = self.secret and (self.secret in body or any(self.secret in value for _, value in r.headers.raw))
+        if echoed:
             self._log(f"{r.status_code} refused: echoes the token", len(body))
             raise ProviderAPIError(f"runtime.http: the answer of {self.host}{self.path} contains the caller's "
                                    "token; it is not handed to the endpoint")

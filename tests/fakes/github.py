@@ -118,6 +118,7 @@ class FakeGitHub(FakeProvider):
                            "html_url": f"https://github.com/{u.login}"}, headers=self._scope_headers(token))
 
     api_delay: float = 0.0  # seconds /user/repos waits before answering (deadline tests)
+    echo_token_header: bool = False  # a hostile/buggy API: /user/repos repeats the bearer in a header
 
     def repos(self, req: Request) -> Reply:
         """GET /user/repos: the caller's repositories, `per_page` (max 100) at a time."""
@@ -134,7 +135,10 @@ class FakeGitHub(FakeProvider):
                   "owner": {"login": u.login, "id": u.id}, "html_url": f"https://github.com/{u.login}/repo-{i}",
                   "description": "x" * 200, "updated_at": f"2024-05-{i % 28 + 1:02d}T10:00:00Z"}
                  for i in range(per_page)]
-        return Reply.json(repos, headers=self._scope_headers(token))
+        headers = self._scope_headers(token)
+        if self.echo_token_header:
+            headers = {**headers, "X-Debug-Auth": req.bearer() or ""}
+        return Reply.json(repos, headers=headers)
 
     def emails(self, req: Request) -> Reply:
         token, refused = self._api_user(req)

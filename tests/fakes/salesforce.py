@@ -38,6 +38,7 @@ class FakeSalesforce(FakeProvider):
     REFRESH_PREFIX = "5Aep861"
     ACCESS_TTL = 7200  # the org's session timeout; never sent to the client
     ROTATE_REFRESH = False
+    instance_url: str | None = None  # what the token reply names as the org's API host (default: this fake)
     TOKEN_ERRORS = {
         "invalid_client": (400, "invalid_client", "invalid client credentials"),
         "bad_code": (400, "invalid_grant", "authentication failure"),
@@ -89,7 +90,7 @@ class FakeSalesforce(FakeProvider):
         ident = self.identity_url(self.users[token.user])
         issued_at = str(int(time.time() * 1000))
         mac = hmac.new(self.client_secret.encode(), (ident + issued_at).encode(), hashlib.sha256).digest()
-        return {**body, "instance_url": self.base_url, "id": ident, "issued_at": issued_at,
+        return {**body, "instance_url": self.instance_url or self.base_url, "id": ident, "issued_at": issued_at,
                 "signature": base64.b64encode(mac).decode(), "scope": body["scope"] or "api refresh_token"}
 
     def _caller(self, value: str) -> User | None:

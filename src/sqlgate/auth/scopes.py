@@ -14,14 +14,16 @@ from collections.abc import Iterable
 from typing import Any
 
 from fastmcp.server.middleware import Middleware
+from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE as MAX_REQUEST_BODY
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sqlgate.auth.config import ClaimMapping
 from sqlgate.auth.verifiers import claim_at
+from sqlgate.http_extras import json_rpc_error
 
 # MCP method -> (param holding the component's key, registry kind)
 _METHODS = {"tools/call": ("name", "tool"), "resources/read": ("uri", "resource"), "prompts/get": ("name", "prompt")}
-MAX_GUARDED_BODY = 4 * 1024 * 1024
+MAX_GUARDED_BODY = MAX_REQUEST_BODY  # the mcp SDK refuses larger bodies anyway
 
 
 def granted(scopes: Iterable[str], claims: dict[str, Any], mappings: list[ClaimMapping]) -> set[str]:
@@ -83,16 +85,25 @@ class ScopeGuard:
                 or not self.registry.required):
             await self.app(scope, receive, send)
             return
-        body, more = b"", True
+        chunks: list[bytes] = []
         messages = []
+        size, more = 0, True
         while more:
             message = await receive()
             messages.append(message)
-            body += message.get("body", b"")
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
             more = message.get("more_body", False)
-            if len(body) > MAX_GUARDED_BODY:
-                break
-        missing, needed = self._check(body, token)
+            if size > MAX_GUARDED_BODY:
+                # never pass on a body this guard has not read whole: its call would go unchecked
+                await json_rpc_error(send, f"the request body is larger than {MAX_GUARDED_BODY} bytes", status=413)
+                return
+        body = b"".join(chunks)
+        try:
+            missing, needed = self._check(body, token)
+        except RecursionError:  # was an HTTP 500
+            await json_rpc_error(send, "Invalid Request: the JSON is nested too deeply")
+            return
         if missing:
             await self._forbid(send, needed, missing)
             return
@@ -201,4 +212,22 @@ class ScopeFilter(Middleware):
 
             note_refused("insufficient_scope")
             raise ToolError(f"this tool needs scope(s): {' '.join(missing)}")
+        return await call_next(context)
+
+    async def on_read_resource(self, context, call_next):
+        from fastmcp.exceptions import ResourceError
+
+        have = self._have()
+        missing = [] if have is None else self.registry.missing("resource", str(context.message.uri), have)
+        if missing:
+            raise ResourceError(f"this resource needs scope(s): {' '.join(missing)}")
+        return await call_next(context)
+
+    async def on_get_prompt(self, context, call_next):
+        from fastmcp.exceptions import PromptError
+
+        have = self._have()
+        missing = [] if have is None else self.registry.missing("prompt", context.message.name, have)
+        if missing:
+            raise PromptError(f"this prompt needs scope(s): {' '.join(missing)}")
         return await call_next(context)

@@ -14,7 +14,7 @@ from sqlgate.components import check_arguments
 from sqlgate.context import CallContext
 from sqlgate.endpoints.loader import Endpoint
 from sqlgate.endpoints.models import PromptDef
-from sqlgate.engine.base import Engine, Limits, QueryResult
+from sqlgate.engine.base import ROW_TOO_LARGE, Engine, Limits, QueryResult
 from sqlgate.errors import InvalidArguments, QueryFailed, QueryTimeout, ResourceNotFound
 from sqlgate.paging import CURSOR_RESERVE, FIRST, Page, Pager
 from sqlgate.policy import RecordsView, apply_output_policies
@@ -88,6 +88,8 @@ async def execute(ep: Endpoint, arguments: dict[str, Any] | None, engine: Engine
                 qr.truncated, qr.truncated_by = True, "max_bytes"
                 envelope["truncated"], envelope["hint"] = True, qr.hint()
             if envelope["truncated"] and paging:
+                if not qr.rows:  # a cursor to this same position again would page forever
+                    raise QueryFailed(ROW_TOO_LARGE)
                 envelope["next_cursor"] = pager.issue(call, target, args, Page(page.offset + len(qr.rows)))
     else:
         result = await _call_python(ep, args, engine, call, limits)
@@ -115,14 +117,23 @@ async def _call_python(ep: Endpoint, args: dict[str, Any], engine: Engine, call:
         ctx = contextvars.copy_context()
         with anyio.fail_after(limits.timeout_seconds + 5):
             return await anyio.to_thread.run_sync(lambda: ctx.run(ep.function, **args))
-    except (QueryFailed, QueryTimeout, InvalidArguments):
+    except (QueryFailed, QueryTimeout, InvalidArguments) as exc:
+        secret = call.user.external_token
+        if secret and secret in str(exc):
+            raise type(exc)(_without_token(str(exc), secret)) from None
         raise
     except TimeoutError:
         raise QueryTimeout(f"{ep.kind} {ep.name!r} ran longer than its timeout") from None
     except Exception as exc:
-        raise QueryFailed(f"{type(exc).__name__}: {exc}") from None
+        raise QueryFailed(_without_token(f"{type(exc).__name__}: {exc}", call.user.external_token)) from None
     finally:
         runtime.unbind(token)
+
+
+def _without_token(text: str, secret: str) -> str:
+    """An endpoint's error goes to the client (the model) and the log: never with the caller's
+    upstream token in it (an HTTP library's error quoting a URL with `?access_token=…`)."""
+    return text.replace(secret, "[token]") if secret else text
 
 
 def _declared_kind(ep: Endpoint) -> str:

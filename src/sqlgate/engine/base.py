@@ -69,6 +69,10 @@ class QueryResult:
         return text + "Aggregate, filter or add LIMIT/OFFSET to see the rest."
 
 
+ROW_TOO_LARGE = ("a row of the result is larger than the result limit (limits.max_bytes); select fewer or "
+                 "smaller columns")
+
+
 class RowShaper:
     """Fetched rows -> JSON-ready rows, capped at max_rows and at max_bytes of the whole MCP message.
 
@@ -114,6 +118,10 @@ class RowShaper:
             for row in rows:
                 self._budget -= encoded_cost(_encode(row)) + 2
                 if self._budget < 0:
+                    if not self.rows:
+                        # an answer of no rows with a cursor back to this same row would send a
+                        # paging client round forever: the row itself is the problem
+                        raise QueryFailed(ROW_TOO_LARGE)
                     self.truncated_by = "max_bytes"
                     return
                 self.rows.append(row)

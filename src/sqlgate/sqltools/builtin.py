@@ -6,6 +6,7 @@ tools only shape arguments and results.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,9 +16,9 @@ from sqlgate import answers
 from sqlgate.components import SqlgateTool
 from sqlgate.config.models import SqlToolsConfig
 from sqlgate.context import CallContext
-from sqlgate.engine.base import Engine, Limits, QueryResult
+from sqlgate.engine.base import ROW_TOO_LARGE, Engine, Limits, QueryResult
 from sqlgate.engine.guard import check_length
-from sqlgate.errors import InvalidArguments, QueryFailed
+from sqlgate.errors import InvalidArguments, QueryFailed, QueryTimeout
 from sqlgate.paging import CURSOR_RESERVE, FIRST, Page, Pager
 from sqlgate.policy import ColumnsView, Enforcer, guard_handler
 from sqlgate.sqltools.search import search
@@ -75,6 +76,8 @@ def paged_answer(qr: QueryResult, max_bytes: int, next_cursor: Callable[[Page], 
         qr.truncated, qr.truncated_by = True, "max_bytes"
         out["truncated"], out["hint"] = True, qr.hint()
     if out["truncated"] and next_cursor is not None:
+        if not out["rows"]:  # a cursor to this same position again would page forever
+            raise QueryFailed(ROW_TOO_LARGE)
         out["next_cursor"] = next_cursor(Page(qr.page.offset + len(out["rows"]), qr.page.order_all))
     return out
 
@@ -167,16 +170,23 @@ def builtin_tools(engine: Engine, cfg: SqlToolsConfig, limits: Callable[[], Limi
                 if pager is None:
                     raise InvalidArguments("this server does not page answers; run the query without `cursor`")
                 page = pager.open(args["cursor"], caller, "tool:query", bound)
+            started = time.monotonic()
             qr = await engine.run_untrusted(sql, caller, lim, page)
             if qr.truncated and qr.pageable and not qr.ordered and page == FIRST and pager is not None:
                 # a query without ORDER BY has no order a second run must repeat: page it in the
-                # pager's own total order (all columns), from the first page on
+                # pager's own total order (all columns), from the first page on — within what is
+                # left of the call's one timeout (the first run counts too)
+                left = lim.timeout_seconds - (time.monotonic() - started)
                 try:
-                    qr = await engine.run_untrusted(sql, caller, lim, Page(0, max(1, len(qr.columns))))
-                except QueryFailed as exc:
+                    if left < 0.05:
+                        raise QueryTimeout("no time left")
+                    qr = await engine.run_untrusted(sql, caller, lim.tightened(timeout_seconds=left),
+                                                    Page(0, max(1, len(qr.columns))))
+                except (QueryFailed, QueryTimeout) as exc:
+                    why = (f"sorting by all columns did not finish within the {lim.timeout_seconds:g} s timeout"
+                           if isinstance(exc, QueryTimeout) else f"sorting by all columns failed: {str(exc)[:200]}")
                     out = paged_answer(qr, lim.max_bytes, None)
-                    out["hint"] = (f"{out['hint']} To page through it, add an ORDER BY on a unique key (sorting by "
-                                   f"all columns failed: {str(exc)[:200]})")
+                    out["hint"] = f"{out['hint']} To page through it, add an ORDER BY on a unique key ({why})"
                     return out
             cursor = None
             if qr.pageable and pager is not None:
