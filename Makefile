@@ -32,7 +32,7 @@ lint: install-test
 	$(BIN)/ruff check .
 
 test: install-test lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 bench: install-test
 	$(BIN)/python benchmarks/run.py

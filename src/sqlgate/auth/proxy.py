@@ -50,7 +50,7 @@ from sqlgate.auth.callback import HonestCallback
 from sqlgate.auth.cimd import CIMDFetchLimit, build_manager
 from sqlgate.auth.config import AuthConfig, ClientConfig
 from sqlgate.auth.grant_flow import FamilyRefreshToken, GrantFlow, UpstreamUnavailable
-from sqlgate.auth.outages import ProviderCalls
+from sqlgate.auth.provider_calls import ProviderCalls
 from sqlgate.auth.registration import BoundedRegistration
 from sqlgate.auth.store import OAuthState
 from sqlgate.auth.upstream import Endpoints, UserInfoVerifier, token_info_fields
