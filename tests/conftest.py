@@ -91,3 +91,17 @@ def shop_server(shop_project, tmp_path_factory) -> Iterator[ServerProcess]:
     server = start_server(shop_project, tmp)
     yield server
     stop_server(server)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request, tmp_path):
+    """(kind, location) of an OAuth state store per backend, for the grant-store and rate-limit tests."""
+    from tests.grant_backends import postgres_available, postgres_database
+
+    if request.param == "sqlite":
+        yield "sqlite", str(tmp_path / "state" / "oauth.db")
+    elif not postgres_available():
+        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+    else:
+        with postgres_database() as dsn:
+            yield "postgres", dsn

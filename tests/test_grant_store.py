@@ -22,19 +22,6 @@ from sqlgate.errors import ConfigError
 from tests.conftest import ROOT
 from tests.grant_backends import KEY, open_store, postgres_available, postgres_database
 
-BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.skipif(
-    not postgres_available(), reason="no PostgreSQL on 127.0.0.1:5432"))]
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request, tmp_path):
-    """(kind, location): where stores of this backend are opened."""
-    if request.param == "sqlite":
-        yield "sqlite", str(tmp_path / "state" / "oauth.db")
-    else:
-        with postgres_database() as dsn:
-            yield "postgres", dsn
-
 
 @pytest.fixture
 def store(backend):

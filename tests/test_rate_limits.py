@@ -25,7 +25,7 @@ from mcp.shared.exceptions import MCPError
 from tests.auth_support import auth_project
 from tests.clients import hs256_bearer, mcp_session
 from tests.conftest import EXAMPLE, SQLGATE, isolated_env, start_server, stop_server
-from tests.grant_backends import open_store, postgres_available, postgres_database
+from tests.grant_backends import open_store
 
 SECRET = "rate-limit-tests-shared-secret-0123456789abcdef"
 HEADERS = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"}
@@ -79,19 +79,6 @@ def _server(tmp: Path, settings: dict | None = None, **kw):
 
 
 # ------------------------------------------------------------------------------------------ store
-BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.skipif(not postgres_available(),
-                                                                       reason="no PostgreSQL on 127.0.0.1"))]
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request, tmp_path):
-    if request.param == "sqlite":
-        yield "sqlite", str(tmp_path / "state" / "oauth.db")
-    else:
-        with postgres_database() as dsn:
-            yield "postgres", dsn
-
-
 def test_leases_are_atomic_expire_and_release(backend):
     """12 threads, each with its own connection, race for 3 slots of one bucket: exactly 3 win."""
     n = 12
