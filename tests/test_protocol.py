@@ -7,6 +7,7 @@ malformed ids, and the locked-tools listing.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -450,3 +451,31 @@ async def test_event_store_stays_within_its_byte_budget():
     # an event larger than the whole budget is not kept (nor does it evict everything else)
     await store.store_event("s2", types.JSONRPCNotification(jsonrpc="2.0", method="x", params={"d": "y" * 10_000}))
     assert store.used <= store.max_bytes and await store.replay_events_after(ids[-2], collect) == "s1"
+
+
+async def test_stored_responses_replay_exactly_what_was_sent():
+    """A response is stored through the direct encoding (resume.serialize): it replays as the same
+    message pydantic would have stored, strings, nulls, big numbers and all."""
+    from pydantic import TypeAdapter
+
+    from sqlgate.resume import BoundedEventStore, serialize
+
+    adapter = TypeAdapter(types.JSONRPCMessage)
+    result = {"content": [{"type": "text", "text": 'rows "q" \\ é 𝄞'}], "isError": False,
+              "structuredContent": {"rows": [[1, None, 2**64 + 1, 1.5, "x"]], "truncated": False}}
+    for message in (types.JSONRPCResponse(jsonrpc="2.0", id=7, result=result),
+                    types.JSONRPCResponse(jsonrpc="2.0", id="req-7", result={}),
+                    types.JSONRPCNotification(jsonrpc="2.0", method="notifications/progress",
+                                              params={"progress": 1, "progressToken": "t"})):
+        reference = adapter.dump_json(message, by_alias=True, exclude_none=True)
+        assert json.loads(serialize(message)) == json.loads(reference)
+        store = BoundedEventStore(max_bytes=100_000)
+        first = await store.store_event("s", None)
+        await store.store_event("s", message)
+        replayed = []
+
+        async def collect(event, replayed=replayed) -> None:
+            replayed.append(event.message)
+
+        assert await store.replay_events_after(first, collect) == "s"
+        assert replayed == [message]

@@ -59,6 +59,17 @@ def check_arguments(validator: Draft202012Validator, arguments: dict[str, Any], 
         raise InvalidArguments(f"invalid arguments for {what}: " + "; ".join(problems))
 
 
+def answer_result(out: dict[str, Any]) -> ToolResult:
+    """The tool result of an answer: its JSON text (encoded once) and the answer as structuredContent.
+
+    Built without ToolResult's validating constructor: that walks every value of the answer through
+    pydantic to make it JSON-able (4-5 ms for 1,000 rows x 10 columns), and the engines' values are
+    JSON-ready by construction (engine/values.py). The shape still matches the declared
+    outputSchema: tests validate it (tests/test_answers.py)."""
+    return ToolResult.model_construct(content=[TextContent(type="text", text=dumps(out))], structured_content=out,
+                                      meta=None, is_error=False)
+
+
 class SqlgateTool(Tool):
     """A tool whose body is an async handler returning a JSON object."""
 
@@ -89,7 +100,7 @@ class SqlgateTool(Tool):
         except SqlgateError as exc:
             note_error(exc)
             raise ToolError(error_text(exc), log_level=error_log_level(exc)) from None
-        return ToolResult(content=[TextContent(type="text", text=dumps(out))], structured_content=out)
+        return answer_result(out)
 
 
 class SqlgateResource(Resource):

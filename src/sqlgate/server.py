@@ -24,6 +24,7 @@ from sqlgate.auth.factory import build_auth
 from sqlgate.auth.scopes import ScopeFilter, ScopeRegistry
 from sqlgate.broadcast import OpenConnections
 from sqlgate.completions import Completer
+from sqlgate.component_index import index_components
 from sqlgate.components import (
     SqlgatePrompt,
     SqlgateResource,
@@ -306,6 +307,7 @@ def build_app(project: LoadedProject, engine: Engine | None = None,
         icons=_icons(settings.icons),
     )
     mcp._mcp_server.title = settings.title  # FastMCP passes no title to the SDK's server info
+    index_components(mcp)  # before any component is added: registering n endpoints is then O(n)
     app = App(project=project, engine=engine, endpoints=[], mcp=mcp,
               pager=Pager(resolve_secret(settings, auth), settings.limits.cursor_ttl_seconds))
     if settings.audit.enabled or telemetry.metrics.enabled or tracing.enabled():
