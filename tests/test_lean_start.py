@@ -17,7 +17,8 @@ from sqlgate.config.loader import load_project
 from sqlgate.server import build_app
 import sqlgate.serve
 build_app(load_project(Path(sys.argv[1])))
-print(json.dumps(sorted({m.split(".")[0] for m in sys.modules} | {m for m in sys.modules if m.startswith("opentelemetry.sdk")})))
+tops = {m.split(".")[0] for m in sys.modules}
+print(json.dumps(sorted(tops | {m for m in sys.modules if m.startswith("opentelemetry.sdk")})))
 """
 
 
