@@ -198,6 +198,8 @@ def _tool(ep: Endpoint, app: App) -> SqlgateTool:
         tags=set(defn.tags), validate=False,
     )
     tool.icons = _icons(defn.icons)
+    if app.project.settings.check_answers:
+        tool.check_answers()
     return tool
 
 
@@ -328,6 +330,8 @@ def build_app(project: LoadedProject, engine: Engine | None = None,
         mcp.add_middleware(RateLimitMiddleware(app.rate_limiter))
 
     for tool in builtin_tools(engine, settings.sql_tools, lambda: app.limits, current_call, app.pager):
+        if settings.check_answers:
+            tool.check_answers()
         mcp.add_tool(tool)
         app.builtin_names.append(tool.name)
         if app.scopes is not None:

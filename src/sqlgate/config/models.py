@@ -384,6 +384,9 @@ class Settings(Strict):
     # tools the caller lacks a scope for: "hide" them from tools/list (default), or "list" them
     # with a note naming the scope(s) they need, so a client can re-authorise (step up)
     locked_tools: Literal["hide", "list"] = "hide"
+    # validate every tool answer against the tool's outputSchema before it is sent (for endpoint
+    # authors while developing: a schema walk per call; clients validate what they receive anyway)
+    check_answers: bool = False
     profile: str = "default"
     engine: EngineConfig = Field(default_factory=EngineConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
