@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata
 
 from tests.browser import Browser, query_of
-from tests.conftest import EXAMPLE, free_port, isolated_env, start_server
+from tests.conftest import copy_shop, free_port, isolated_env, start_server
 
 # A project author's endpoint that uses the upstream token (as MXCP's get_user_external_token()
 # examples do); the free-form query tool can never reach it. Tests read it to prove which token
@@ -46,7 +45,7 @@ def auth_project(tmp: Path, auth: dict[str, Any], port: int | None = None,
     """A copy of the example project plus a user config with `auth`; returns (dir, env, port)."""
     project = tmp / "project"
     if not project.exists():
-        shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("data", "__pycache__"))
+        copy_shop(project)
         (project / "tools" / "upstream_identity.yml").write_text(UPSTREAM_IDENTITY_TOOL)
         (project / "tools" / "has_upstream_token.yml").write_text(HAS_UPSTREAM_TOKEN_TOOL)
     port = port or free_port()
