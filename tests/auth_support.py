@@ -128,3 +128,20 @@ def login_to_callback(server, callback_path: str, redirect_uri: str) -> tuple[Br
         "response_type": "code", "client_id": client_id, "redirect_uri": redirect_uri, "state": "st",
         "scope": "sqlgate:access", "code_challenge": challenge, "code_challenge_method": "S256"})
     return browser, browser.run(str(url), f"{server.base}{callback_path}")
+
+
+class SharedStack:
+    """A fake provider and a server that several tests of a module share (a server start costs ~2 s
+    of CPU), as one test sees them: each test logs in afresh with its own client, and reads the
+    server's log and the fake's requests from its own start on."""
+
+    def __init__(self, fake, server):
+        self.fake, self.server = fake, server
+        self._log_start = len(server.logs())
+        self._seen_start = len(fake.seen)
+
+    def logs(self) -> str:
+        return self.server.logs()[self._log_start:]
+
+    def seen(self) -> list:
+        return self.fake.seen[self._seen_start:]
