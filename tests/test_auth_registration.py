@@ -118,17 +118,23 @@ def _client_rows(db) -> set[str]:
         return {k for (k,) in con.execute("SELECT key FROM kv WHERE collection = 'mcp-oauth-proxy-clients'")}
 
 
+UNAUTHORIZED_TTL = 3  # long enough for the official client's login to finish on a loaded machine
+IDLE_TTL = 6  # longer than the wait for UNAUTHORIZED_TTL, a refresh and a cleanup, with margin
+CLEANUP_INTERVAL = 1
+
+
 def test_clients_that_never_log_in_or_go_idle_expire_and_are_removed(tmp_path):
-    stack = make_stack("oidc", tmp_path, registration={"unauthorized_client_ttl_seconds": 3,
-                                                       "idle_client_ttl_seconds": 8},
-                       persistence={"encryption_key": "k" * 32, "cleanup_interval_seconds": 10})
+    stack = make_stack("oidc", tmp_path, registration={"unauthorized_client_ttl_seconds": UNAUTHORIZED_TTL,
+                                                       "idle_client_ttl_seconds": IDLE_TTL},
+                       persistence={"encryption_key": "k" * 32, "cleanup_interval_seconds": CLEANUP_INTERVAL})
     try:
         base, db = stack["server"].base, tmp_path / "oauth.db"
         idle = register(base).json()["client_id"]
+        registered = time.monotonic()  # its lifetime started before this
         storage = login(stack, "alice")  # the official client registers and completes a login
         active = storage.client.client_id
         assert {idle, active} <= _client_rows(db)
-        time.sleep(3.5)
+        time.sleep(max(0.0, registered + UNAUTHORIZED_TTL + 0.5 - time.monotonic()))
         # never authorised: gone at once (and refused at /authorize) ...
         r = httpx.get(f"{base}/authorize", params={"response_type": "code", "client_id": idle, "redirect_uri": LOOPBACK,
                                                    "code_challenge": "x" * 43, "code_challenge_method": "S256"})
@@ -136,13 +142,14 @@ def test_clients_that_never_log_in_or_go_idle_expire_and_are_removed(tmp_path):
         # ... while the client that logged in keeps working, and a refresh extends its life
         form = {"grant_type": "refresh_token", "client_id": active, "refresh_token": storage.tokens.refresh_token}
         fresh = httpx.post(f"{base}/token", data=form)
+        refreshed = time.monotonic()
         assert fresh.status_code == 200, fresh.text
         # the periodic cleanup deletes the expired row
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + CLEANUP_INTERVAL + 5
         while idle in _client_rows(db) and time.monotonic() < deadline:
-            time.sleep(0.5)
+            time.sleep(0.2)
         assert idle not in _client_rows(db) and active in _client_rows(db)
-        time.sleep(8.5)  # unused for longer than the idle lifetime
+        time.sleep(max(0.0, refreshed + IDLE_TTL + 0.5 - time.monotonic()))  # unused for longer than its lifetime
         stale = httpx.post(f"{base}/token", data={**form, "refresh_token": fresh.json()["refresh_token"]})
         assert stale.status_code == 401 and stale.json()["error"] == "invalid_client", stale.text
     finally:
@@ -160,13 +167,15 @@ def test_clients_registered_before_expiry_existed_get_one_at_start(tmp_path):
         stop_server(first)
     with sqlite3.connect(tmp_path / "oauth.db") as con:  # as an older sqlgate stored it
         con.execute("UPDATE kv SET expires_at = NULL WHERE collection = 'mcp-oauth-proxy-clients'")
-    second = start_auth_server(tmp_path, {**auth, "registration": {"idle_client_ttl_seconds": 8}})
+    ttl = 4  # counted from the second start; long enough for the first /authorize below
+    second = start_auth_server(tmp_path, {**auth, "registration": {"idle_client_ttl_seconds": ttl}})
+    started = time.monotonic()  # the lifetime was given before the server answered /healthz
     try:
         assert "1 registered client(s) without an expiry now expire" in second.logs()
         params = {"response_type": "code", "client_id": old, "redirect_uri": LOOPBACK,
                   "code_challenge": "x" * 43, "code_challenge_method": "S256"}
         assert httpx.get(f"{second.base}/authorize", params=params).status_code == 302
-        time.sleep(8.5)
+        time.sleep(max(0.0, started + ttl + 0.5 - time.monotonic()))
         r = httpx.get(f"{second.base}/authorize", params=params)
         assert r.status_code == 400 and "location" not in r.headers
     finally:

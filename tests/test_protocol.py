@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import sys
 import time
@@ -29,7 +28,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from tests.auth_support import start_auth_server
-from tests.conftest import EXAMPLE, isolated_env, start_server, stop_server
+from tests.conftest import copy_shop, isolated_env, start_server, stop_server
 
 PNG = "data:image/png;base64,iVBORw0KGgo="
 PROTOCOL = "2025-11-25"
@@ -88,7 +87,7 @@ BY_REGION = """resource:
 
 def _project(tmp: Path, extra_settings: dict | None = None) -> Path:
     project = tmp / "project"
-    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    copy_shop(project)
     (project / "python" / "slow.py").write_text(SLOW_PY)
     (project / "tools" / "slow.yml").write_text(SLOW_YML)
     (project / "prompts" / "region_report.yml").write_text(REGION_PROMPT)
@@ -357,7 +356,7 @@ async def test_locked_tools_are_hidden_or_listed_with_their_scope(tmp_path, mode
     tmp = tmp_path / mode
     tmp.mkdir()
     project = tmp / "project"
-    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    copy_shop(project)
     (project / "tools" / "admin_report.yml").write_text(
         "tool:\n  name: admin_report\n  description: For admins.\n  scopes: [reports:admin]\n"
         "  source:\n    code: SELECT 1 AS one\n")

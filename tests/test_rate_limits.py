@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from mcp.shared.exceptions import MCPError
 
 from tests.auth_support import auth_project
 from tests.clients import hs256_bearer, mcp_session
-from tests.conftest import EXAMPLE, SQLGATE, isolated_env, start_server, stop_server
+from tests.conftest import SQLGATE, copy_shop, isolated_env, start_server, stop_server
 from tests.grant_backends import open_store
 
 SECRET = "rate-limit-tests-shared-secret-0123456789abcdef"
@@ -44,7 +43,7 @@ SECONDS = "  parameters:\n    - {name: seconds, type: number, description: how l
 
 def _project(tmp: Path, settings: dict | None = None) -> Path:
     project = tmp / "project"
-    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    copy_shop(project)
     (project / "python" / "rl.py").write_text(PID_PY)
     (project / "tools" / "pid.yml").write_text(_tool("pid", "pid", "  rate_limit: {calls_per_minute: 4}\n"))
     (project / "tools" / "pid_free.yml").write_text(_tool("pid_free", "pid"))
@@ -75,7 +74,7 @@ JWT = {"jwt": {"secret": SECRET, "algorithms": ["HS256"], "issuer": "https://iss
 def _server(tmp: Path, settings: dict | None = None, **kw):
     _project(tmp, settings)
     project, env, port = auth_project(tmp, JWT, transport={"stateless": True, "json_response": True})
-    return start_server(project, tmp, env=env, port=port, **{"timeout": 120, **kw})  # builds the database first
+    return start_server(project, tmp, env=env, port=port, **{"timeout": 120, **kw})
 
 
 # ------------------------------------------------------------------------------------------ store

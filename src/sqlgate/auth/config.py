@@ -110,7 +110,7 @@ class PersistenceConfig(Strict):
     # Fernet key (urlsafe base64, 32 bytes) or any passphrase; sqlite default: generated into a
     # 0600 key file beside the database; postgres: required (every replica needs the same one)
     encryption_key: str | None = None
-    cleanup_interval_seconds: int = Field(default=600, ge=10)
+    cleanup_interval_seconds: int = Field(default=600, ge=1)
 
     @model_validator(mode="after")
     def _backend(self) -> PersistenceConfig:

@@ -319,6 +319,9 @@ class AuditConfig(Strict):
     store: Literal["sqlite", "postgres", "none"] = "sqlite"
     database: str = "data/audit.db"  # sqlite, relative to the project
     dsn: SecretStr | None = None  # postgres: libpq DSN/URL (as auth.persistence.dsn)
+    # postgres: how long a connection attempt may wait for the database to answer; the writer holds
+    # its batch meanwhile (calls never wait), then counts it lost. libpq's minimum is 2 s.
+    connect_timeout_seconds: int = Field(default=10, ge=2, le=600)
     # events waiting for the sinks; beyond it events are dropped, counted and logged
     queue_size: int = Field(default=10_000, ge=10)
 
