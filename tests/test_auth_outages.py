@@ -214,12 +214,17 @@ def test_real_idp_stopped_then_back_on_the_same_port(tmp_path):
         idp.stop()
 
 
+REVOCATION_CHECK_SECONDS = 5  # the default of auth.token_cache.revocation_check_seconds
+
+
 @pytest.mark.skipif("not __import__('tests.grant_backends', fromlist=['x']).postgres_available()",
                     reason="no PostgreSQL on 127.0.0.1:5432")
 def test_postgres_state_down_is_503_then_recovers(tmp_path):
     """The state database refuses connections (this test's own database, closed to connections and
     its sessions ended): 503 + one log line at /register and for tool calls — never 401 — and
-    everything works again once it is back, without a restart."""
+    everything works again once it is back, without a restart. A token verified before the outage
+    is served from the cache only while revocations were read less than
+    `token_cache.revocation_check_seconds` ago; after that, 503 like the rest."""
     import psycopg
 
     from tests.grant_backends import ADMIN_DSN, postgres_database
@@ -235,7 +240,11 @@ def test_postgres_state_down_is_503_then_recovers(tmp_path):
         try:
             register = {"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none"}
             assert unavailable(httpx.post(f"{server.base}/register", json=register, timeout=30))
-            assert unavailable(whoami(server, storage.tokens.access_token))
+            deadline = time.monotonic() + REVOCATION_CHECK_SECONDS + 15  # + a request that waits for the pool
+            while (r := whoami(server, storage.tokens.access_token)).status_code == 200:
+                assert time.monotonic() < deadline, "a cached token outlived the revocation-check bound"
+                time.sleep(0.5)
+            assert unavailable(r)
         finally:
             with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
                 admin.execute(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true")

@@ -168,6 +168,60 @@ def test_revocation_before_issue_wins(store):
     assert store.is_family_revoked("fam1", now) and store.lookup_refresh("refresh-1", now).revoked
 
 
+def test_revocation_log_is_read_from_where_a_reader_left_off(store):
+    now = time.time()
+    start, nothing = store.revocations_since(None, 10)  # a reader starting now: no history
+    assert nothing == []
+    store.revoke_family("fam1", now + 600, now)
+    store.revoke_family("fam2", now + 600, now)
+    after, families = store.revocations_since(start, 10)
+    assert families == ["fam1", "fam2"] and after > start
+    assert store.revocations_since(after, 10) == (after, [])  # nothing new: an empty read
+    store.revoke_family("fam3", now + 600, now)
+    assert store.revocations_since(after, 10)[1] == ["fam3"]
+    # more new entries than the reader takes at once: "forget everything", and where to go on from
+    newest, too_many = store.revocations_since(start, 2)
+    assert too_many is None and newest == store.revocations_since(None, 10)[0]
+
+
+def test_revocation_numbers_never_go_back_after_cleanup(store):
+    """Cleaning up expired entries must not hand their numbers out again: a reader past them would
+    never see the new revocation."""
+    now = time.time()
+    store.revoke_family("old", now - 1, now - 700)
+    seen = store.revocations_since(None, 10)[0]
+    assert store.delete_expired(now) >= 1
+    store.revoke_family("new", now + 600, now)
+    assert store.revocations_since(seen, 10)[1] == ["new"]
+
+
+def test_concurrent_revocations_are_all_read(backend):
+    """Revocations from many connections at once: a reader polling all the while misses none (the
+    numbers are handed out in commit order, so reading past a number never skips an earlier one)."""
+    reader = open_store(*backend)
+    after = reader.revocations_since(None, 1000)[0]
+    seen: list[str] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        nonlocal after
+        while True:
+            finished = done.is_set()
+            after, families = reader.revocations_since(after, 1000)
+            seen.extend(families)
+            if finished:
+                return
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    now = time.time()
+    parallel(8, backend, lambda s, i: [s.revoke_family(f"f{i}-{j}", now + 600, now) for j in range(10)])
+    done.set()
+    poller.join(60)
+    reader.close()
+    assert sorted(seen) == sorted(f"f{i}-{j}" for i in range(8) for j in range(10))
+
+
 def test_reuse_verdicts():
     def found(generation, current, rotated_ago, revoked=False):
         return RefreshRecord("f", generation, current, revoked, 1000 - rotated_ago, 2000, {})

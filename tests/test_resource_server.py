@@ -150,6 +150,35 @@ def test_static_pem_refuses_bad_tokens(pem_stack, case):
     assert refused(whoami(s["server"].url, token))
 
 
+def test_a_verified_token_still_ends_at_its_expiry(pem_stack):
+    """Verified once, the token is remembered — but refused from the second after its `exp` (the
+    verifier's 5 s leeway does not stretch a remembered token either)."""
+    s = pem_stack
+    exp = int(time.time()) + 4
+    token = _mint(s["key"], "RS256", aud=s["aud"], exp=exp)
+    assert username(whoami(s["server"].url, token)) == "etl-bot"
+    assert username(whoami(s["server"].url, token)) == "etl-bot"  # now from the cache
+    time.sleep(max(0.0, exp + 1.05 - time.time()))
+    assert refused(whoami(s["server"].url, token))
+
+
+def test_a_remembered_token_with_another_signature_is_not_the_same_token(pem_stack):
+    """The cache is keyed by the whole token: a copy of a remembered token with its claims kept and
+    its signature changed, or its claims changed and its signature kept, is checked — and refused."""
+    import base64
+    import json
+
+    s = pem_stack
+    good = _mint(s["key"], "RS256", aud=s["aud"])
+    assert username(whoami(s["server"].url, good)) == "etl-bot"
+    head, body, sig = good.split(".")
+    assert refused(whoami(s["server"].url, f"{head}.{body}.{sig[:-4]}AAAA"))
+    claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    forged = _b64(json.dumps({**claims, "preferred_username": "admin"}).encode())
+    assert refused(whoami(s["server"].url, f"{head}.{forged}.{sig}"))
+    assert username(whoami(s["server"].url, good)) == "etl-bot"
+
+
 def test_hs256_shared_secret(tmp_path):
     secret = "a-very-long-shared-secret-for-hs256-tests"
     port = free_port()

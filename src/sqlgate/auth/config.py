@@ -218,6 +218,17 @@ class ClaimMapping(Strict):
     scopes: list[str] = Field(min_length=1)
 
 
+class TokenCacheConfig(Strict):
+    """Verified access tokens kept per process (auth/verified.py, auth/revocations.py)."""
+
+    # tokens held at most (least recently used go first); 0 verifies every token on every request
+    max_entries: int = Field(default=4096, ge=0, le=1_000_000)
+    # OAuth proxy: the longest a token revoked by another process or replica (`--workers`, a shared
+    # PostgreSQL) may still be accepted here; the grant store is read once per this many seconds.
+    # Revocations made by this process count at once. 0 reads the store on every request.
+    revocation_check_seconds: float = Field(default=5.0, ge=0, le=60)
+
+
 class AuthorizationConfig(Strict):
     # scopes every token must carry; empty = authentication only
     required_scopes: list[str] = Field(default_factory=list)
@@ -253,6 +264,7 @@ class AuthConfig(Strict):
     cimd: CIMDConfig = Field(default_factory=CIMDConfig)
     # seconds the user info fetched from the provider is reused before asking it again
     cache_ttl: int = Field(default=300, ge=0)
+    token_cache: TokenCacheConfig = Field(default_factory=TokenCacheConfig)
     authorization: AuthorizationConfig = Field(default_factory=AuthorizationConfig)
     # scopes MCP clients may ask this server for (advertised in metadata)
     scopes: CommaList = Field(default_factory=lambda: ["sqlgate:access"])

@@ -105,8 +105,14 @@ def _resource_server(auth: AuthConfig, verifiers: list, base_url: str, resource_
     plain = provider.get_middleware
     provider.get_middleware = lambda: with_outage_middleware(plain())
     log.info("resource server: tokens via %s, authorization servers %s",
-             " + ".join(type(getattr(v, "inner", v)).__name__ for v in verifiers), ", ".join(servers))
+             " + ".join(type(_innermost(v)).__name__ for v in verifiers), ", ".join(servers))
     return provider
+
+
+def _innermost(verifier):
+    while hasattr(verifier, "inner"):
+        verifier = verifier.inner
+    return verifier
 
 
 def _exact_issuer_class():

@@ -50,6 +50,7 @@ from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 from sqlgate.audit.record import auth_event
 from sqlgate.auth.grants.base import GrantStore, RefreshRecord, token_hash
 from sqlgate.auth.outages import describe, provider_failure
+from sqlgate.auth.verified import VerifiedTokens
 
 log = logging.getLogger("sqlgate.auth.grants")
 
@@ -155,11 +156,12 @@ class CodeShelf:
 
 
 class GrantFlow:
-    """Mixin for OAuthProxy subclasses: set `self.grants`, `self.refresh_grace`,
-    `self.upstream_refresh_margin` and `self.upstream_timeout` in __init__ and call
-    `self.use_grant_store()` after OAuthProxy.__init__."""
+    """Mixin for OAuthProxy subclasses: set `self.grants`, `self.verified` (this process's cache of
+    verified access tokens), `self.refresh_grace`, `self.upstream_refresh_margin` and
+    `self.upstream_timeout` in __init__ and call `self.use_grant_store()` after OAuthProxy.__init__."""
 
     grants: GrantStore
+    verified: VerifiedTokens
     refresh_grace: float
     upstream_refresh_margin: float
     upstream_timeout: float
@@ -178,6 +180,8 @@ class GrantFlow:
     async def revoke_family(self, family_id: str, why: str) -> None:
         now = time.time()
         await self._grants(self.grants.revoke_family, family_id, now + self._family_lifetime(), now)
+        # after the write: a check that read the store before it cannot be cached any more either
+        self.verified.drop_family(family_id)
         await self._upstream_token_store.delete(key=family_id)
         log.warning("revoked grant family %s…: %s", family_id[:6], why)
         auth_event("token.revoke", message=why)

@@ -5,7 +5,9 @@ What it changes and why:
   is asked for *its* scopes (e.g. GitHub `user:email`). FastMCP mixes the two, so tokens carried
   upstream scopes and `required_scopes` could never be met.
 - Identity: every request's access token is mapped to the upstream user info (cached for
-  `cache_ttl`), with the upstream token available as the caller's external token.
+  `cache_ttl`), with the upstream token available as the caller's external token. A token once
+  checked is kept, by its hash, in a bounded cache until it expires (verified.py); a revocation
+  anywhere drops it within `token_cache.revocation_check_seconds` (revocations.py).
 - Revocation (RFC 7009) is always on and ends the whole grant locally — access and refresh
   token alike — even for providers without a revocation endpoint (GitHub); where the provider has
   one, the grant's *upstream* tokens are revoked there (upstream_revocation.py).
@@ -49,12 +51,14 @@ from sqlgate.audit.record import auth_event
 from sqlgate.auth.callback import HonestCallback
 from sqlgate.auth.cimd import CIMDFetchLimit, build_manager
 from sqlgate.auth.config import AuthConfig, ClientConfig
-from sqlgate.auth.grant_flow import FamilyRefreshToken, GrantFlow, UpstreamUnavailable
+from sqlgate.auth.grant_flow import FamilyRefreshToken, GrantFlow, UpstreamUnavailable, family_of
 from sqlgate.auth.provider_calls import ProviderCalls
 from sqlgate.auth.registration import BoundedRegistration
+from sqlgate.auth.revocations import RevocationWatch
 from sqlgate.auth.store import OAuthState
 from sqlgate.auth.upstream import Endpoints, UserInfoVerifier, token_info_fields
 from sqlgate.auth.upstream_revocation import UpstreamClient, revoke_upstream
+from sqlgate.auth.verified import VerifiedTokens, token_key
 
 log = logging.getLogger("sqlgate.auth")
 
@@ -161,6 +165,8 @@ class SqlgateOAuthProxy(HonestCallback, GrantFlow, ProviderCalls, OAuthProxy):
         self._mcp_scopes = list(auth.scopes)
         self.state = state
         self.grants = state.grants
+        self.verified = VerifiedTokens(auth.token_cache.max_entries)
+        self._revocations = RevocationWatch(self.grants, self.verified, auth.token_cache.revocation_check_seconds)
         self.refresh_grace = auth.refresh_grace_seconds
         self.upstream_refresh_margin = auth.upstream_refresh_margin_seconds
         self.upstream_timeout = cfg.timeout_seconds
@@ -244,6 +250,30 @@ class SqlgateOAuthProxy(HonestCallback, GrantFlow, ProviderCalls, OAuthProxy):
 
     # ---------------------------------------------------------------- identity per request
     async def load_access_token(self, token: str) -> AccessToken | None:  # type: ignore[override]
+        """The caller's identity; from this process's cache of verified tokens when it holds the
+        token and revocations were read within the staleness bound (revocations.py), else checked
+        in full — signature, family not revoked, JTI mapping, upstream token and the provider's
+        answer about it — and cached until the first of: the token's expiry, the reuse of the
+        provider's answer (`cache_ttl`) running out."""
+        key = token_key(token)
+        usable = await self._revocations.current()
+        if usable:
+            cached = self.verified.get(key, time.time())
+            if cached is not None:
+                return cached
+        epoch = self.verified.epoch
+        loaded = await self._load_access_token(token)
+        if loaded is None or not usable:
+            return loaded
+        access, payload = loaded
+        family = family_of(str(payload.get("jti") or ""))
+        upstream = str((access.claims or {}).get("sqlgate_upstream_token") or "")
+        until = min(float(payload["exp"]), self._token_validator.answer_expires(upstream))
+        if family is not None and until > time.time():  # tokens from before families: never cached
+            self.verified.put(key, access, until, family=family, epoch=epoch)
+        return access
+
+    async def _load_access_token(self, token: str) -> tuple[AccessToken, dict[str, Any]] | None:
         validated = await super().load_access_token(token)
         if validated is None:
             return None
@@ -251,6 +281,8 @@ class SqlgateOAuthProxy(HonestCallback, GrantFlow, ProviderCalls, OAuthProxy):
             payload = self.jwt_issuer.verify_token(token)
         except Exception:
             return None
+        if not payload.get("exp"):
+            return None  # sqlgate issues none without; one that never expires is not ours
         scopes = str(payload.get("scope") or "").split()
         claims = dict(validated.claims or {})
         claims.setdefault("sqlgate_provider", self._provider_name)
@@ -261,10 +293,10 @@ class SqlgateOAuthProxy(HonestCallback, GrantFlow, ProviderCalls, OAuthProxy):
             token=token,
             client_id=str(payload.get("client_id") or ""),
             scopes=scopes,
-            expires_at=int(payload["exp"]) if payload.get("exp") else None,
+            expires_at=int(payload["exp"]),
             subject=claims.get("sub"),
             claims=claims,
-        )
+        ), payload
 
     # ---------------------------------------------------------------- clients
     async def get_client(self, client_id: str) -> OAuthClientInformationFull | None:

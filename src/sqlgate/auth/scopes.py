@@ -171,6 +171,13 @@ class ScopeFilter(Middleware):
         self.registry = registry
         self.list_locked_tools = list_locked_tools
 
+    async def __call__(self, context, call_next):
+        # nothing requires a scope (the common case; a reload may change it): not even FastMCP's
+        # per-message hook dispatch, which costs more than the checks themselves
+        if not self.registry.required:
+            return await call_next(context)
+        return await super().__call__(context, call_next)
+
     def _have(self) -> set[str] | None:
         from fastmcp.server.dependencies import get_access_token
 

@@ -2,15 +2,16 @@
 
 Each provider maps its user-info answer onto one shape (user_id, username, email, name), which
 becomes the caller's identity in SQL (`get_username()` …) and in audit logs. Answers are cached
-for `cache_ttl` seconds per token, so a busy client does not turn every call into a call to the
-provider, and bad tokens are never cached. A provider that cannot answer (down, slower than
-`timeout_seconds`, 5xx) is noted as an outage: the request is answered 503, not 401, because
-the token may well be valid (outages.py).
+for `cache_ttl` seconds per token (by the token's hash, bounded: verified.py), so a busy client
+does not turn every call into a call to the provider, and bad tokens are never cached. A provider
+that cannot answer (down, slower than `timeout_seconds`, 5xx) is noted as an outage: the request
+is answered 503, not 401, because the token may well be valid (outages.py).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,11 +19,11 @@ import anyio
 import httpx2
 from fastmcp.server.auth import TokenVerifier
 from fastmcp.server.auth.auth import AccessToken
-from fastmcp.utilities.token_cache import TokenCache
 
 from sqlgate.auth.config import PROVIDER_TITLES, AuthConfig, ProviderConfig
 from sqlgate.auth.outages import describe, note, provider_failure
 from sqlgate.auth.presets import PRESETS, TokenClaims
+from sqlgate.auth.verified import DEFAULT_MAX_ENTRIES, VerifiedTokens, token_key
 from sqlgate.errors import ConfigError
 
 log = logging.getLogger("sqlgate.auth.upstream")
@@ -144,7 +145,8 @@ class UserInfoVerifier(TokenVerifier):
         super().__init__()
         self.provider = provider
         self.endpoints = endpoints
-        self._cache = TokenCache(ttl_seconds=cache_ttl)
+        self._cache_ttl = cache_ttl
+        self._cache = VerifiedTokens(DEFAULT_MAX_ENTRIES if cache_ttl > 0 else 0)
         self._timeout = timeout
         self._http: httpx2.AsyncClient | None = None
         self._jwt = _token_claims_verifier(endpoints.token_claims, timeout)
@@ -154,10 +156,16 @@ class UserInfoVerifier(TokenVerifier):
             self._http = httpx2.AsyncClient(timeout=self._timeout, headers={"Accept": "application/json"})
         return self._http
 
+    def answer_expires(self, token: str) -> float:
+        """Until when the provider's answer about `token` is reused (0: it is asked every time)."""
+        entry = self._cache.lookup(token_key(token), time.time())
+        return entry.until if entry is not None else 0.0
+
     async def verify_token(self, token: str) -> AccessToken | None:
-        hit, cached = self._cache.get(token)
-        if hit:
-            return cached
+        key = token_key(token)
+        cached = self._cache.get(key, time.time())
+        if cached is not None:
+            return cached  # shared: callers copy before changing (OAuthProxy does, proxy.py builds anew)
         try:
             with anyio.fail_after(self._timeout):
                 info = await self._user_info(token)
@@ -178,7 +186,7 @@ class UserInfoVerifier(TokenVerifier):
         claims = {**info, "sub": identity["user_id"], "preferred_username": identity["username"],
                   "email": identity["email"], "name": identity["name"], "sqlgate_provider": self.provider}
         result = AccessToken(token=token, client_id=self.provider, scopes=[], expires_at=None, claims=claims)
-        self._cache.set(token, result)
+        self._cache.put(key, result, time.time() + self._cache_ttl)
         return result
 
     async def _user_info(self, token: str) -> dict[str, Any] | None:

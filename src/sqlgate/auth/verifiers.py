@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx2
@@ -12,6 +13,7 @@ from fastmcp.server.auth.providers.introspection import IntrospectionTokenVerifi
 from sqlgate.auth.config import AuthConfig
 from sqlgate.auth.jwt_verifier import SqlgateJWTVerifier
 from sqlgate.auth.outages import NotingTransport
+from sqlgate.auth.verified import VerifiedTokens, token_key
 
 
 def claim_at(claims: dict[str, Any], path: str) -> Any:
@@ -48,15 +50,42 @@ class IdentityMapping(TokenVerifier):
         return result.model_copy(update={"claims": claims})
 
 
+class RememberingVerifier(TokenVerifier):
+    """Wraps a verifier whose verdict on a token depends only on the token and the clock (a JWT:
+    signature, issuer, audience, exp/nbf with a leeway): a token it accepted is accepted again
+    without parsing or checking it, until its `exp` plus the leeway (verified.py). The HTTP layer
+    still refuses it on every request once `exp` has passed."""
+
+    def __init__(self, inner: TokenVerifier, cache: VerifiedTokens, leeway_seconds: float):
+        super().__init__()
+        self.inner = inner
+        self.cache = cache
+        self.leeway = leeway_seconds
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        key = token_key(token)
+        cached = self.cache.get(key, time.time())
+        if cached is not None:
+            return cached
+        result = await self.inner.verify_token(token)
+        if result is not None and result.expires_at is not None:
+            self.cache.put(key, result, result.expires_at + self.leeway)
+        return result
+
+
 def build_verifiers(auth: AuthConfig, resource_url: str) -> list[TokenVerifier]:
     verifiers: list[TokenVerifier] = []
     if auth.jwt is not None:
         j = auth.jwt
         audience = j.audience or ([resource_url] if j.audience_required else None)
-        verifiers.append(IdentityMapping(SqlgateJWTVerifier(
+        jwt_verifier: TokenVerifier = IdentityMapping(SqlgateJWTVerifier(
             algorithms=list(j.algorithms), issuer=j.issuer, audience=audience, jwks_uri=j.jwks_uri,
             public_key=j.public_key, secret=j.secret, leeway_seconds=j.leeway_seconds,
-        ), auth.username_claim, "jwt"))
+        ), auth.username_claim, "jwt")
+        if auth.token_cache.max_entries:
+            jwt_verifier = RememberingVerifier(jwt_verifier, VerifiedTokens(auth.token_cache.max_entries),
+                                               j.leeway_seconds)
+        verifiers.append(jwt_verifier)
     if auth.introspection is not None:
         i = auth.introspection
         # a transport that notes an unreachable or failing endpoint, so the caller gets 503, not 401

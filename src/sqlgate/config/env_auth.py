@@ -25,6 +25,8 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "VALID_SCOPES": ("", "scopes"),
     "USERNAME_CLAIM": ("", "username_claim"),
     "CACHE_TTL": ("", "cache_ttl"),
+    "TOKEN_CACHE_MAX_ENTRIES": ("token_cache", "max_entries"),
+    "REVOCATION_CHECK_SECONDS": ("token_cache", "revocation_check_seconds"),
     "REFRESH_GRACE_SECONDS": ("", "refresh_grace_seconds"),
     "UPSTREAM_REFRESH_MARGIN_SECONDS": ("", "upstream_refresh_margin_seconds"),
     # JWT

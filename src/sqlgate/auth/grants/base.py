@@ -16,7 +16,11 @@ PostgreSQL) machines:
   lost response or a crash — instead of nothing. While the provider is being asked (an upstream
   refresh) the family is *pending*: the pair is finished by `finish_rotation`, or undone.
 - `revoke_family` is a marker that outlives the tokens it kills; it may even precede the
-  family's first tokens (a code replayed while its winner is still issuing).
+  family's first tokens (a code replayed while its winner is still issuing). In the same
+  transaction it appends the family to a *revocation log* whose numbers grow in commit order, so
+  a process caching verified tokens (auth/revocations.py) learns of every revocation made by any
+  process with one cheap read of the entries after the last number it saw
+  (`revocations_since`).
 
 Alongside, a plain key-value table holds what FastMCP's OAuthProxy keeps (clients, transactions,
 consent CSRF tokens, upstream token sets, JTI mappings), so one backend serves all of it.
@@ -165,6 +169,15 @@ class GrantStore(ABC):
 
     @abstractmethod
     def is_family_revoked(self, family_id: str, now: float) -> bool: ...
+
+    @abstractmethod
+    def revocations_since(self, after: int | None, limit: int) -> tuple[int, list[str] | None]:
+        """Families revoked after log number `after`: (the newest number read, their ids in order).
+
+        `after=None` asks only for the newest number (a reader starting now). Numbers grow in
+        commit order — a reader that sees number n has seen every number below it — and are never
+        reused, so nothing is missed. More than `limit` new entries: (the newest number, None),
+        meaning "forget every cached token"."""
 
     # ------------------------------------------------------------------ rate limits
     @abstractmethod

@@ -6,6 +6,9 @@ statement re-checks its own condition on the row it locks:
   for the first to commit, then finds nothing;
 - rotation is `UPDATE … WHERE generation = %s RETURNING`: a concurrent second UPDATE waits,
   re-evaluates the WHERE against the committed row, and matches nothing.
+The revocation log is numbered from a one-row counter that each revocation increments in its own
+transaction: the row lock orders revocations, so the numbers are handed out in commit order (a
+sequence would not be: a number taken first may commit last, and a reader could skip it).
 Tables are prefixed `sqlgate_oauth_` so the database may be shared with other applications;
 they are created at start-up under an advisory lock (replicas may start together).
 """
@@ -72,6 +75,16 @@ CREATE TABLE IF NOT EXISTS {P}call_leases (
 CREATE INDEX IF NOT EXISTS {P}call_leases_bucket ON {P}call_leases (bucket, expires_at);
 ALTER TABLE {P}families ADD COLUMN IF NOT EXISTS pending_since double precision;
 ALTER TABLE {P}refresh_tokens ADD COLUMN IF NOT EXISTS successor text;
+CREATE TABLE IF NOT EXISTS {P}revocations (
+    seq        bigint PRIMARY KEY,
+    family_id  text NOT NULL,
+    expires_at double precision NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {P}revocation_counter (
+    id  smallint PRIMARY KEY CHECK (id = 1),
+    seq bigint NOT NULL
+);
+INSERT INTO {P}revocation_counter (id, seq) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
 """
 
 
@@ -227,9 +240,26 @@ class PostgresGrantStore(GrantStore):
             return True
 
     def revoke_family(self, family_id, until, now):
-        self._count(f"INSERT INTO {P}families (family_id, generation, revoked, rotated_at, expires_at) "
-                    "VALUES (%s, 0, true, %s, %s) ON CONFLICT (family_id) DO UPDATE SET revoked = true, "
-                    f"expires_at = greatest({P}families.expires_at, excluded.expires_at)", (family_id, now, until))
+        with self._tx() as con:
+            con.execute(f"INSERT INTO {P}families (family_id, generation, revoked, rotated_at, expires_at) "
+                        "VALUES (%s, 0, true, %s, %s) ON CONFLICT (family_id) DO UPDATE SET revoked = true, "
+                        f"expires_at = greatest({P}families.expires_at, excluded.expires_at)",
+                        (family_id, now, until))
+            # held until commit: the next revocation's number waits for this one to be visible
+            (seq,) = con.execute(f"UPDATE {P}revocation_counter SET seq = seq + 1 WHERE id = 1 "
+                                 "RETURNING seq").fetchone()
+            con.execute(f"INSERT INTO {P}revocations (seq, family_id, expires_at) VALUES (%s, %s, %s)",
+                        (seq, family_id, until))
+
+    def revocations_since(self, after, limit):
+        if after is None:
+            return int(self._one(f"SELECT seq FROM {P}revocation_counter WHERE id = 1", ())[0]), []
+        with self._tx() as con:
+            rows = con.execute(f"SELECT seq, family_id FROM {P}revocations WHERE seq > %s ORDER BY seq LIMIT %s",
+                               (after, limit + 1)).fetchall()
+        if len(rows) > limit:
+            return self.revocations_since(None, limit)[0], None
+        return (int(rows[-1][0]) if rows else after), [r[1] for r in rows]
 
     def is_family_revoked(self, family_id, now):
         row = self._one(f"SELECT revoked FROM {P}families WHERE family_id = %s", (family_id,))
@@ -270,7 +300,8 @@ class PostgresGrantStore(GrantStore):
         with self._tx() as con:
             removed += con.execute(f"DELETE FROM {P}kv WHERE expires_at IS NOT NULL AND expires_at <= %s",
                                    (now,)).rowcount
-            for table in ("codes", "spent_codes", "refresh_tokens", "families", "rate_windows", "call_leases"):
+            for table in ("codes", "spent_codes", "refresh_tokens", "families", "rate_windows", "call_leases",
+                          "revocations"):
                 removed += con.execute(f"DELETE FROM {P}{table} WHERE expires_at <= %s", (now,)).rowcount
         return removed
 

@@ -72,6 +72,12 @@ CREATE TABLE IF NOT EXISTS call_leases (
     expires_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS call_leases_bucket ON call_leases (bucket, expires_at);
+-- AUTOINCREMENT: a number is never reused, even after the newest rows are cleaned up
+CREATE TABLE IF NOT EXISTS revocations (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    family_id  TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
 """
 
 # columns added after the first release of the schema: (table, column, type)
@@ -254,10 +260,22 @@ class SqliteGrantStore(GrantStore):
             return True
 
     def revoke_family(self, family_id, until, now):
-        with self._write() as con:
+        with self._write() as con:  # one writer at a time: log numbers are in commit order
             con.execute("INSERT INTO families (family_id, generation, revoked, rotated_at, expires_at) "
                         "VALUES (?, 0, 1, ?, ?) ON CONFLICT (family_id) DO UPDATE SET revoked = 1, "
                         "expires_at = max(families.expires_at, excluded.expires_at)", (family_id, now, until))
+            con.execute("INSERT INTO revocations (family_id, expires_at) VALUES (?, ?)", (family_id, until))
+
+    def revocations_since(self, after, limit):
+        with self._lock, self._failures():
+            if after is None:
+                row = self._con.execute("SELECT seq FROM sqlite_sequence WHERE name = 'revocations'").fetchone()
+                return (int(row[0]) if row else 0), []
+            rows = self._con.execute("SELECT seq, family_id FROM revocations WHERE seq > ? ORDER BY seq LIMIT ?",
+                                     (after, limit + 1)).fetchall()
+        if len(rows) > limit:
+            return self.revocations_since(None, limit)[0], None
+        return (rows[-1][0] if rows else after), [r[1] for r in rows]
 
     def is_family_revoked(self, family_id, now):
         row = self._read("SELECT revoked FROM families WHERE family_id = ?", (family_id,))
@@ -296,7 +314,8 @@ class SqliteGrantStore(GrantStore):
         with self._write() as con:
             removed += con.execute("DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ?",
                                    (now,)).rowcount
-            for table in ("codes", "spent_codes", "refresh_tokens", "families", "rate_windows", "call_leases"):
+            for table in ("codes", "spent_codes", "refresh_tokens", "families", "rate_windows", "call_leases",
+                          "revocations"):
                 removed += con.execute(f"DELETE FROM {table} WHERE expires_at <= ?", (now,)).rowcount
         return removed
 
