@@ -15,7 +15,8 @@ not hold it, which py-spy's idle detection alone misses for threads parked on a 
 
 Prints, per case, the frames that were running themselves (self) and the frames that were on the
 stack (cumulative, each counted once per sample), as % of the samples, then the same cumulative
-view limited to sqlgate's own code, where the per-call work to remove shows up by name.
+view limited to sqlgate's own code, where the per-call work to remove shows up by name, and for the
+JWT and OAuth-proxy cases limited to the token's path (auth middleware, verifiers, grant store).
 Needs ptrace permission on the server process (root, or kernel.yama.ptrace_scope = 0).
 """
 
@@ -47,6 +48,10 @@ from harness import (
 from projects import ping_project
 
 CASES = {"trivial": "ping", "rows": "rows", "jwt": "ping", "oauth": "ping"}
+# the auth cases also show the token's own path: the auth middleware, the verifiers, the grant store
+# (key_value) and what they call (joserfc, cryptography)
+AUTH_FRAMES = ("auth", "joserfc", "key_value", "grant", "cryptography")
+FOCUS = {"jwt": AUTH_FRAMES, "oauth": AUTH_FRAMES}
 STEM_SHARE = 0.95  # a frame on this share of its thread's samples is part of the thread's stem
 
 
@@ -92,7 +97,7 @@ def sample(server: Server, tool: str, seconds: int, concurrency: int, out: Path)
         gen.wait(timeout=10)
 
 
-def top_frames(raw: Path, top: int) -> tuple[int, dict[str, list[tuple[str, float]]]]:
+def top_frames(raw: Path, top: int, focus: tuple[str, ...] = ()) -> tuple[int, dict[str, list[tuple[str, float]]]]:
     """Samples, and the self / cumulative / sqlgate-only cumulative shares of them (%), from py-spy's
     raw output: one `frame;frame;...;leaf count` line per distinct stack, root first. The cumulative
     views leave out a thread's stem: frames on (nearly) every stack of that thread (runpy, the CLI,
@@ -112,9 +117,12 @@ def top_frames(raw: Path, top: int) -> tuple[int, dict[str, list[tuple[str, floa
             per_root[frame, frames[0]] += n
     stem = {f for (f, root), n in per_root.items() if n >= STEM_SHARE * root_total[root]}
     called = Counter({f: n for f, n in cumulative.items() if f not in stem})
-    own = Counter({f: n for f, n in called.items() if "(sqlgate/" in f})
+    chosen = {"self": self_, "cumulative": called,
+              "sqlgate cumulative": Counter({f: n for f, n in called.items() if "(sqlgate/" in f})}
+    if focus:
+        chosen["auth cumulative"] = Counter({f: n for f, n in called.items() if any(k in f for k in focus)})
     views = {name: [(f, 100.0 * n / max(total, 1)) for f, n in counts.most_common(top)]
-             for name, counts in (("self", self_), ("cumulative", called), ("sqlgate cumulative", own))}
+             for name, counts in chosen.items()}
     return total, views
 
 
@@ -146,7 +154,7 @@ def main() -> int:
                 raw = (opts.keep or work) / f"{case}.txt"
                 raw.parent.mkdir(parents=True, exist_ok=True)
                 sample(server, tool, opts.seconds, opts.concurrency, raw)
-            print_case(case, tool, *top_frames(raw, opts.top))
+            print_case(case, tool, *top_frames(raw, opts.top, FOCUS.get(case, ())))
     return 0
 
 

@@ -17,15 +17,13 @@ this is their request machinery. Tools:
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
 import duckdb
 import uvicorn
-from bare_fastmcp import build_once
-from projects import ROWS_SQL
+from projects import ROWS_SQL, baseline_args, build_once, records
 from pydantic_core import from_json, to_json
 
 PROTOCOL_VERSION = "2025-06-18"
@@ -35,20 +33,11 @@ QUERIES = {"ping": "SELECT 42 AS answer", "rows": ROWS_SQL, "rows_structured": R
 def make_app(db_path: Path):
     db = duckdb.connect(str(db_path), read_only=True)
 
-    def run_query(sql: str) -> list[dict[str, Any]]:
-        cur = db.cursor()  # DuckDB connections are not shared across threads
-        try:
-            cur.execute(sql)
-            columns = [d[0] for d in cur.description]
-            return [dict(zip(columns, row, strict=True)) for row in cur.fetchall()]
-        finally:
-            cur.close()
-
     async def call_tool(params: dict[str, Any]) -> dict[str, Any]:
         name = params.get("name")
         if name not in QUERIES:
             return {"content": [{"type": "text", "text": f"unknown tool {name!r}"}], "isError": True}
-        rows = await anyio.to_thread.run_sync(run_query, QUERIES[name])
+        rows = await anyio.to_thread.run_sync(records, db, QUERIES[name])
         text = to_json(rows).decode()
         result: dict[str, Any] = {"content": [{"type": "text", "text": text}], "isError": False}
         if name == "rows_structured":
@@ -118,12 +107,7 @@ def parse_request(body: bytes) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--db", type=Path, required=True, help="DuckDB file (opened read-only)")
-    ap.add_argument("--seed", type=Path, help="SQL that builds --db when it does not exist yet")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, required=True)
-    a = ap.parse_args()
+    a = baseline_args(__doc__)
     build_once(a.db, a.seed)
     # same server and log level as `sqlgate serve --log-level warning` (no per-request access log)
     uvicorn.run(make_app(a.db), host=a.host, port=a.port, log_level="warning", access_log=False,
