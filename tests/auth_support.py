@@ -1,7 +1,10 @@
-"""Helpers for OAuth tests: a project whose user config turns auth on, and the official client."""
+"""Helpers for OAuth tests: a project whose user config turns auth on, the official client, and
+fake-provider stacks that the tests of a module share."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +148,18 @@ class SharedStack:
 
     def seen(self) -> list:
         return self.fake.seen[self._seen_start:]
+
+
+@contextmanager
+def shared_stacks(start: Callable[..., AbstractContextManager]) -> Iterator[Callable[..., SharedStack]]:
+    """For a module-scoped fixture: get(*key) starts `start(*key)` (a context manager giving (fake,
+    server)) on first use, keeps it until the module is done, and gives each test its SharedStack."""
+    with ExitStack() as exits:
+        started: dict[tuple, tuple] = {}
+
+        def get(*key) -> SharedStack:
+            if key not in started:
+                started[key] = exits.enter_context(start(*key))
+            return SharedStack(*started[key])
+
+        yield get

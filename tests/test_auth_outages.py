@@ -230,8 +230,10 @@ def test_postgres_state_down_is_503_then_recovers(tmp_path):
     from tests.grant_backends import ADMIN_DSN, postgres_database
     from tests.test_auth_flows import KEY
 
-    with postgres_database() as dsn, google_stack(
-            tmp_path, persistence={"type": "postgres", "dsn": dsn, "encryption_key": KEY}) as (_, server, storage):
+    persistence = {"type": "postgres", "encryption_key": KEY,
+                   "connect_timeout_seconds": 2}  # a request waits this long for the store, then 503
+    with postgres_database() as dsn, google_stack(tmp_path, persistence={**persistence, "dsn": dsn}) as (
+            _, server, storage):
         name = dsn.rsplit("/", 1)[1]
         assert whoami(server, storage.tokens.access_token).status_code == 200
         with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:

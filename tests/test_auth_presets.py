@@ -10,13 +10,13 @@ Cognito does not rotate refresh tokens).
 
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 
 import anyio
 import httpx
 import pytest
 
-from tests.auth_support import MemoryTokenStorage, SharedStack, auth_project, call_tool, oauth_client
+from tests.auth_support import MemoryTokenStorage, auth_project, call_tool, oauth_client, shared_stacks
 from tests.browser import Browser
 from tests.conftest import free_port, start_server, stop_server
 from tests.fakes.presets import PRESET_FAKES, FakeCognito, FakeDescope, FakeEntra
@@ -87,15 +87,10 @@ def preset_server(kind: str, tmp_path, provider_name: str | None = None):
 @pytest.fixture(scope="module")
 def presets(tmp_path_factory):
     """(kind, provider name) -> SharedStack: one server per preset for the module, started on first use."""
-    with ExitStack() as exits:
-        started: dict[tuple, tuple] = {}
+    def start(kind: str, provider_name: str | None = None):
+        return preset_server(kind, tmp_path_factory.mktemp(kind), provider_name)
 
-        def get(kind: str, provider_name: str | None = None) -> SharedStack:
-            key = (kind, provider_name)
-            if key not in started:
-                started[key] = exits.enter_context(preset_server(kind, tmp_path_factory.mktemp(kind), provider_name))
-            return SharedStack(*started[key])
-
+    with shared_stacks(start) as get:
         yield get
 
 

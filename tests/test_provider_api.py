@@ -11,12 +11,12 @@ clear error, a host outside the provider's API is refused — and the token neve
 
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 
 import anyio
 import pytest
 
-from tests.auth_support import MemoryTokenStorage, SharedStack, auth_project, call_tool, oauth_client
+from tests.auth_support import MemoryTokenStorage, auth_project, call_tool, oauth_client, shared_stacks
 from tests.browser import Browser
 from tests.conftest import free_port, start_server, stop_server
 from tests.fakes.providers import FAKES
@@ -99,31 +99,27 @@ def api_stack(kind: str, tmp_path, extra_tools: dict[str, tuple[str, str]] | Non
 
 @pytest.fixture(scope="module")
 def stacks(tmp_path_factory):
-    """kind -> (fake, server), started on first use and kept for the module (a start is ~2 s of CPU)."""
-    with ExitStack() as exits:
-        started: dict[str, tuple] = {}
+    """kind -> SharedStack: one fake and server per provider for the module, started on first use."""
+    def start(kind: str):
+        extra = {"leaky": (LEAKY_PY, LEAKY_YML)} if kind == "github" else None
+        return api_stack(kind, tmp_path_factory.mktemp(kind), extra)
 
-        def get(kind: str) -> tuple:
-            if kind not in started:
-                extra = {"leaky": (LEAKY_PY, LEAKY_YML)} if kind == "github" else None
-                started[kind] = exits.enter_context(api_stack(kind, tmp_path_factory.mktemp(kind), extra))
-            return started[kind]
-
+    with shared_stacks(start) as get:
         yield get
 
 
 @pytest.fixture
 def github(stacks):
-    fake, server = stacks("github")
-    yield SharedStack(fake, server)
-    fake.api_delay, fake.echo_token_header = 0.0, False  # what a test changed
+    stack = stacks("github")
+    yield stack
+    stack.fake.api_delay, stack.fake.echo_token_header = 0.0, False  # what a test changed
 
 
 @pytest.fixture
 def salesforce(stacks):
-    fake, server = stacks("salesforce")
-    yield SharedStack(fake, server)
-    fake.instance_url = None
+    stack = stacks("salesforce")
+    yield stack
+    stack.fake.instance_url = None
 
 
 def _calls(server, calls):
@@ -137,7 +133,7 @@ def _calls(server, calls):
 
 @pytest.mark.parametrize("kind", list(ENDPOINTS))
 def test_endpoint_calls_provider_api_as_the_user(kind, stacks):
-    stack = SharedStack(*stacks(kind))
+    stack = stacks(kind)
     fake = stack.fake
     ok, too_big, elsewhere = _calls(stack.server, [{"n": 2}, {"n": 100, "max_bytes": 2000},
                                                    {"n": 1, "url": "https://evil.example/steal"}])
