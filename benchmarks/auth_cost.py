@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What authentication costs per call: sqlgate with no auth, a JWT, and an OAuth-proxy token, side by side.
 
-    .venv/bin/python benchmarks/auth_cost.py [--rounds 5] [--calls 400] [--concurrency 1,8]
+    .venv/bin/python benchmarks/auth_cost.py [--rounds 5] [--calls 400] [--concurrency 1,8] [--baseline-src DIR]
 
 Three servers of the `ping` project (benchmarks/projects.py) over streamable HTTP, one process each:
 - `none`: no auth;
@@ -13,7 +13,9 @@ Three servers of the `ping` project (benchmarks/projects.py) over streamable HTT
 Rounds alternate the order of the servers (ABC, CBA, …) so drift hits all alike. Reported per
 concurrency level: the server's CPU ms per call (user+system of the whole process, warm-up calls
 included; far steadier than calls/s on a shared machine), median and spread (min-max) over rounds,
-and each auth mode's extra CPU per call over `none`.
+and each auth mode's extra CPU per call over `none`. With `--baseline-src DIR` the same three
+servers also run from another checkout's src/ (first on PYTHONPATH), in the same rounds: before
+and after a change, measured side by side.
 """
 
 from __future__ import annotations
@@ -89,59 +91,75 @@ def summary(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
+def start_servers(stack: ExitStack, work: Path, modes: tuple[str, ...], trees: dict[str, Path | None]) -> dict:
+    """{(tree, mode): Server}: each mode of each source tree (None: this checkout) on its own port."""
+    from tests.fakes.github import FakeGitHub
+
+    github = stack.enter_context(FakeGitHub("bench-client", "bench-secret")) if "proxy" in modes else None
+    servers = {}
+    for tree, src in trees.items():
+        env = isolated_env(work, {"PYTHONPATH": str(src)} if src else None)
+        for mode in modes:
+            name = f"{mode}-{tree}"
+            project = ping_project(work / name)
+            if mode == "none":
+                server = stack.enter_context(running(serve_cmd(project), env, work / f"{name}.log"))
+            elif mode == "jwt":
+                server = stack.enter_context(running(serve_cmd(project), jwt_env(env), work / f"{name}.log"))
+                server.token = jwt_token(server.port)
+            else:
+                assert github is not None
+                server = stack.enter_context(running(serve_cmd(project), proxy_env(env, github.base_url,
+                                                                                   work / f"{name}.db"),
+                                                     work / f"{name}.log"))
+                # the redirect URI the app registered names sqlgate's port, known once it runs
+                github.redirect_uris.append(f"http://{HOST}:{server.port}/github/callback")
+                server.token = proxy_login(server.mcp_url)
+            servers[(tree, mode)] = server
+    return servers
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--calls", type=int, default=400, help="calls per bench run (per concurrency level)")
     ap.add_argument("--concurrency", default="1,8")
     ap.add_argument("--modes", default=",".join(MODES), help="which servers, of " + ", ".join(MODES))
+    ap.add_argument("--baseline-src", type=Path, help="src/ directory of another checkout (e.g. from `git archive "
+                                                      "BASE | tar -x -C DIR`): its servers run in the same rounds")
     ap.add_argument("--bench-tool", type=Path, default=DEFAULT_BENCH_TOOL)
     opts = ap.parse_args()
     levels = [int(c) for c in opts.concurrency.split(",")]
     modes = tuple(m for m in MODES if m in opts.modes.split(","))
-    from tests.fakes.github import FakeGitHub
-
+    trees: dict[str, Path | None] = {"this": None}
+    if opts.baseline_src:
+        trees = {"baseline": opts.baseline_src.resolve(), **trees}
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
-        work = Path(tmp)
-        env = isolated_env(work)
-        servers = {}
-        if "none" in modes:
-            servers["none"] = stack.enter_context(running(serve_cmd(ping_project(work / "none")), env,
-                                                          work / "none.log"))
-        if "jwt" in modes:
-            servers["jwt"] = stack.enter_context(running(serve_cmd(ping_project(work / "jwt")), jwt_env(env),
-                                                         work / "jwt.log"))
-            servers["jwt"].token = jwt_token(servers["jwt"].port)
-        if "proxy" in modes:
-            github = stack.enter_context(FakeGitHub("bench-client", "bench-secret"))
-            servers["proxy"] = stack.enter_context(running(serve_cmd(ping_project(work / "proxy")),
-                                                           proxy_env(env, github.base_url, work / "oauth.db"),
-                                                           work / "proxy.log"))
-            # the redirect URI the app registered names sqlgate's port, known once it runs
-            github.redirect_uris = [f"http://{HOST}:{servers['proxy'].port}/github/callback"]
-            servers["proxy"].token = proxy_login(servers["proxy"].mcp_url)
+        servers = start_servers(stack, Path(tmp), modes, trees)
         for server in servers.values():  # untimed: one-off lazy imports and caches
             bench_calls(opts.bench_tool, server, "ping", {}, 100, 1)
-        cpu: dict[tuple[str, int], list[float]] = {(m, c): [] for m in modes for c in levels}
-        rate: dict[tuple[str, int], list[float]] = {(m, c): [] for m in modes for c in levels}
+        cpu: dict[tuple, list[float]] = {(k, c): [] for k in servers for c in levels}
+        rate: dict[tuple, list[float]] = {(k, c): [] for k in servers for c in levels}
+        order = list(servers)
         for i in range(opts.rounds):
-            for mode in (modes if i % 2 == 0 else tuple(reversed(modes))):
+            for key in (order if i % 2 == 0 else order[::-1]):
                 for c in levels:
-                    run = bench_calls(opts.bench_tool, servers[mode], "ping", {}, opts.calls, c)
-                    cpu[(mode, c)].append(run["cpu_ms"])
-                    rate[(mode, c)].append(run["calls_per_s"])
+                    run = bench_calls(opts.bench_tool, servers[key], "ping", {}, opts.calls, c)
+                    cpu[(key, c)].append(run["cpu_ms"])
+                    rate[(key, c)].append(run["calls_per_s"])
             print(f"[auth_cost] round {i + 1}/{opts.rounds} done", file=sys.stderr, flush=True)
     print(f"CPU ms per call of the server, median (min-max) over {opts.rounds} rounds of {opts.calls} calls\n")
-    print("| auth | " + " | ".join(f"c={c} CPU ms/call | c={c} +ms over none | c={c} calls/s" for c in levels) + " |")
-    print("|---|" + "---|---|---|" * len(levels))
-    for mode in modes:
+    print("| source | auth | " + " | ".join(f"c={c} CPU ms/call | c={c} +ms over none | c={c} calls/s"
+                                            for c in levels) + " |")
+    print("|---|---|" + "---|---|---|" * len(levels))
+    for tree, mode in order:
         cells = []
         for c in levels:
-            base = statistics.median(cpu[("none", c)]) if "none" in modes else None
-            extra = "—" if mode == "none" or base is None else f"{statistics.median(cpu[(mode, c)]) - base:+.2f}"
-            cells += [summary(cpu[(mode, c)]), extra,
-                      f"{statistics.median(rate[(mode, c)]):.0f}"]
-        print(f"| {mode} | " + " | ".join(cells) + " |")
+            mine = statistics.median(cpu[((tree, mode), c)])
+            none = cpu.get(((tree, "none"), c))
+            extra = "—" if mode == "none" or not none else f"{mine - statistics.median(none):+.2f}"
+            cells += [summary(cpu[((tree, mode), c)]), extra, f"{statistics.median(rate[((tree, mode), c)]):.0f}"]
+        print(f"| {tree} | {mode} | " + " | ".join(cells) + " |")
     return 0
 
 

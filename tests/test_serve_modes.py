@@ -162,7 +162,9 @@ async def test_sigterm_lets_calls_in_flight_finish(tmp_path):
 
 
 def test_oauth_flow_across_two_workers(tmp_path):
-    """`--workers 2`: login, calls and refreshes, whichever worker takes each request (shared SQLite state)."""
+    """`--workers 2`: login, calls and refreshes, whichever worker takes each request (shared SQLite
+    state); a revoked token is refused by whichever worker answers once the revocation-check bound
+    has passed (the worker that revoked it, at once)."""
     from tests.idp.launcher import OidcProvider
     from tests.test_auth_flows import login, provider_config
     from tests.test_auth_grants import refresh, works
@@ -186,6 +188,11 @@ def test_oauth_flow_across_two_workers(tmp_path):
             assert works(server.url, fresh.json()["access_token"])
         workers = psutil.Process(server.proc.pid).children(recursive=True)
         assert sum(1 for w in workers if w.cpu_times().user > 0.5) >= 2, "both workers should have served"
+        revoked = httpx.post(f"{server.base}/revoke", data={"token": storage.tokens.access_token,
+                                                            "client_id": client_id})
+        assert revoked.status_code == 200, revoked.text
+        time.sleep(5 + 0.5)  # auth.token_cache.revocation_check_seconds (default 5), and a margin
+        assert not any(works(server.url, storage.tokens.access_token) for _ in range(8))
     finally:
         if server is not None:
             stop_server(server)
