@@ -18,8 +18,11 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 
+# compileall: bytecode for the editable source, also where PYTHONDONTWRITEBYTECODE is set (else every
+# server and CLI process a test starts compiles sqlgate's modules again)
 install-test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m compileall -q src
 	cd tests/idp && npm ci --no-audit --no-fund --loglevel=error
 	cd tests/conformance && npm ci --no-audit --no-fund --loglevel=error
 

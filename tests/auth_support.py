@@ -65,8 +65,7 @@ def auth_project(tmp: Path, auth: dict[str, Any], port: int | None = None,
 def start_auth_server(tmp: Path, auth: dict[str, Any], port: int | None = None,
                       extra_env: dict[str, str] | None = None, args: list[str] | None = None, **kw):
     project, env, port = auth_project(tmp, auth, port, **kw)
-    return start_server(project, tmp, env={**env, **(extra_env or {})}, port=port, args=args,
-                        timeout=60 if args else 30)
+    return start_server(project, tmp, env={**env, **(extra_env or {})}, port=port, args=args)
 
 
 class MemoryTokenStorage:

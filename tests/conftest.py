@@ -10,7 +10,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -76,7 +77,7 @@ class ServerProcess:
 
 
 def start_server(project: Path, tmp: Path, env: dict[str, str] | None = None,
-                 args: list[str] | None = None, timeout: float = 30, port: int | None = None,
+                 args: list[str] | None = None, timeout: float = 60, port: int | None = None,
                  cwd: Path | None = None) -> ServerProcess:
     port = port or free_port()
     log = tmp / f"server-{port}.log"
@@ -98,6 +99,21 @@ def start_server(project: Path, tmp: Path, env: dict[str, str] | None = None,
         time.sleep(0.1)
     proc.kill()
     raise RuntimeError(f"server did not become healthy:\n{log.read_text()}")
+
+
+def together(*starts: Callable[[], ServerProcess]) -> list[ServerProcess]:
+    """Start several servers at once (each start is a subprocess's CPU-bound imports, so a second one
+    overlaps the first on the other core); their ServerProcesses in order. If one fails, the others
+    are stopped."""
+    with ThreadPoolExecutor(len(starts)) as pool:
+        futures = [pool.submit(start) for start in starts]
+    failed = next((f.exception() for f in futures if f.exception() is not None), None)
+    if failed is not None:
+        for f in futures:
+            if f.exception() is None:
+                stop_server(f.result())
+        raise failed
+    return [f.result() for f in futures]
 
 
 def stop_server(server: ServerProcess) -> None:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from functools import partial
 
 import httpx
 import pytest
 
 from tests.auth_support import start_auth_server
-from tests.conftest import stop_server
+from tests.conftest import stop_server, together
 from tests.grant_backends import postgres_available, postgres_database
 from tests.test_auth_flows import drop_stack, login, make_stack
 from tests.test_auth_server import GITHUB
@@ -94,10 +95,8 @@ def shared_state(request, tmp_path):
 def test_rate_limit_is_shared_by_two_servers_on_one_store(tmp_path, shared_state):
     """Two sqlgate processes on one state store: the limit counts registrations at both."""
     auth = {**GITHUB, "registration": {"rate_limit": 4, "rate_window_seconds": 60}, "persistence": shared_state}
-    a = start_auth_server(tmp_path / "a", auth)
-    b = None
+    a, b = together(partial(start_auth_server, tmp_path / "a", auth), partial(start_auth_server, tmp_path / "b", auth))
     try:
-        b = start_auth_server(tmp_path / "b", auth)
         assert [register(s.base).status_code for s in (a, b, a, b)] == [201, 201, 201, 201]
         for s in (a, b):
             r = register(s.base)
@@ -109,8 +108,7 @@ def test_rate_limit_is_shared_by_two_servers_on_one_store(tmp_path, shared_state
         assert "exceed 4 per 60 s" in a.logs() + b.logs()
     finally:
         stop_server(a)
-        if b is not None:
-            stop_server(b)
+        stop_server(b)
 
 
 def _client_rows(db) -> set[str]:
@@ -167,7 +165,7 @@ def test_clients_registered_before_expiry_existed_get_one_at_start(tmp_path):
         stop_server(first)
     with sqlite3.connect(tmp_path / "oauth.db") as con:  # as an older sqlgate stored it
         con.execute("UPDATE kv SET expires_at = NULL WHERE collection = 'mcp-oauth-proxy-clients'")
-    ttl = 4  # counted from the second start; long enough for the first /authorize below
+    ttl = 6  # counted from the second start (its proxy set-up); long enough for the first /authorize below
     second = start_auth_server(tmp_path, {**auth, "registration": {"idle_client_ttl_seconds": ttl}})
     started = time.monotonic()  # the lifetime was given before the server answered /healthz
     try:
