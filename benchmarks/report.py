@@ -166,7 +166,7 @@ def footnotes(res: dict[str, Any]) -> str:
     meta, p = res["meta"], res["meta"]["plan"]
     v = meta["versions"]
     return (
-        f"_{p['calls']} calls per trivial-tool case ({p['mxcp_calls']} for MXCP) and {p['rows_calls']} per "
+        f"_{p['calls']} calls per trivial-tool case and {p['rows_calls']} per "
         "1,000-row case per round, after untimed warm-up calls; all servers run side by side, each case once "
         "per round, odd rounds in reverse order. calls/s and latency are the load generator's "
         "(`benchmarks/loadgen.py`, one process): on 2 cores it takes about one of them, so the servers share "
@@ -179,7 +179,8 @@ def footnotes(res: dict[str, Any]) -> str:
         "are `serve --workers 2` (stateless HTTP). JWT: HS256, audience-bound; OAuth proxy: a token from a "
         "real login (registration, consent page, the provider's login form, PKCE code exchange) against a fake "
         f"GitHub (`tests/fakes`), which the OAuth-proxy servers asked {res['load']['upstream_requests_during_load']} "
-        "time(s) while the load ran. MXCP: its defaults, log level warning like the others. "
+        "time(s) while the load ran. MXCP: its defaults, which include an access-log line per request (no "
+        "MXCP setting turns it off; every other server logs at warning). "
         f"Python {meta['python']}, sqlgate {v['sqlgate']}, FastMCP {v['fastmcp']}, mcp {v['mcp']}, "
         f"DuckDB {v['duckdb']}, uvicorn {v['uvicorn']}; {meta['elapsed_s']:.0f} s in all._")
 

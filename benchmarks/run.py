@@ -78,13 +78,12 @@ class Plan:
     rounds: int
     calls: int  # trivial tool: calls per case and round
     rows_calls: int  # the 1,000-row answer
-    mxcp_calls: int  # MXCP is several times slower: fewer calls keep its share of a round in line
     endpoint_counts: tuple[int, ...]
     startup_repeats: int  # timed starts per project (after one untimed warm-up start)
 
 
-FULL = Plan(rounds=5, calls=400, rows_calls=60, mxcp_calls=150, endpoint_counts=(10, 100, 1000), startup_repeats=3)
-QUICK = Plan(rounds=1, calls=150, rows_calls=15, mxcp_calls=60, endpoint_counts=(1000,), startup_repeats=1)
+FULL = Plan(rounds=5, calls=400, rows_calls=60, endpoint_counts=(10, 100, 1000), startup_repeats=3)
+QUICK = Plan(rounds=1, calls=150, rows_calls=15, endpoint_counts=(1000,), startup_repeats=1)
 
 
 # ---------------------------------------------------------------- what is compared
@@ -120,10 +119,8 @@ def load_rows(plan: Plan, with_mxcp: bool) -> list[Row]:
         keys = ["raw", "bare", "sg", "sg_jwt", "sg_oauth"] + (["sg2", "sg2_jwt", "sg2_oauth"] if c == 8 else [])
         keys += ["mxcp"] if with_mxcp else []
         for key in keys:
-            calls = plan.mxcp_calls if key == "mxcp" else plan.calls
             name = LABELS[key] + (" (limit)" if key == "raw" else "")
-            rows.append(Row(group, name, Case(f"{group} | {name}", key, "ping", concurrency=c, calls=calls),
-                            limit=key == "raw"))
+            rows.append(Row(group, name, Case(f"{group} | {name}", key, "ping", concurrency=c), limit=key == "raw"))
     for key, tool, name in (("raw", "rows", "raw ASGI + DuckDB, text only"),
                             ("raw", "rows_structured", "raw ASGI + DuckDB + structuredContent (limit)"),
                             ("bare", "rows", "bare FastMCP"), ("sg", "rows", "sqlgate")):
@@ -277,7 +274,6 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, help="override the plan's rounds")
     ap.add_argument("--calls", type=int, help="override the plan's calls per trivial-tool case")
     ap.add_argument("--rows-calls", type=int, help="override the plan's calls per 1,000-row case")
-    ap.add_argument("--mxcp-calls", type=int, help="override the plan's calls per MXCP case")
     ap.add_argument("--endpoints", help="comma-separated endpoint counts for the start-up times")
     ap.add_argument("--no-mxcp", action="store_true", help="leave MXCP out (the report says so)")
     ap.add_argument("--load-tool", "--bench-tool", dest="load_tool", type=Path, default=LOADGEN,
@@ -290,8 +286,7 @@ def parse_args() -> argparse.Namespace:
 
 def plan_of(args: argparse.Namespace) -> Plan:
     plan = QUICK if args.quick else FULL
-    overrides = {"rounds": args.rounds, "calls": args.calls, "rows_calls": args.rows_calls,
-                 "mxcp_calls": args.mxcp_calls}
+    overrides = {"rounds": args.rounds, "calls": args.calls, "rows_calls": args.rows_calls}
     plan = replace(plan, **{k: v for k, v in overrides.items() if v is not None})
     if args.endpoints:
         plan = replace(plan, endpoint_counts=tuple(int(x) for x in args.endpoints.split(",")))
