@@ -23,7 +23,7 @@ from sqlgate.engine import Limits, open_engine
 from sqlgate.engine.postgres_identity import install
 from sqlgate.errors import ConfigError, DatabaseUnavailable, QueryTimeout
 from tests.conftest import free_port, isolated_env
-from tests.test_postgres import IDENTITY_KEY, LIMITS, _as, _engine, pg_database
+from tests.test_postgres import IDENTITY_KEY, LIMITS, _as, _engine, active, pg_database, running
 from tests.test_postgres import pytestmark as _pg_only
 
 pytestmark = _pg_only
@@ -43,24 +43,6 @@ async def _timed(coro):
         return await coro, time.monotonic() - started
     except Exception as exc:  # the test inspects what was raised
         return exc, time.monotonic() - started
-
-
-async def active(pg, fragment: str) -> int:
-    """How many statements containing `fragment` run on the server now (pg_stat_activity)."""
-    async with await psycopg.AsyncConnection.connect(f"postgresql://postgres@127.0.0.1:5432/{pg['db']}",
-                                                     autocommit=True) as admin:
-        cur = await admin.execute("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND "
-                                  "pid <> pg_backend_pid() AND query LIKE %s", (f"%{fragment}%",))
-        return (await cur.fetchone())[0]
-
-
-async def running(pg, fragment: str, count: int, timeout: float = 10) -> None:
-    """Wait until `count` statements containing `fragment` are active on the server: the calls hold
-    their connections now (instead of sleeping a fixed time and hoping they do)."""
-    deadline = time.monotonic() + timeout
-    while (found := await active(pg, fragment)) < count:
-        assert time.monotonic() < deadline, f"{found} of {count} statements with {fragment!r} running"
-        await asyncio.sleep(0.02)
 
 
 async def test_queued_call_keeps_its_own_deadline(pg):
