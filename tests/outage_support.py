@@ -65,6 +65,15 @@ def google_auth(fake: FakeGoogle, **auth) -> dict:
             **auth}
 
 
+def login_alice(server) -> MemoryTokenStorage:
+    """alice logged in by the official client (her own client registration and grant)."""
+    storage = MemoryTokenStorage()
+    res = anyio.run(call_tool, server.url, oauth_client(server.url, Browser("alice", "alice-password"), storage),
+                    "whoami")
+    assert not res.is_error, res.content
+    return storage
+
+
 @contextlib.contextmanager
 def google_stack(tmp_path, login: bool = True, **auth) -> Iterator[tuple[FlakyGoogle, object, MemoryTokenStorage]]:
     """(fake, server, storage): a sqlgate server on the fake, alice logged in by the official client."""
@@ -72,12 +81,7 @@ def google_stack(tmp_path, login: bool = True, **auth) -> Iterator[tuple[FlakyGo
     with FlakyGoogle("google-client", "google-secret", [f"http://127.0.0.1:{port}/google/callback"]) as fake:
         server = start_auth_server(tmp_path, google_auth(fake, **auth), port=port)
         try:
-            storage = MemoryTokenStorage()
-            if login:
-                res = anyio.run(call_tool, server.url, oauth_client(server.url, Browser("alice", "alice-password"),
-                                                                    storage), "whoami")
-                assert not res.is_error, res.content
-            yield fake, server, storage
+            yield fake, server, login_alice(server) if login else MemoryTokenStorage()
         finally:
             fake.release.set()
             stop_server(server)

@@ -22,7 +22,7 @@ import pytest
 from tests.auth_support import start_auth_server
 from tests.conftest import stop_server
 from tests.fakes.providers import FakeGoogle
-from tests.outage_support import google_auth, google_stack
+from tests.outage_support import google_auth, google_stack, login_alice
 from tests.test_auth_flows import _authorize_by_hand, bearer_call, drop_stack, login, make_stack, result_of
 
 GRACE = 5.0  # refresh_grace_seconds of these servers (long enough for a loaded machine)
@@ -175,11 +175,21 @@ def test_revoking_a_refresh_token_ends_the_family(stack):
     assert refresh(base, client_id, storage.tokens.refresh_token).status_code == 400
 
 
+@pytest.fixture(scope="module")
+def google_server(tmp_path_factory):
+    """(fake, server): every refresh asks the (non-rotating) provider."""
+    with google_stack(tmp_path_factory.mktemp("google"), login=False, refresh_grace_seconds=GRACE,
+                      upstream_refresh_margin_seconds=ALWAYS_UPSTREAM) as (fake, server, _):
+        yield fake, server
+
+
 @pytest.fixture
-def google(tmp_path):
-    """(fake, server, storage): every refresh asks the (non-rotating) provider."""
-    with google_stack(tmp_path, refresh_grace_seconds=GRACE, upstream_refresh_margin_seconds=ALWAYS_UPSTREAM) as built:
-        yield built
+def google(google_server):
+    """(fake, server, storage): the module's server, alice logged in afresh (a grant of her own);
+    what a test changed on the fake is undone after it."""
+    fake, server = google_server
+    yield fake, server, login_alice(server)
+    fake.down, fake.refresh_delay = False, 0.0
 
 
 def test_failed_upstream_refresh_leaves_the_token_usable(google):
@@ -198,14 +208,15 @@ def test_failed_upstream_refresh_leaves_the_token_usable(google):
 def test_parallel_refreshes_against_a_non_rotating_upstream_leave_one_grant(google):
     fake, server, storage = google
     client_id = storage.client.client_id
+    before = fake.refreshes()  # the module's other tests' refreshes
     fake.refresh_delay = 1.0  # a slow provider: the others find the claim pending and wait for its pair
     fresh = one_pair(at_once(10, lambda http: refresh(server.base, client_id, storage.tokens.refresh_token, http)))
-    assert fake.refreshes() == 1  # the claim comes before the upstream call
+    assert fake.refreshes() == before + 1  # the claim comes before the upstream call
     ok = bearer_call(server.url, fresh["access_token"])
     assert result_of(ok)["result"]["structuredContent"]["result"]["username"] == "alice@example.test"
     again = refresh(server.base, client_id, fresh["refresh_token"])
     assert again.status_code == 200, again.text
-    assert fake.refreshes() == 2
+    assert fake.refreshes() == before + 2
 
 
 def test_parallel_refreshes_while_the_provider_fails_all_get_a_clear_503(google):

@@ -23,6 +23,7 @@ from sqlgate.errors import QueryFailed, QueryRefused, QueryTimeout
 from tests.auth_support import start_auth_server
 from tests.clients import hs256_bearer, mcp_session
 from tests.conftest import copy_shop, free_port, isolated_env, start_server, stop_server
+from tests.scrape import until_sample
 
 # a statement that runs until the deadline interrupts it
 SLOW = "SELECT count(*) FROM range(100000000000) a WHERE a % 7 = 3"
@@ -77,7 +78,7 @@ async def test_one_users_slow_queries_leave_room_for_others(tmp_path):
     server = start_auth_server(tmp_path, {"jwt": {"secret": secret, "algorithms": ["HS256"],
                                                   "issuer": "https://issuer.test"}}, port=port,
                                extra_env={"SQLGATE_QUERY_TIMEOUT": "2", "SQLGATE_DB_POOL_SIZE": "4",
-                                          "SQLGATE_DB_MAX_CONCURRENT_PER_CALLER": "2"})
+                                          "SQLGATE_DB_MAX_CONCURRENT_PER_CALLER": "2", "SQLGATE_METRICS": "true"})
 
     def bearer(name: str) -> dict[str, str]:
         return hs256_bearer(secret, server.url, name)
@@ -86,7 +87,7 @@ async def test_one_users_slow_queries_leave_room_for_others(tmp_path):
         async with mcp_session(server.url, bearer("greedy")) as greedy, \
                 mcp_session(server.url, bearer("other")) as other:
             flood = [asyncio.create_task(greedy.call_tool("query", {"sql": SLOW})) for _ in range(20)]
-            await asyncio.sleep(0.3)  # the flood holds its share of the pool now
+            await until_sample(server.base, "sqlgate_db_connections_in_use", 2)  # the flood holds its share
             started = time.perf_counter()
             res = await other.call_tool("query", {"sql": "SELECT 42"})
             waited = time.perf_counter() - started

@@ -97,6 +97,24 @@ def _engine(pg, env=None):
     return open_engine(load_project(pg["project"], env=isolated_env(pg["tmp"], **(env or {}))))
 
 
+async def active(pg, fragment: str) -> int:
+    """How many statements containing `fragment` run on the server now (pg_stat_activity)."""
+    async with await psycopg.AsyncConnection.connect(f"postgresql://postgres@127.0.0.1:5432/{pg['db']}",
+                                                     autocommit=True) as admin:
+        cur = await admin.execute("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND "
+                                  "pid <> pg_backend_pid() AND query LIKE %s", (f"%{fragment}%",))
+        return (await cur.fetchone())[0]
+
+
+async def running(pg, fragment: str, count: int, timeout: float = 10) -> None:
+    """Wait until `count` statements containing `fragment` are active on the server: the calls hold
+    their connections now (instead of sleeping a fixed time and hoping they do)."""
+    deadline = time.monotonic() + timeout
+    while (found := await active(pg, fragment)) < count:
+        assert time.monotonic() < deadline, f"{found} of {count} statements with {fragment!r} running"
+        await asyncio.sleep(0.02)
+
+
 def _as(name: str) -> CallContext:
     return CallContext(user=UserContext(username=name, provider="jwt"))
 

@@ -18,7 +18,7 @@ import pytest
 from sqlgate.context import CallContext, UserContext
 from sqlgate.engine.postgres_identity import SignedIdentity, identity_sql, install, key_pads, main
 from sqlgate.errors import ConfigError, QueryFailed, QueryRefused
-from tests.test_postgres import IDENTITY_KEY, LIMITS, _as, _engine, pg_database
+from tests.test_postgres import IDENTITY_KEY, LIMITS, _as, _engine, pg_database, running
 from tests.test_postgres import pytestmark as _pg_only
 
 pytestmark = _pg_only
@@ -174,7 +174,7 @@ async def test_external_token_out_of_the_query_tools_reach(pg):
             return await engine.execute("SELECT pg_sleep(1.0), get_user_external_token() AS t", None, alice, LIMITS)
 
         busy = asyncio.create_task(endpoint_holding_the_token())
-        await asyncio.sleep(0.3)
+        await running(pg, "pg_sleep(1.0)", 1)
         looks = ["SELECT * FROM pg_settings",
                  "SELECT name, setting FROM pg_settings WHERE name LIKE 'sqlgate%'",
                  "SELECT sqlgate.claims(), sqlgate.username(), sqlgate.user_id(), sqlgate.user_provider()",

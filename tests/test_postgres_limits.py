@@ -23,7 +23,7 @@ from sqlgate.engine import Limits, open_engine
 from sqlgate.engine.postgres_identity import install
 from sqlgate.errors import ConfigError, DatabaseUnavailable, QueryTimeout
 from tests.conftest import free_port, isolated_env
-from tests.test_postgres import IDENTITY_KEY, LIMITS, _as, _engine, pg_database
+from tests.test_postgres import IDENTITY_KEY, LIMITS, _as, _engine, active, pg_database, running
 from tests.test_postgres import pytestmark as _pg_only
 
 pytestmark = _pg_only
@@ -50,14 +50,14 @@ async def test_queued_call_keeps_its_own_deadline(pg):
     try:
         # two callers take the whole pool for 4 s (endpoint SQL: the query tool refuses pg_sleep)
         hogs = [asyncio.create_task(engine.execute("SELECT pg_sleep(4)", None, _as(n), SLOW)) for n in ("u1", "u2")]
-        await asyncio.sleep(0.5)
+        await running(pg, "pg_sleep(4)", 2)
         result, took = await _timed(engine.run_untrusted("SELECT 1", _as("carol"), TWO_SECONDS))
         assert isinstance(result, QueryTimeout) and "not started within the 2 s" in str(result)
         assert 1.8 < took < 2.6
         # a queued call that gets its turn in time runs with what is left of its deadline
         await asyncio.gather(*hogs)
         hogs = [asyncio.create_task(engine.execute("SELECT pg_sleep(1)", None, _as(n), SLOW)) for n in ("u1", "u2")]
-        await asyncio.sleep(0.2)
+        await running(pg, "pg_sleep(1)", 2)
         result, took = await _timed(engine.execute("SELECT pg_sleep(5)", None, _as("carol"), TWO_SECONDS))
         assert isinstance(result, QueryTimeout) and "ran longer than the 2 s" in str(result)
         assert took < 2.6  # statement_timeout was the time left, not a fresh 2 s
@@ -73,7 +73,7 @@ async def test_one_caller_cannot_take_the_whole_pool(pg):
     try:
         greedy = [asyncio.create_task(_timed(engine.execute("SELECT pg_sleep(1.5)", None, _as("alice"), SLOW)))
                   for _ in range(6)]
-        await asyncio.sleep(0.3)
+        await running(pg, "pg_sleep(1.5)", 2)  # alice's share of the pool
         result, took = await _timed(engine.run_untrusted("SELECT 1", _as("bob"), TWO_SECONDS))
         assert result.rows == [[1]] and took < 1.0  # not behind alice's 1.5 s waves
         finished = sorted(t for _, t in await asyncio.gather(*greedy))
@@ -190,15 +190,15 @@ async def test_abandoned_call_stops_its_statement_on_the_server(pg):
     marker = "abandoned_" + pg["tag"]
     try:
         task = asyncio.create_task(engine.execute(f"SELECT pg_sleep(10) AS {marker}", None, _as("alice"), SLOW))
-        await asyncio.sleep(0.5)
+        await running(pg, f"AS {marker}", 1)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await asyncio.sleep(0.3)
-        with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{pg['db']}") as admin:
-            running = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE %s AND state = 'active'",
-                                    (f"%AS {marker}%",)).fetchone()[0]
-        assert running == 0
+        # the statement ends on the server soon after, long before its 10 s
+        deadline = time.monotonic() + 5
+        while await active(pg, f"AS {marker}"):
+            assert time.monotonic() < deadline, "the abandoned statement still runs on the server"
+            await asyncio.sleep(0.05)
         assert (await engine.run_untrusted("SELECT 1", _as("alice"), LIMITS)).rows == [[1]]
     finally:
         await engine.close()

@@ -53,6 +53,7 @@ def test_sessions_are_capped_per_client_and_expire_when_idle(tmp_path):
 
     try:
         greedy = [open_session(server.url, bearer("greedy")) for _ in range(3)]
+        last_used = time.monotonic()  # greedy[1] and [2] see no request after this
         assert all(r.status_code == 200 and r.headers.get("mcp-session-id") for r in greedy)
         refused = open_session(server.url, bearer("greedy"))
         assert refused.status_code == 429
@@ -66,7 +67,7 @@ def test_sessions_are_capped_per_client_and_expire_when_idle(tmp_path):
         assert closed.status_code in (200, 204)
         assert open_session(server.url, bearer("greedy")).status_code == 200
         # idle sessions end after session_idle_timeout, and their slots are free again
-        time.sleep(3.5)
+        time.sleep(max(0.0, last_used + 2 + 1 - time.monotonic()))
         stale_id = greedy[1].headers["mcp-session-id"]
         stale = httpx.post(server.url, json={"jsonrpc": "2.0", "id": 5, "method": "ping"},
                            headers={**HEADERS, **bearer("greedy"), "Mcp-Session-Id": stale_id})
