@@ -15,61 +15,40 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
-from pathlib import Path
 
 import httpx
-from harness import HOST, bench_calls, isolated_env, running
+from harness import Case, Spec, alternate_rounds, load_args, running_all, spread, sqlgate_cmd, warm_up, workdir
 from projects import ping_project
 
-PY = sys.executable
-DEFAULT_BENCH_TOOL = Path("/work/shared/tools/bench.py")
 ON = "audit:\n  path: logs/audit.jsonl\ntelemetry:\n  metrics: {enabled: true}\n"
 OFF = "audit:\n  enabled: false\n"
-
-
-def cmd(project: Path):
-    return lambda port: [PY, "-m", "sqlgate", "serve", "-p", str(project), "--transport", "http", "--host", HOST,
-                         "--port", str(port), "--log-level", "warning"]
-
-
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+CASES = [Case(f"{name} c={c}", name, concurrency=c) for c in (1, 8) for name in ("on", "off")]
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--calls", type=int, default=300)
-    ap.add_argument("--bench-tool", type=Path, default=DEFAULT_BENCH_TOOL)
-    opts = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        env = isolated_env(work)
-        projects = {}
+    opts = load_args(argparse.ArgumentParser(description=__doc__), rounds=5, calls=300).parse_args()
+    with workdir() as (work, env):
+        specs = {}
         for name, extra in (("on", ON), ("off", OFF)):
-            projects[name] = ping_project(work / name)
-            yml = projects[name] / "sqlgate.yml"
+            project = ping_project(work / name)
+            yml = project / "sqlgate.yml"
             yml.write_text(yml.read_text() + extra)
-        results = {(n, c): {"calls_per_s": [], "cpu_ms": []} for n in projects for c in (1, 8)}
-        with running(cmd(projects["on"]), env, work / "on.log") as on, \
-                running(cmd(projects["off"]), env, work / "off.log") as off:
-            servers = {"on": on, "off": off}
-            for _ in range(opts.rounds):
-                for concurrency in (1, 8):
-                    for name, server in servers.items():
-                        run = bench_calls(opts.bench_tool, server, "ping", {}, opts.calls, concurrency)
-                        for key in ("calls_per_s", "cpu_ms"):
-                            results[(name, concurrency)][key].append(run[key])
-                httpx.get(f"http://{HOST}:{on.port}/metrics").raise_for_status()  # a scrape per round
+            specs[name] = Spec(sqlgate_cmd(project), env, work / f"{name}.log")
+        with running_all(specs) as servers:
+            warm_up(CASES, servers)
+            results = alternate_rounds(CASES, servers, opts.rounds, opts.calls, opts.load_tool,
+                                       after_round=lambda: httpx.get(f"{servers['on'].base}/metrics")
+                                       .raise_for_status())  # a scrape per round
     print("| server | c | calls/s | server CPU ms/call |")
     print("|---|---|---|---|")
-    for (name, c), values in results.items():
-        print(f"| audit + metrics {name} | {c} | {spread(values['calls_per_s'])} | {spread(values['cpu_ms'])} |")
+    for case in CASES:
+        runs = results[case.label]
+        print(f"| audit + metrics {case.server} | {case.concurrency} | "
+              f"{spread([r['calls_per_s'] for r in runs])} | {spread([r['cpu_ms'] for r in runs])} |")
     for c in (1, 8):
-        on_r, off_r = results[("on", c)], results[("off", c)]
-        tput = statistics.median(on_r["calls_per_s"]) / statistics.median(off_r["calls_per_s"])
-        cpu = statistics.median(on_r["cpu_ms"]) / statistics.median(off_r["cpu_ms"])
+        on_r, off_r = results[f"on c={c}"], results[f"off c={c}"]
+        tput = statistics.median(r["calls_per_s"] for r in on_r) / statistics.median(r["calls_per_s"] for r in off_r)
+        cpu = statistics.median(r["cpu_ms"] for r in on_r) / statistics.median(r["cpu_ms"] for r in off_r)
         print(f"\nc={c}: on/off calls/s {tput:.3f}, on/off CPU per call {cpu:.3f}")
     return 0
 

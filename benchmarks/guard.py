@@ -16,33 +16,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from harness import HOST, bench_calls, isolated_env, running
+from harness import Case, Spec, alternate_rounds, load_args, running_all, spread, sqlgate_cmd, warm_up, workdir
+from projects import ping_project
 
-HERE = Path(__file__).resolve().parent
-PY = sys.executable
-DEFAULT_BENCH_TOOL = Path("/work/shared/tools/bench.py")
 SQL = "SELECT 42 AS answer"
-
-
-def project(root: Path) -> Path:
-    from projects import ping_project
-
-    return ping_project(root)
-
-
-def server_cmd(proj: Path):
-    return lambda port: [PY, "-m", "sqlgate", "serve", "-p", str(proj), "--transport", "http", "--host", HOST,
-                         "--port", str(port), "--log-level", "warning"]
-
-
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 def uncached_guard_cost(repeats: int = 2000) -> dict[str, float]:
@@ -67,38 +48,27 @@ def uncached_guard_cost(repeats: int = 2000) -> dict[str, float]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
+    ap = load_args(argparse.ArgumentParser(description=__doc__), rounds=5, calls=400)
     ap.add_argument("--baseline-src", type=Path, help="src/ directory of another checkout to compare with")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--calls", type=int, default=400)
-    ap.add_argument("--bench-tool", type=Path, default=DEFAULT_BENCH_TOOL)
     opts = ap.parse_args()
-
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        env = isolated_env(work)
-        servers = {"query (guard)": (project(work / "new"), env, "query", {"sql": SQL}),
-                   "ping (trusted YAML)": (project(work / "new-ping"), env, "ping", {})}
+    with workdir() as (work, env):
+        specs = {name: Spec(sqlgate_cmd(ping_project(work / name)), env, work / f"{name}.log")
+                 for name in ("query", "ping")}
+        cases = [Case(f"query (guard) c={c}", "query", "query", {"sql": SQL}, concurrency=c) for c in (1, 8)]
+        cases += [Case(f"ping (trusted YAML) c={c}", "ping", concurrency=c) for c in (1, 8)]
         if opts.baseline_src:
             base_env = {**env, "PYTHONPATH": str(opts.baseline_src.resolve())}
-            servers["query (baseline)"] = (project(work / "old"), base_env, "query", {"sql": SQL})
-        results: dict[str, dict[int, list[dict]]] = {name: {1: [], 8: []} for name in servers}
-        from contextlib import ExitStack
-
-        with ExitStack() as stack:
-            running_servers = {name: stack.enter_context(running(server_cmd(p), e, work / f"{i}.log"))
-                               for i, (name, (p, e, _, _)) in enumerate(servers.items())}
-            for _round in range(opts.rounds):
-                for c in (1, 8):
-                    for name, (_, _, tool, args) in servers.items():
-                        results[name][c].append(bench_calls(opts.bench_tool, running_servers[name], tool, args,
-                                                            opts.calls, c))
+            specs["old"] = Spec(sqlgate_cmd(ping_project(work / "old")), base_env, work / "old.log")
+            cases += [Case(f"query (baseline) c={c}", "old", "query", {"sql": SQL}, concurrency=c) for c in (1, 8)]
+        with running_all(specs) as servers:
+            warm_up(cases, servers)
+            results = alternate_rounds(cases, servers, opts.rounds, opts.calls, opts.load_tool)
     print("| server, tool | c | calls/s median (min-max) | server CPU ms/call median (min-max) |")
     print("|---|---|---|---|")
-    for name, by_c in results.items():
-        for c, runs in by_c.items():
-            print(f"| {name} | {c} | {spread([r['calls_per_s'] for r in runs])} | "
-                  f"{spread([r['cpu_ms'] for r in runs])} |")
+    for case in cases:
+        runs = results[case.label]
+        print(f"| {case.label.rsplit(' c=', 1)[0]} | {case.concurrency} | "
+              f"{spread([r['calls_per_s'] for r in runs])} | {spread([r['cpu_ms'] for r in runs])} |")
     cost = asyncio.run(asyncio.to_thread(uncached_guard_cost))
     print()
     for label, us in cost.items():

@@ -1,9 +1,12 @@
-"""Generated sqlgate projects for the benchmarks."""
+"""Generated sqlgate projects for the benchmarks, and what the two baseline servers (raw_mcp.py,
+bare_fastmcp.py) share: their command line and their database, built like sqlgate builds its own."""
 
 from __future__ import annotations
 
+import argparse
 import shutil
 from pathlib import Path
+from typing import Any
 
 SEED_SQL = "CREATE TABLE numbers AS SELECT range AS n FROM range(100);\n"
 
@@ -73,3 +76,38 @@ def copy_example(src: Path, dest: Path) -> Path:
     """Copy an example project without its built database, so the server seeds a fresh one."""
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns("data", "*.duckdb", "*.duckdb.wal", "__pycache__"))
     return dest
+
+
+def baseline_args(doc: str | None) -> argparse.Namespace:
+    """The command line of a baseline server (raw_mcp.py, bare_fastmcp.py)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--db", type=Path, required=True, help="DuckDB file (opened read-only)")
+    ap.add_argument("--seed", type=Path, help="SQL that builds --db when it does not exist yet")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    return ap.parse_args()
+
+
+def build_once(db_path: Path, seed: Path | None) -> None:
+    """Create the database from the seed on first start, like sqlgate does (not timed separately)."""
+    if db_path.exists() or seed is None:
+        return
+    import duckdb
+
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(db_path))
+    try:
+        con.execute(seed.read_text(encoding="utf-8"))
+    finally:
+        con.close()
+
+
+def records(db: Any, sql: str) -> list[dict[str, Any]]:
+    """`sql`'s rows as records, on a cursor of its own: a DuckDB connection is not shared across threads."""
+    cur = db.cursor()
+    try:
+        cur.execute(sql)
+        columns = [d[0] for d in cur.description]
+        return [dict(zip(columns, row, strict=True)) for row in cur.fetchall()]
+    finally:
+        cur.close()

@@ -1,20 +1,27 @@
 #!/usr/bin/env python3
-"""Benchmark sqlgate against a bare FastMCP + DuckDB server doing the same work.
+"""`make bench`: sqlgate against the raw limit, bare FastMCP and MXCP, the whole picture in one run.
 
-    .venv/bin/python benchmarks/run.py           # full run, ~1.5 minutes on 2 cores
-    .venv/bin/python benchmarks/run.py --quick   # smoke run: fewer calls, 10/100 endpoints only
+    .venv/bin/python benchmarks/run.py                 # full run, ~10 minutes on 2 cores
+    .venv/bin/python benchmarks/run.py --quick         # ~1-2 minutes: one round, fewer calls, 1000 endpoints
+    .venv/bin/python benchmarks/run.py --write-readme  # also regenerate README.md's table (what `make bench` does)
 
-Measures (every server is a subprocess on a free 127.0.0.1 port, stopped whatever happens):
-  1. throughput and latency of a trivial SQL tool `ping` over streamable HTTP, concurrency 1 and 8,
-     driven by the shared load generator (bench.py); rounds alternate between the two servers.
-     Also the server's own CPU time per call, which a busy machine distorts far less than calls/s
-  2. startup time (spawn -> /healthz 200) with 10, 100, 1000 generated endpoints, and the time of
-     `sqlgate validate` for 1000 endpoints
-  3. RSS of sqlgate (examples/shop and the ping project) and of bare FastMCP, idle after startup
-     and after the throughput run
+Servers, all running side by side (subprocesses on free 127.0.0.1 ports, stopped whatever happens):
+  raw      the limit: a minimal ASGI JSON-RPC endpoint on the same uvicorn, same DuckDB queries (raw_mcp.py)
+  bare     the same tools written directly on FastMCP (bare_fastmcp.py)
+  sqlgate  no auth; HS256 JWT; OAuth proxy to a fake GitHub with a token from a real login; each
+           also with --workers 2
+  MXCP     0.12.3, the same `ping` tool, in its own venv (benchmarks/.mxcp-venv, created on first use;
+           if it cannot be installed the report says so and the run goes on)
 
-Prints a markdown table of sqlgate vs bare with the targets; raw numbers go to
-benchmarks/results/latest.json. Needs only the stdlib, httpx and psutil (all in the venv).
+Measures:
+  1. the trivial tool (SELECT 42) at c=1 and c=8, and a 1,000-row x 10-column answer at c=1: calls/s,
+     p50/p99 latency (load generator: loadgen.py) and the server's CPU per call (its whole process
+     tree), rounds alternating between the servers; medians and spread (min-max) over rounds, and
+     each server's CPU per call as a multiple of the raw limit's in the same round
+  2. start-up (spawn -> /healthz 200) with 10, 100, 1000 generated endpoints; `sqlgate validate` of 1000
+  3. RSS of every server idle after start-up and after the load; sqlgate's examples/shop idle
+
+Prints the tables and the targets with pass/fail; raw numbers go to benchmarks/results/latest.json.
 """
 
 from __future__ import annotations
@@ -25,144 +32,172 @@ import json
 import os
 import platform
 import signal
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from harness import HOST, Server, isolated_env, running
+import mxcp_server
+import report
+from harness import (
+    LOADGEN,
+    PY,
+    REPO,
+    Case,
+    Spec,
+    alternate_rounds,
+    bare_cmd,
+    github_fake,
+    jwt_env,
+    jwt_token,
+    oauth_proxy_env,
+    oauth_token,
+    progress,
+    raw_cmd,
+    running,
+    running_all,
+    sqlgate_cmd,
+    summarize,
+    warm_up,
+    workdir,
+)
 from projects import copy_example, many_tools_project, ping_project
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 SHOP = REPO / "examples" / "shop"
 RESULTS = HERE / "results" / "latest.json"
-DEFAULT_BENCH_TOOL = Path("/work/shared/tools/bench.py")
-PY = sys.executable  # the venv's python: sqlgate, fastmcp and duckdb are importable there
+README = REPO / "README.md"
 SETTLE_S = 1.0  # let start-up/load garbage settle before reading RSS
-WARMUP_CALLS = 20  # bench.py calls per client before timing starts
-LOAD_METRICS = ("calls_per_s", "p50_ms", "p99_ms", "server_cpu_ms_per_call")
-
-TARGET_THROUGHPUT_RATIO = 0.80  # sqlgate calls/s >= 80% of bare FastMCP
-TARGET_STARTUP_1000_S = 3.0
-TARGET_RSS_RATIO = 1.10
 
 
 @dataclass(frozen=True)
 class Plan:
-    calls: int  # bench.py -n, per concurrency level
-    rounds: int  # bench runs per server, alternating servers
+    rounds: int
+    calls: int  # trivial tool: calls per case and round
+    rows_calls: int  # the 1,000-row answer
     endpoint_counts: tuple[int, ...]
     startup_repeats: int  # timed starts per project (after one untimed warm-up start)
-    concurrency: tuple[int, ...] = (1, 8)
 
 
-FULL = Plan(calls=500, rounds=5, endpoint_counts=(10, 100, 1000), startup_repeats=3)
-QUICK = Plan(calls=200, rounds=1, endpoint_counts=(10, 100), startup_repeats=1)
+FULL = Plan(rounds=5, calls=400, rows_calls=60, endpoint_counts=(10, 100, 1000), startup_repeats=3)
+QUICK = Plan(rounds=1, calls=150, rows_calls=15, endpoint_counts=(1000,), startup_repeats=1)
 
 
-JWT_SECRET = "benchmark-shared-secret-0123456789abcdef"
+# ---------------------------------------------------------------- what is compared
+
+LABELS = {
+    "raw": "raw ASGI + DuckDB",
+    "bare": "bare FastMCP",
+    "sg": "sqlgate, no auth",
+    "sg_jwt": "sqlgate, JWT",
+    "sg_oauth": "sqlgate, OAuth proxy",
+    "sg2": "sqlgate, no auth, 2 workers",
+    "sg2_jwt": "sqlgate, JWT, 2 workers",
+    "sg2_oauth": "sqlgate, OAuth proxy, 2 workers",
+    "mxcp": f"MXCP {mxcp_server.MXCP_VERSION}",
+}
+TRIVIAL_C1 = "trivial tool (`SELECT 42`), c=1"
+TRIVIAL_C8 = "trivial tool (`SELECT 42`), c=8"
+ROWS = "1,000 rows \u00d7 10 columns, c=1"
 
 
-def bench_token(port: int) -> str:
-    from joserfc import jwt
-    from joserfc.jwk import OctKey
-
-    claims = {"iss": "https://bench.invalid", "aud": f"http://{HOST}:{port}/mcp", "sub": "bench",
-              "preferred_username": "bench", "exp": int(time.time()) + 3600}
-    return jwt.encode({"alg": "HS256"}, claims, OctKey.import_key(JWT_SECRET.encode()))
-
-
-def progress(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+@dataclass(frozen=True)
+class Row:
+    """One line of the load table: a case, the group it belongs to, whether it is the group's limit."""
+    group: str
+    name: str
+    case: Case
+    limit: bool = False
 
 
-# ---------------------------------------------------------------- server commands
-
-def sqlgate_cmd(project: Path) -> Callable[[int], list[str]]:
-    return lambda port: [PY, "-m", "sqlgate", "serve", "-p", str(project), "--transport", "http",
-                         "--host", HOST, "--port", str(port), "--log-level", "warning"]
-
-
-def bare_cmd(work: Path) -> Callable[[int], list[str]]:
-    # same seed as the sqlgate ping project, its own file so neither server waits on the other's lock
-    seed = work / "ping" / "sql" / "seed.sql"
-    return lambda port: [PY, str(HERE / "bare_fastmcp.py"), "--db", str(work / "bare" / "bare.duckdb"),
-                         "--seed", str(seed), "--host", HOST, "--port", str(port)]
-
-
-# ---------------------------------------------------------------- 1. throughput and latency
-
-def run_load(bench_tool: Path, server: Server, calls: int, concurrency: int) -> dict[str, Any]:
-    """One bench.py run at one concurrency level, plus the server CPU it cost."""
-    cmd = [PY, str(bench_tool), server.mcp_url, "ping", "--args", "{}", "-n", str(calls),
-           "-c", str(concurrency), "--warmup", str(WARMUP_CALLS), "--json"]
-    if server.token:
-        cmd += ["--token", server.token]
-    cpu_before = server.cpu_s()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    cpu = server.cpu_s() - cpu_before
-    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    # bench.py exits 1 when any call failed: a benchmark of failing calls is meaningless
-    if proc.returncode != 0 or len(rows) != 1:
-        first = rows[0].get("first_error") if rows else None
-        raise RuntimeError(f"bench.py against {server.mcp_url} failed (exit {proc.returncode}): "
-                           f"{first or proc.stderr.strip()[-800:]}")
-    result = rows[0]
-    # CPU per call barely moves when other work shares the machine, unlike calls/s; it includes the
-    # warm-up calls and session set-up, which both servers pay alike
-    result["server_cpu_ms_per_call"] = round(cpu * 1000 / (result["calls"] + WARMUP_CALLS * concurrency), 3)
-    return result
+def load_rows(plan: Plan, with_mxcp: bool) -> list[Row]:
+    rows = []
+    for group, c in ((TRIVIAL_C1, 1), (TRIVIAL_C8, 8)):
+        keys = ["raw", "bare", "sg", "sg_jwt", "sg_oauth"] + (["sg2", "sg2_jwt", "sg2_oauth"] if c == 8 else [])
+        keys += ["mxcp"] if with_mxcp else []
+        for key in keys:
+            name = LABELS[key] + (" (limit)" if key == "raw" else "")
+            rows.append(Row(group, name, Case(f"{group} | {name}", key, "ping", concurrency=c), limit=key == "raw"))
+    for key, tool, name in (("raw", "rows", "raw ASGI + DuckDB, text only"),
+                            ("raw", "rows_structured", "raw ASGI + DuckDB + structuredContent (limit)"),
+                            ("bare", "rows", "bare FastMCP"), ("sg", "rows", "sqlgate")):
+        rows.append(Row(ROWS, name, Case(f"{ROWS} | {name}", key, tool, calls=plan.rows_calls, warmup=5),
+                        limit=tool == "rows_structured"))
+    return rows
 
 
-def summarize_load(runs: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
-    """Median over rounds of each metric, per concurrency level."""
-    by_level: dict[int, list[dict[str, Any]]] = {}
-    for r in runs:
-        by_level.setdefault(r["concurrency"], []).append(r)
-    return {c: {k: statistics.median(r[k] for r in rs) for k in LOAD_METRICS} for c, rs in by_level.items()}
+# ---------------------------------------------------------------- 1. load and memory
+
+def server_specs(work: Path, env: dict[str, str], fake: Any, with_mxcp: bool) -> dict[str, Spec]:
+    seed = ping_project(work / "seed-only") / "sql" / "seed.sql"
+    specs = {
+        "raw": Spec(raw_cmd(work / "raw" / "raw.duckdb", seed), env, work / "raw.log"),
+        "bare": Spec(bare_cmd(work / "bare" / "bare.duckdb", seed), env, work / "bare.log"),
+    }
+    for workers, prefix in ((1, "sg"), (2, "sg2")):
+        # a project each: every server builds and opens its own database file
+        specs[prefix] = Spec(sqlgate_cmd(ping_project(work / prefix), workers), env, work / f"{prefix}.log")
+        specs[f"{prefix}_jwt"] = Spec(sqlgate_cmd(ping_project(work / f"{prefix}_jwt"), workers), jwt_env(env),
+                                      work / f"{prefix}_jwt.log")
+        specs[f"{prefix}_oauth"] = Spec(sqlgate_cmd(ping_project(work / f"{prefix}_oauth"), workers),
+                                        oauth_proxy_env(work, env, fake, f"{prefix}_oauth"),
+                                        work / f"{prefix}_oauth.log")
+    if with_mxcp:
+        specs["mxcp"] = mxcp_server.spec(mxcp_server.project(work / "mxcp"), env, work / "mxcp.log")
+    return specs
 
 
-def measure_load(work: Path, env: dict[str, str], plan: Plan, bench_tool: Path) -> dict[str, Any]:
-    project = ping_project(work / "ping")
-    auth_env = {**env, "SQLGATE_AUTH_MODE": "jwt", "SQLGATE_AUTH_SECRET": JWT_SECRET,
-                "SQLGATE_AUTH_ALGORITHM": "HS256", "SQLGATE_AUTH_ISSUER": "https://bench.invalid"}
-    with running(sqlgate_cmd(project), env, work / "sqlgate-ping.log") as sg, \
-            running(sqlgate_cmd(project), auth_env, work / "sqlgate-auth.log") as sg_auth, \
-            running(bare_cmd(work), env, work / "bare.log") as bare:
-        # every call carries a bearer token that is verified (HS256 JWT, audience-bound)
-        sg_auth.token = bench_token(sg_auth.port)
-        servers = {"sqlgate": sg, "sqlgate_auth": sg_auth, "bare": bare}
-        time.sleep(SETTLE_S)
-        rss_idle = {name: s.rss_mib() for name, s in servers.items()}
-        for server in servers.values():
-            # untimed: first calls pay one-off lazy imports and caches that would skew a single round
-            run_load(bench_tool, server, 100, 1)
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
-        for i in range(plan.rounds):
-            # ABBA order: slow drift (thermal, page cache, other tenants) hits both servers alike
-            for name in (servers if i % 2 == 0 else reversed(servers)):
-                progress(f"load round {i + 1}/{plan.rounds}: {name}")
-                runs[name] += [run_load(bench_tool, servers[name], plan.calls, c) for c in plan.concurrency]
-        time.sleep(SETTLE_S)
-        rss_loaded = {name: s.rss_mib() for name, s in servers.items()}
+def measure_load(work: Path, env: dict[str, str], plan: Plan, load_tool: Path, with_mxcp: bool) -> dict[str, Any]:
+    rows = load_rows(plan, with_mxcp)
+    cases = [r.case for r in rows]
+    with github_fake() as fake:
+        specs = server_specs(work, env, fake, with_mxcp)
+        progress(f"starting {len(specs)} servers")
+        with running_all(specs) as servers:
+            for key, server in servers.items():
+                if key.endswith("_jwt"):
+                    server.token = jwt_token(server)
+                elif key.endswith("_oauth"):
+                    server.token = oauth_token(server, fake)  # a real login, through sqlgate's consent page
+            time.sleep(SETTLE_S)
+            rss_idle = {key: round(s.rss_mib(), 1) for key, s in servers.items()}
+            upstream_before = len(fake.requests)
+            progress("warm-up calls (untimed)")
+            warm_up(cases, servers)
+            runs = alternate_rounds(cases, servers, plan.rounds, plan.calls, load_tool)
+            time.sleep(SETTLE_S)
+            rss_loaded = {key: round(s.rss_mib(), 1) for key, s in servers.items()}
+        upstream = len(fake.requests) - upstream_before
     return {
-        "runs": runs,
-        "summary": {name: summarize_load(rs) for name, rs in runs.items()},
+        "rows": [{"group": r.group, "name": r.name, "server": r.case.server, "tool": r.case.tool,
+                  "concurrency": r.case.concurrency, "limit": r.limit, "runs": runs[r.case.label],
+                  "summary": summarize(runs[r.case.label])} for r in rows],
         "rss_idle_mib": rss_idle,
         "rss_after_load_mib": rss_loaded,
+        # requests the OAuth-proxy servers made to the provider while the load ran (per-call user-info
+        # look-ups would show here)
+        "upstream_requests_during_load": upstream,
     }
 
 
-# ---------------------------------------------------------------- 2. startup and validate
+def measure_shop_rss(work: Path, env: dict[str, str]) -> dict[str, float]:
+    project = copy_example(SHOP, work / "shop")
+    rss = {}
+    # first start builds data/shop.duckdb from the seed; the second is how a user's server usually starts
+    for label in ("first_start", "restart"):
+        progress(f"rss: sqlgate examples/shop ({label})")
+        with running(sqlgate_cmd(project), env, work / "shop.log") as server:
+            time.sleep(SETTLE_S)
+            rss[label] = round(server.rss_mib(), 1)
+    return rss
 
-def time_starts(make_cmd: Callable[[int], list[str]], env: dict[str, str], log: Path,
-                repeats: int) -> list[float]:
+
+# ---------------------------------------------------------------- 2. start-up and validate
+
+def time_starts(make_cmd: Callable[[int], list[str]], env: dict[str, str], log: Path, repeats: int) -> list[float]:
     samples = []
     # start 0 seeds the database and warms the page cache / bytecode: only later starts are timed
     for i in range(repeats + 1):
@@ -186,107 +221,22 @@ def time_validate(project: Path, env: dict[str, str], repeats: int) -> list[floa
 
 def measure_startup(work: Path, env: dict[str, str], plan: Plan) -> dict[str, Any]:
     out: dict[str, Any] = {"sqlgate": {}, "validate": {}}
-    progress("startup: bare FastMCP (1 tool)")
-    out["bare"] = time_starts(bare_cmd(work), env, work / "bare-start.log", plan.startup_repeats)
+    progress("start-up: bare FastMCP (its 2 tools)")
+    seed = ping_project(work / "startup-seed") / "sql" / "seed.sql"
+    out["bare"] = time_starts(bare_cmd(work / "startup-bare" / "bare.duckdb", seed), env, work / "bare-start.log",
+                              plan.startup_repeats)
     for count in plan.endpoint_counts:
-        progress(f"startup: sqlgate with {count} endpoints")
+        progress(f"start-up: sqlgate with {count} endpoints")
         project = many_tools_project(work / f"tools-{count}", count)
-        out["sqlgate"][count] = time_starts(sqlgate_cmd(project), env, work / f"start-{count}.log",
-                                            plan.startup_repeats)
+        out["sqlgate"][str(count)] = time_starts(sqlgate_cmd(project), env, work / f"start-{count}.log",
+                                                 plan.startup_repeats)
     biggest = max(plan.endpoint_counts)
     progress(f"validate: {biggest} endpoints")
-    out["validate"][biggest] = time_validate(work / f"tools-{biggest}", env, plan.startup_repeats)
+    out["validate"][str(biggest)] = time_validate(work / f"tools-{biggest}", env, plan.startup_repeats)
     return out
 
 
-# ---------------------------------------------------------------- 3. idle RSS of the example project
-
-def measure_shop_rss(work: Path, env: dict[str, str]) -> dict[str, float]:
-    project = copy_example(SHOP, work / "shop")
-    rss = {}
-    # first start builds data/shop.duckdb from the seed; the second is how a user's server usually starts
-    for label in ("first_start", "restart"):
-        progress(f"rss: sqlgate examples/shop ({label})")
-        with running(sqlgate_cmd(project), env, work / "shop.log") as server:
-            time.sleep(SETTLE_S)
-            rss[label] = server.rss_mib()
-    return rss
-
-
-# ---------------------------------------------------------------- report
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
-
-
-def fmt(v: float | None, digits: int = 2) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
-
-
-def row(metric: str, sg: float | None, bare: float | None, digits: int = 1, target: str = "",
-        ok: bool | None = None, show_ratio: bool = True) -> dict[str, Any]:
-    r = ratio(sg, bare) if show_ratio else None
-    return {"metric": metric, "sqlgate": sg, "bare": bare, "ratio": r, "target": target, "ok": ok,
-            "cells": [metric, fmt(sg, digits), fmt(bare, digits), fmt(r),
-                      target or "", "" if ok is None else ("pass" if ok else "**FAIL**")]}
-
-
-def table_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    load = res["load"]["summary"]
-    for c in sorted(load["sqlgate"]):
-        sg, bare = load["sqlgate"][c], load["bare"][c]
-        tput = ratio(sg["calls_per_s"], bare["calls_per_s"])
-        rows.append(row(f"throughput c={c} (calls/s)", sg["calls_per_s"], bare["calls_per_s"],
-                        target=f"ratio ≥ {TARGET_THROUGHPUT_RATIO:.2f}", ok=tput >= TARGET_THROUGHPUT_RATIO))
-        if "sqlgate_auth" in load:
-            auth = load["sqlgate_auth"][c]["calls_per_s"]
-            rows.append(row(f"throughput c={c}, sqlgate with JWT auth vs bare without (calls/s)", auth,
-                            bare["calls_per_s"], target="aim ≥ 1.00", ok=ratio(auth, bare["calls_per_s"]) >= 1.0))
-        rows.append(row(f"latency p50 c={c} (ms)", sg["p50_ms"], bare["p50_ms"], digits=2))
-        rows.append(row(f"latency p99 c={c} (ms)", sg["p99_ms"], bare["p99_ms"], digits=2))
-        rows.append(row(f"server CPU per call c={c} (ms)", sg["server_cpu_ms_per_call"],
-                        bare["server_cpu_ms_per_call"], digits=2))
-    st = res["startup"]
-    bare_start = statistics.median(st["bare"])
-    for count, samples in sorted(st["sqlgate"].items()):
-        med = statistics.median(samples)
-        big = count == 1000
-        rows.append(row(f"startup, {count} endpoints (s)", med, bare_start, digits=2, show_ratio=False,
-                        target=f"< {TARGET_STARTUP_1000_S:g} s" if big else "",
-                        ok=med < TARGET_STARTUP_1000_S if big else None))
-    for count, samples in st["validate"].items():
-        rows.append(row(f"`sqlgate validate`, {count} endpoints (s)", statistics.median(samples), None,
-                        digits=2, show_ratio=False))
-    idle, loaded, shop = res["load"]["rss_idle_mib"], res["load"]["rss_after_load_mib"], res["shop_rss"]
-    checks = [
-        ("idle RSS, examples/shop, first start: seeds DB (MiB)", shop["first_start"], idle["bare"]),
-        ("idle RSS, examples/shop, restart (MiB)", shop["restart"], idle["bare"]),
-        ("idle RSS, ping project (MiB)", idle["sqlgate"], idle["bare"]),
-        ("RSS after throughput run, ping project (MiB)", loaded["sqlgate"], loaded["bare"]),
-    ]
-    for metric, sg, bare in checks:
-        rows.append(row(metric, sg, bare, target=f"ratio ≤ {TARGET_RSS_RATIO:.2f}",
-                        ok=ratio(sg, bare) <= TARGET_RSS_RATIO))
-    return rows
-
-
-def markdown(rows: list[dict[str, Any]]) -> str:
-    header = ["metric", "sqlgate", "bare FastMCP", "sqlgate/bare", "target", "status"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r["cells"]) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def footnotes(res: dict[str, Any]) -> str:
-    p = res["meta"]["plan"]
-    return (f"\n_{p['calls']} calls per level, median of {p['rounds']} alternating round(s); startup = spawn "
-            f"until GET /healthz is 200, median of {p['startup_repeats']} start(s) after a warm-up start; "
-            "the bare FastMCP startup column is its single-tool server; RSS is read 1 s after startup / load, "
-            "and the examples/shop rows compare against the idle bare server. "
-            f"{res['meta']['cpu_count']} CPUs, load average {res['meta']['loadavg_1m_before']} before the run, "
-            f"total {res['meta']['elapsed_s']:.0f} s._")
-
+# ---------------------------------------------------------------- main
 
 def versions() -> dict[str, str]:
     out = {}
@@ -298,52 +248,77 @@ def versions() -> dict[str, str]:
     return out
 
 
-# ---------------------------------------------------------------- main
+def run(plan: Plan, quick: bool, load_tool: Path, with_mxcp: bool, mxcp_note: str | None) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    load_before = os.getloadavg()  # a busy machine skews everything: recorded, shown in the footnotes
+    if load_before[0] > 0.5 * (os.cpu_count() or 1):
+        progress(f"warning: load average {load_before[0]:.2f} - other work on this machine will skew the numbers")
+    with workdir() as (work, env):
+        res: dict[str, Any] = {"load": measure_load(work, env, plan, load_tool, with_mxcp)}
+        res["startup"] = measure_startup(work, env, plan)
+        res["shop_rss_mib"] = measure_shop_rss(work, env)
+    res["meta"] = {
+        "timestamp": time.strftime("%Y-%m-%d %H:%M %Z"), "quick": quick, "plan": asdict(plan),
+        "python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+        "versions": versions(), "elapsed_s": round(time.perf_counter() - t0, 1),
+        "loadavg_1m_before": round(load_before[0], 2), "loadavg_1m_after": round(os.getloadavg()[0], 2),
+        "mxcp": {"version": mxcp_server.MXCP_VERSION, "measured": with_mxcp, "note": mxcp_note},
+        "servers": LABELS,
+    }
+    return res
+
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="smoke run: -n 200, one round, 10/100 endpoints")
-    ap.add_argument("--bench-tool", type=Path, default=DEFAULT_BENCH_TOOL, help="path of the load generator")
+    ap.add_argument("--quick", action="store_true", help="one round, fewer calls, 1000 endpoints only (~1-2 min)")
+    ap.add_argument("--rounds", type=int, help="override the plan's rounds")
+    ap.add_argument("--calls", type=int, help="override the plan's calls per trivial-tool case")
+    ap.add_argument("--rows-calls", type=int, help="override the plan's calls per 1,000-row case")
+    ap.add_argument("--endpoints", help="comma-separated endpoint counts for the start-up times")
+    ap.add_argument("--no-mxcp", action="store_true", help="leave MXCP out (the report says so)")
+    ap.add_argument("--load-tool", "--bench-tool", dest="load_tool", type=Path, default=LOADGEN,
+                    help="the load generator (default: benchmarks/loadgen.py)")
     ap.add_argument("--output", type=Path, default=RESULTS, help="where the raw JSON goes")
+    ap.add_argument("--write-readme", action="store_true", help="rewrite the README's benchmark section")
+    ap.add_argument("--readme", type=Path, default=README, help="the README --write-readme rewrites")
     return ap.parse_args()
 
 
-def run(plan: Plan, bench_tool: Path) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    load_before = os.getloadavg()  # a busy machine skews everything: recorded, shown in the footnote
-    if load_before[0] > 0.5 * (os.cpu_count() or 1):
-        progress(f"warning: load average {load_before[0]:.2f} - other work on this machine will skew the numbers")
-    with tempfile.TemporaryDirectory(prefix="sqlgate-bench-") as tmp:
-        work = Path(tmp)
-        env = isolated_env(work)
-        res: dict[str, Any] = {"load": measure_load(work, env, plan, bench_tool)}
-        res["startup"] = measure_startup(work, env, plan)
-        res["shop_rss"] = measure_shop_rss(work, env)
-    res["meta"] = {
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": plan is QUICK, "plan": asdict(plan),
-        "python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
-        "versions": versions(), "elapsed_s": round(time.perf_counter() - t0, 1),
-        "loadavg_1m_before": round(load_before[0], 2),
-    }
-    return res
+def plan_of(args: argparse.Namespace) -> Plan:
+    plan = QUICK if args.quick else FULL
+    overrides = {"rounds": args.rounds, "calls": args.calls, "rows_calls": args.rows_calls}
+    plan = replace(plan, **{k: v for k, v in overrides.items() if v is not None})
+    if args.endpoints:
+        plan = replace(plan, endpoint_counts=tuple(int(x) for x in args.endpoints.split(",")))
+    return plan
 
 
 def main() -> int:
     # SIGTERM -> SystemExit, so the try/finally blocks still stop every server we started
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = parse_args()
-    if not args.bench_tool.is_file():
-        print(f"load generator not found: {args.bench_tool} (use --bench-tool)", file=sys.stderr)
+    if not args.load_tool.is_file():
+        print(f"load generator not found: {args.load_tool} (use --load-tool)", file=sys.stderr)
         return 2
-    plan = QUICK if args.quick else FULL
-    res = run(plan, args.bench_tool)
-    rows = table_rows(res)
-    res["table"] = [{k: v for k, v in r.items() if k != "cells"} for r in rows]
+    plan = plan_of(args)
+    if args.no_mxcp:
+        mxcp_note = "left out (--no-mxcp)"
+    else:
+        mxcp_note = mxcp_server.ensure_installed(progress)
+        if mxcp_note:
+            progress(f"MXCP not measured: {mxcp_note}")
+    res = run(plan, args.quick, args.load_tool, with_mxcp=mxcp_note is None, mxcp_note=mxcp_note)
+    res["report"] = report.build(res)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(res, indent=2) + "\n")
-    print(markdown(rows))
-    print(footnotes(res))
+    text = report.markdown(res)
+    print(text)
+    if args.write_readme:
+        report.write_readme(args.readme, text)
+        progress(f"rewrote the benchmark section of {args.readme}")
     print(f"\nraw numbers: {args.output}", file=sys.stderr)
+    failed = [t["target"] for t in res["report"]["targets"] if t["ok"] is False]
+    print(f"{len(failed)} target(s) missed" + (": " + "; ".join(failed) if failed else ""), file=sys.stderr)
     return 0
 
 

@@ -1,8 +1,10 @@
-"""Helpers for OAuth tests: a project whose user config turns auth on, and the official client."""
+"""Helpers for OAuth tests: a project whose user config turns auth on, the official client, and
+fake-provider stacks that the tests of a module share."""
 
 from __future__ import annotations
 
-import shutil
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata
 
 from tests.browser import Browser, query_of
-from tests.conftest import EXAMPLE, free_port, isolated_env, start_server
+from tests.conftest import copy_shop, free_port, isolated_env, start_server
 
 # A project author's endpoint that uses the upstream token (as MXCP's get_user_external_token()
 # examples do); the free-form query tool can never reach it. Tests read it to prove which token
@@ -46,7 +48,7 @@ def auth_project(tmp: Path, auth: dict[str, Any], port: int | None = None,
     """A copy of the example project plus a user config with `auth`; returns (dir, env, port)."""
     project = tmp / "project"
     if not project.exists():
-        shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("data", "__pycache__"))
+        copy_shop(project)
         (project / "tools" / "upstream_identity.yml").write_text(UPSTREAM_IDENTITY_TOOL)
         (project / "tools" / "has_upstream_token.yml").write_text(HAS_UPSTREAM_TOKEN_TOOL)
     port = port or free_port()
@@ -63,8 +65,7 @@ def auth_project(tmp: Path, auth: dict[str, Any], port: int | None = None,
 def start_auth_server(tmp: Path, auth: dict[str, Any], port: int | None = None,
                       extra_env: dict[str, str] | None = None, args: list[str] | None = None, **kw):
     project, env, port = auth_project(tmp, auth, port, **kw)
-    return start_server(project, tmp, env={**env, **(extra_env or {})}, port=port, args=args,
-                        timeout=60 if args else 30)
+    return start_server(project, tmp, env={**env, **(extra_env or {})}, port=port, args=args)
 
 
 class MemoryTokenStorage:
@@ -129,3 +130,35 @@ def login_to_callback(server, callback_path: str, redirect_uri: str) -> tuple[Br
         "response_type": "code", "client_id": client_id, "redirect_uri": redirect_uri, "state": "st",
         "scope": "sqlgate:access", "code_challenge": challenge, "code_challenge_method": "S256"})
     return browser, browser.run(str(url), f"{server.base}{callback_path}")
+
+
+class SharedStack:
+    """A fake provider and a server that several tests of a module share (a server start costs ~2 s
+    of CPU), as one test sees them: each test logs in afresh with its own client, and reads the
+    server's log and the fake's requests from its own start on."""
+
+    def __init__(self, fake, server):
+        self.fake, self.server = fake, server
+        self._log_start = len(server.logs())
+        self._seen_start = len(fake.seen)
+
+    def logs(self) -> str:
+        return self.server.logs()[self._log_start:]
+
+    def seen(self) -> list:
+        return self.fake.seen[self._seen_start:]
+
+
+@contextmanager
+def shared_stacks(start: Callable[..., AbstractContextManager]) -> Iterator[Callable[..., SharedStack]]:
+    """For a module-scoped fixture: get(*key) starts `start(*key)` (a context manager giving (fake,
+    server)) on first use, keeps it until the module is done, and gives each test its SharedStack."""
+    with ExitStack() as exits:
+        started: dict[tuple, tuple] = {}
+
+        def get(*key) -> SharedStack:
+            if key not in started:
+                started[key] = exits.enter_context(start(*key))
+            return SharedStack(*started[key])
+
+        yield get

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -34,6 +37,27 @@ def isolated_env(tmp: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+_built_shop: Path | None = None
+
+
+def copy_shop(dest: Path) -> Path:
+    """A copy of the example project at `dest` with its database already built (once per test
+    process, then copied: a build costs ~0.5 s of CPU at every server start). For tests that need
+    a shop to serve; tests of building itself copy EXAMPLE without its data."""
+    global _built_shop
+    if _built_shop is None:
+        root = Path(tempfile.mkdtemp(prefix="sqlgate-shop-"))
+        atexit.register(shutil.rmtree, root, True)
+        shutil.copytree(EXAMPLE, root / "shop", ignore=shutil.ignore_patterns("data", "__pycache__"))
+        subprocess.run([*SQLGATE, "validate", "-p", str(root / "shop")], check=True, capture_output=True,
+                       env=isolated_env(root))
+        _built_shop = root / "shop" / "data" / "shop.duckdb"
+    shutil.copytree(EXAMPLE, dest, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    (dest / "data").mkdir()
+    shutil.copy2(_built_shop, dest / "data" / "shop.duckdb")
+    return dest
+
+
 @pytest.fixture(scope="session")
 def shop_project(tmp_path_factory) -> Path:
     """A copy of the example project with its database built once per test session."""
@@ -53,7 +77,7 @@ class ServerProcess:
 
 
 def start_server(project: Path, tmp: Path, env: dict[str, str] | None = None,
-                 args: list[str] | None = None, timeout: float = 30, port: int | None = None,
+                 args: list[str] | None = None, timeout: float = 60, port: int | None = None,
                  cwd: Path | None = None) -> ServerProcess:
     port = port or free_port()
     log = tmp / f"server-{port}.log"
@@ -75,6 +99,21 @@ def start_server(project: Path, tmp: Path, env: dict[str, str] | None = None,
         time.sleep(0.1)
     proc.kill()
     raise RuntimeError(f"server did not become healthy:\n{log.read_text()}")
+
+
+def together(*starts: Callable[[], ServerProcess]) -> list[ServerProcess]:
+    """Start several servers at once (each start is a subprocess's CPU-bound imports, so a second one
+    overlaps the first on the other core); their ServerProcesses in order. If one fails, the others
+    are stopped."""
+    with ThreadPoolExecutor(len(starts)) as pool:
+        futures = [pool.submit(start) for start in starts]
+    failed = next((f.exception() for f in futures if f.exception() is not None), None)
+    if failed is not None:
+        for f in futures:
+            if f.exception() is None:
+                stop_server(f.result())
+        raise failed
+    return [f.result() for f in futures]
 
 
 def stop_server(server: ServerProcess) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from tests.auth_support import start_auth_server
 from tests.clients import hs256_bearer, mcp_session
-from tests.conftest import free_port, isolated_env, start_server, stop_server
+from tests.conftest import copy_shop, free_port, isolated_env, start_server, stop_server
 
 HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
            "MCP-Protocol-Version": "2025-11-25"}
@@ -177,13 +177,11 @@ def _jwt(secret: str, audience: str, scope: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def scoped_server(tmp_path_factory):
-    import shutil
 
-    from tests.conftest import EXAMPLE
 
     tmp = tmp_path_factory.mktemp("scoped")
     project = tmp / "project"
-    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    copy_shop(project)
     (project / "resources" / "vault.yml").write_text(SCOPED_RESOURCE)
     (project / "prompts" / "vault_prompt.yml").write_text(SCOPED_PROMPT)
     secret = "attack-scopes-secret-0123456789abcdef"

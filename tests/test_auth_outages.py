@@ -47,7 +47,8 @@ def whoami(server, token: str) -> httpx.Response:
 
 
 def test_provider_down_is_503_until_it_is_back(tmp_path):
-    with google_stack(tmp_path, cache_ttl=6, upstream_refresh_margin_seconds=ALWAYS_UPSTREAM,
+    cache_ttl = 3  # seconds user info is reused: longer than stopping the fake and the calls below take
+    with google_stack(tmp_path, cache_ttl=cache_ttl, upstream_refresh_margin_seconds=ALWAYS_UPSTREAM,
                       google={"timeout_seconds": TIMEOUT}) as (fake, server, storage):
         client_id, tokens = storage.client.client_id, storage.tokens
         browser, callback = to_callback(server)
@@ -63,7 +64,7 @@ def test_provider_down_is_503_until_it_is_back(tmp_path):
         assert unavailable(browser.http.get(callback), page=True)
         assert time.monotonic() - started < TIMEOUT  # refused connections: answered at once
 
-        time.sleep(max(0.0, 6.5 - (time.monotonic() - cached_at)))  # the cache entry expires
+        time.sleep(max(0.0, cached_at + cache_ttl + 0.5 - time.monotonic()))  # the cache entry expires
         assert unavailable(whoami(server, tokens.access_token))  # not 401: the client keeps its token
 
         fake.restart()  # back on the same port, with its grants
@@ -229,8 +230,10 @@ def test_postgres_state_down_is_503_then_recovers(tmp_path):
     from tests.grant_backends import ADMIN_DSN, postgres_database
     from tests.test_auth_flows import KEY
 
-    with postgres_database() as dsn, google_stack(
-            tmp_path, persistence={"type": "postgres", "dsn": dsn, "encryption_key": KEY}) as (_, server, storage):
+    persistence = {"type": "postgres", "encryption_key": KEY,
+                   "connect_timeout_seconds": 2}  # a request waits this long for the store, then 503
+    with postgres_database() as dsn, google_stack(tmp_path, persistence={**persistence, "dsn": dsn}) as (
+            _, server, storage):
         name = dsn.rsplit("/", 1)[1]
         assert whoami(server, storage.tokens.access_token).status_code == 200
         with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:

@@ -16,7 +16,7 @@ import anyio
 import httpx
 import pytest
 
-from tests.auth_support import MemoryTokenStorage, auth_project, call_tool, oauth_client
+from tests.auth_support import MemoryTokenStorage, auth_project, call_tool, oauth_client, shared_stacks
 from tests.browser import Browser
 from tests.conftest import free_port, start_server, stop_server
 from tests.fakes.presets import PRESET_FAKES, FakeCognito, FakeDescope, FakeEntra
@@ -84,54 +84,65 @@ def preset_server(kind: str, tmp_path, provider_name: str | None = None):
             stop_server(server)
 
 
+@pytest.fixture(scope="module")
+def presets(tmp_path_factory):
+    """(kind, provider name) -> SharedStack: one server per preset for the module, started on first use."""
+    def start(kind: str, provider_name: str | None = None):
+        return preset_server(kind, tmp_path_factory.mktemp(kind), provider_name)
+
+    with shared_stacks(start) as get:
+        yield get
+
+
 @pytest.mark.parametrize("kind", list(PRESET_FAKES))
-def test_preset_login_identity_roles_and_refresh(kind, tmp_path):
+def test_preset_login_identity_roles_and_refresh(kind, presets):
     # `azure` is Entra's other name: the alias is what this run configures
-    with preset_server(kind, tmp_path, "azure" if kind == "entra" else None) as (fake, server):
-        storage = MemoryTokenStorage()
-        browser = Browser("bob", "bob-password")
-        res = anyio.run(call_tool, server.url, oauth_client(server.url, browser, storage), "who")
-        browser.close()
-        assert not res.is_error, res.content
-        row = res.structured_content["result"]
-        username, user_id, name = BOB[kind]
-        assert (row["u"], row["i"], row["e"], row["p"], row["n"]) == (username, user_id, "bob@example.test", kind, name)
-        assert row["has_token"] is True
-        assert ("POST", fake.TOKEN_PATH) in fake.requests
-        # the provider's role reached claim_mappings: bob may run the tool that needs `reports`
-        assert bearer_call(server.url, storage.tokens.access_token, tool="team_report").status_code == 200
-        # a refresh goes through to the provider and the new token works
-        before = len([r for r in fake.seen if r.path == fake.TOKEN_PATH])
-        fresh = httpx.post(f"{server.base}/token", data={"grant_type": "refresh_token",
-                                                         "client_id": storage.client.client_id,
-                                                         "refresh_token": storage.tokens.refresh_token})
-        assert fresh.status_code == 200, fresh.text
-        refreshes = [r for r in fake.seen if r.path == fake.TOKEN_PATH][before:]
-        assert [r.form.get("grant_type") for r in refreshes] == ["refresh_token"]
-        if kind == "entra":
-            assert "api://entra-client/access_as_user" in refreshes[0].form["scope"].split()
-        assert bearer_call(server.url, fresh.json()["access_token"], tool="who").status_code == 200
-        logs = server.logs()
-    assert f"tool who by {username} (id={user_id} provider={kind}" in logs, "the audit line names the caller"
+    stack = presets(kind, "azure" if kind == "entra" else None)
+    fake, server = stack.fake, stack.server
+    storage = MemoryTokenStorage()
+    browser = Browser("bob", "bob-password")
+    res = anyio.run(call_tool, server.url, oauth_client(server.url, browser, storage), "who")
+    browser.close()
+    assert not res.is_error, res.content
+    row = res.structured_content["result"]
+    username, user_id, name = BOB[kind]
+    assert (row["u"], row["i"], row["e"], row["p"], row["n"]) == (username, user_id, "bob@example.test", kind, name)
+    assert row["has_token"] is True
+    assert ("POST", fake.TOKEN_PATH) in [(r.method, r.path) for r in stack.seen()]
+    # the provider's role reached claim_mappings: bob may run the tool that needs `reports`
+    assert bearer_call(server.url, storage.tokens.access_token, tool="team_report").status_code == 200
+    # a refresh goes through to the provider and the new token works
+    before = len([r for r in fake.seen if r.path == fake.TOKEN_PATH])
+    fresh = httpx.post(f"{server.base}/token", data={"grant_type": "refresh_token",
+                                                     "client_id": storage.client.client_id,
+                                                     "refresh_token": storage.tokens.refresh_token})
+    assert fresh.status_code == 200, fresh.text
+    refreshes = [r for r in fake.seen if r.path == fake.TOKEN_PATH][before:]
+    assert [r.form.get("grant_type") for r in refreshes] == ["refresh_token"]
+    if kind == "entra":
+        assert "api://entra-client/access_as_user" in refreshes[0].form["scope"].split()
+    assert bearer_call(server.url, fresh.json()["access_token"], tool="who").status_code == 200
+    assert f"tool who by {username} (id={user_id} provider={kind}" in stack.logs(), "the audit line names the caller"
+    logs = server.logs()  # every test's on this server: no provider token in any of it
     for token in fake.tokens:
         assert token not in logs
 
 
-def test_preset_role_missing_means_no_capability(tmp_path):
-    with preset_server("cognito", tmp_path) as (_fake, server):
-        storage = MemoryTokenStorage()
-        browser = Browser("alice", "alice-password")
-        res = anyio.run(call_tool, server.url, oauth_client(server.url, browser, storage), "who")
-        browser.close()
-        assert res.structured_content["result"]["u"] == "alice"
-        assert bearer_call(server.url, storage.tokens.access_token, tool="team_report").status_code == 403
+def test_preset_role_missing_means_no_capability(presets):
+    server = presets("cognito").server
+    storage = MemoryTokenStorage()
+    browser = Browser("alice", "alice-password")
+    res = anyio.run(call_tool, server.url, oauth_client(server.url, browser, storage), "who")
+    browser.close()
+    assert res.structured_content["result"]["u"] == "alice"
+    assert bearer_call(server.url, storage.tokens.access_token, tool="team_report").status_code == 403
 
 
-def test_auth0_asks_for_the_api_audience(tmp_path):
-    with preset_server("auth0", tmp_path) as (fake, server):
-        browser = Browser("alice", "alice-password")
-        anyio.run(call_tool, server.url, oauth_client(server.url, browser), "who")
-        browser.close()
-    authorize = next(r for r in fake.seen if r.path == "/authorize" and r.method == "GET")
+def test_auth0_asks_for_the_api_audience(presets):
+    stack = presets("auth0")
+    browser = Browser("alice", "alice-password")
+    anyio.run(call_tool, stack.server.url, oauth_client(stack.server.url, browser), "who")
+    browser.close()
+    authorize = next(r for r in stack.seen() if r.path == "/authorize" and r.method == "GET")
     assert authorize.query["audience"] == "https://sqlgate.example/api"
     assert "offline_access" in authorize.query["scope"].split()

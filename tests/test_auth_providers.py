@@ -13,7 +13,7 @@ import anyio
 import httpx
 import pytest
 
-from tests.auth_support import MemoryTokenStorage, call_tool, oauth_client, start_auth_server
+from tests.auth_support import MemoryTokenStorage, call_tool, oauth_client, shared_stacks, start_auth_server
 from tests.browser import Browser
 from tests.conftest import free_port, stop_server
 from tests.fakes.providers import FakeAtlassian, FakeGitHub, FakeGoogle, FakeSalesforce
@@ -56,10 +56,17 @@ def fake_provider_server(fake_class, tmp_path, extra_env: dict[str, str] | None 
             stop_server(server)
 
 
+@pytest.fixture(scope="module")
+def defaults(tmp_path_factory):
+    """kind -> SharedStack: a fake and a server with default settings per provider, for the module."""
+    with shared_stacks(lambda kind: fake_provider_server(FAKES[kind], tmp_path_factory.mktemp(kind))) as get:
+        yield get
+
+
 @pytest.fixture(params=list(FAKES))
-def stack(request, tmp_path):
-    with fake_provider_server(FAKES[request.param], tmp_path) as (fake, server):
-        yield request.param, fake, server
+def stack(request, defaults):
+    shared = defaults(request.param)
+    return request.param, shared.fake, shared.server
 
 
 def flow(server, user: str = "alice"):
@@ -108,23 +115,24 @@ def accepted(server, token: str) -> bool:
     return r.status_code != 401
 
 
-def test_github_private_email_comes_from_user_emails(tmp_path):
-    with fake_provider_server(FakeGitHub, tmp_path) as (fake, server):
-        _, (username, email, *_rest) = flow(server, "bob")
+def test_github_private_email_comes_from_user_emails(defaults):
+    github = defaults("github")
+    _, (username, email, *_rest) = flow(github.server, "bob")
     assert (username, email) == ("bob", "bob@example.test")
-    assert ("GET", "/user/emails") in fake.requests
+    assert ("GET", "/user/emails") in [(r.method, r.path) for r in github.seen()]
 
 
-def test_user_info_is_cached_for_cache_ttl(tmp_path):
-    with fake_provider_server(FakeGoogle, tmp_path, cache_ttl=300) as (fake, server):
-        storage, _ = flow(server)
-        before = fake.requests.count(("GET", "/v1/userinfo"))
-        for _ in range(5):
-            r = httpx.post(server.url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
-                           headers={"Authorization": f"Bearer {storage.tokens.access_token}",
-                                    "Accept": "application/json, text/event-stream"})
-            assert r.status_code != 401
-        assert fake.requests.count(("GET", "/v1/userinfo")) == before
+def test_user_info_is_cached_for_cache_ttl(defaults):
+    google = defaults("google")  # cache_ttl: 300 (the default)
+    fake, server = google.fake, google.server
+    storage, _ = flow(server)
+    before = fake.requests.count(("GET", "/v1/userinfo"))
+    for _ in range(5):
+        r = httpx.post(server.url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                       headers={"Authorization": f"Bearer {storage.tokens.access_token}",
+                                "Accept": "application/json, text/event-stream"})
+        assert r.status_code != 401
+    assert fake.requests.count(("GET", "/v1/userinfo")) == before
 
 
 def test_upstream_token_never_in_logs_even_at_debug_level(tmp_path):

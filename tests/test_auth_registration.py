@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from functools import partial
 
 import httpx
 import pytest
 
 from tests.auth_support import start_auth_server
-from tests.conftest import stop_server
+from tests.conftest import stop_server, together
 from tests.grant_backends import postgres_available, postgres_database
 from tests.test_auth_flows import drop_stack, login, make_stack
 from tests.test_auth_server import GITHUB
@@ -94,10 +95,8 @@ def shared_state(request, tmp_path):
 def test_rate_limit_is_shared_by_two_servers_on_one_store(tmp_path, shared_state):
     """Two sqlgate processes on one state store: the limit counts registrations at both."""
     auth = {**GITHUB, "registration": {"rate_limit": 4, "rate_window_seconds": 60}, "persistence": shared_state}
-    a = start_auth_server(tmp_path / "a", auth)
-    b = None
+    a, b = together(partial(start_auth_server, tmp_path / "a", auth), partial(start_auth_server, tmp_path / "b", auth))
     try:
-        b = start_auth_server(tmp_path / "b", auth)
         assert [register(s.base).status_code for s in (a, b, a, b)] == [201, 201, 201, 201]
         for s in (a, b):
             r = register(s.base)
@@ -109,8 +108,7 @@ def test_rate_limit_is_shared_by_two_servers_on_one_store(tmp_path, shared_state
         assert "exceed 4 per 60 s" in a.logs() + b.logs()
     finally:
         stop_server(a)
-        if b is not None:
-            stop_server(b)
+        stop_server(b)
 
 
 def _client_rows(db) -> set[str]:
@@ -118,17 +116,23 @@ def _client_rows(db) -> set[str]:
         return {k for (k,) in con.execute("SELECT key FROM kv WHERE collection = 'mcp-oauth-proxy-clients'")}
 
 
+UNAUTHORIZED_TTL = 3  # long enough for the official client's login to finish on a loaded machine
+IDLE_TTL = 6  # longer than the wait for UNAUTHORIZED_TTL, a refresh and a cleanup, with margin
+CLEANUP_INTERVAL = 1
+
+
 def test_clients_that_never_log_in_or_go_idle_expire_and_are_removed(tmp_path):
-    stack = make_stack("oidc", tmp_path, registration={"unauthorized_client_ttl_seconds": 3,
-                                                       "idle_client_ttl_seconds": 8},
-                       persistence={"encryption_key": "k" * 32, "cleanup_interval_seconds": 10})
+    stack = make_stack("oidc", tmp_path, registration={"unauthorized_client_ttl_seconds": UNAUTHORIZED_TTL,
+                                                       "idle_client_ttl_seconds": IDLE_TTL},
+                       persistence={"encryption_key": "k" * 32, "cleanup_interval_seconds": CLEANUP_INTERVAL})
     try:
         base, db = stack["server"].base, tmp_path / "oauth.db"
         idle = register(base).json()["client_id"]
+        registered = time.monotonic()  # its lifetime started before this
         storage = login(stack, "alice")  # the official client registers and completes a login
         active = storage.client.client_id
         assert {idle, active} <= _client_rows(db)
-        time.sleep(3.5)
+        time.sleep(max(0.0, registered + UNAUTHORIZED_TTL + 0.5 - time.monotonic()))
         # never authorised: gone at once (and refused at /authorize) ...
         r = httpx.get(f"{base}/authorize", params={"response_type": "code", "client_id": idle, "redirect_uri": LOOPBACK,
                                                    "code_challenge": "x" * 43, "code_challenge_method": "S256"})
@@ -136,13 +140,14 @@ def test_clients_that_never_log_in_or_go_idle_expire_and_are_removed(tmp_path):
         # ... while the client that logged in keeps working, and a refresh extends its life
         form = {"grant_type": "refresh_token", "client_id": active, "refresh_token": storage.tokens.refresh_token}
         fresh = httpx.post(f"{base}/token", data=form)
+        refreshed = time.monotonic()
         assert fresh.status_code == 200, fresh.text
         # the periodic cleanup deletes the expired row
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + CLEANUP_INTERVAL + 5
         while idle in _client_rows(db) and time.monotonic() < deadline:
-            time.sleep(0.5)
+            time.sleep(0.2)
         assert idle not in _client_rows(db) and active in _client_rows(db)
-        time.sleep(8.5)  # unused for longer than the idle lifetime
+        time.sleep(max(0.0, refreshed + IDLE_TTL + 0.5 - time.monotonic()))  # unused for longer than its lifetime
         stale = httpx.post(f"{base}/token", data={**form, "refresh_token": fresh.json()["refresh_token"]})
         assert stale.status_code == 401 and stale.json()["error"] == "invalid_client", stale.text
     finally:
@@ -160,13 +165,15 @@ def test_clients_registered_before_expiry_existed_get_one_at_start(tmp_path):
         stop_server(first)
     with sqlite3.connect(tmp_path / "oauth.db") as con:  # as an older sqlgate stored it
         con.execute("UPDATE kv SET expires_at = NULL WHERE collection = 'mcp-oauth-proxy-clients'")
-    second = start_auth_server(tmp_path, {**auth, "registration": {"idle_client_ttl_seconds": 8}})
+    ttl = 6  # counted from the second start (its proxy set-up); long enough for the first /authorize below
+    second = start_auth_server(tmp_path, {**auth, "registration": {"idle_client_ttl_seconds": ttl}})
+    started = time.monotonic()  # the lifetime was given before the server answered /healthz
     try:
         assert "1 registered client(s) without an expiry now expire" in second.logs()
         params = {"response_type": "code", "client_id": old, "redirect_uri": LOOPBACK,
                   "code_challenge": "x" * 43, "code_challenge_method": "S256"}
         assert httpx.get(f"{second.base}/authorize", params=params).status_code == 302
-        time.sleep(8.5)
+        time.sleep(max(0.0, started + ttl + 0.5 - time.monotonic()))
         r = httpx.get(f"{second.base}/authorize", params=params)
         assert r.status_code == 400 and "location" not in r.headers
     finally:

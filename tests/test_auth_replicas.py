@@ -13,12 +13,13 @@ from __future__ import annotations
 import signal
 import time
 from contextlib import nullcontext
+from functools import partial
 
 import httpx
 import pytest
 
 from tests.auth_support import start_auth_server
-from tests.conftest import free_port, stop_server
+from tests.conftest import free_port, stop_server, together
 from tests.grant_backends import postgres_available, postgres_database
 from tests.idp.launcher import OidcProvider
 from tests.test_auth_flows import KEY, login, provider_config
@@ -40,10 +41,10 @@ def pair(request, tmp_path):
         auth = {**provider_config("oidc", idp, ports[0]), "persistence": persistence,
                 "token_cache": {"revocation_check_seconds": BOUND}}
         try:
-            for i, port in enumerate(ports):
+            for i in range(len(ports)):
                 (tmp_path / f"s{i}").mkdir()
-                servers.append(start_auth_server(tmp_path / f"s{i}", auth, port=port,
-                                                 transport={"base_url": public}))
+            servers = together(*(partial(start_auth_server, tmp_path / f"s{i}", auth, port=port,
+                                         transport={"base_url": public}) for i, port in enumerate(ports)))
             yield servers
         finally:
             for s in servers:

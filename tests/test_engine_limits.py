@@ -6,7 +6,6 @@ error texts included.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import statistics
 import textwrap
 import time
@@ -23,14 +22,14 @@ from sqlgate.engine import Limits, open_engine
 from sqlgate.errors import QueryFailed, QueryRefused, QueryTimeout
 from tests.auth_support import start_auth_server
 from tests.clients import hs256_bearer, mcp_session
-from tests.conftest import EXAMPLE, free_port, isolated_env, start_server, stop_server
+from tests.conftest import copy_shop, free_port, isolated_env, start_server, stop_server
 
 # a statement that runs until the deadline interrupts it
 SLOW = "SELECT count(*) FROM range(100000000000) a WHERE a % 7 = 3"
 
 
 def _project(root: Path, engine_extra: str = "") -> Path:
-    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    copy_shop(root)
     text = (root / "sqlgate.yml").read_text()
     text = text.replace("engine:\n", "engine:\n" + textwrap.indent(engine_extra, "  "), 1) if engine_extra else text
     (root / "sqlgate.yml").write_text(text)

@@ -15,17 +15,16 @@ from joserfc.jwk import OctKey
 
 from tests.auth_support import MemoryTokenStorage, call_tool, oauth_client
 from tests.browser import Browser
-from tests.conftest import EXAMPLE, free_port, isolated_env, start_server, stop_server
+from tests.conftest import copy_shop, free_port, isolated_env, start_server, stop_server
 from tests.idp.launcher import OidcProvider
 from tests.test_resource_server import refused, username, whoami
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    import shutil
 
     root = tmp_path_factory.mktemp("envproj") / "shop"
-    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    copy_shop(root)
     return root
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import textwrap
 import time
 from pathlib import Path
@@ -27,7 +26,8 @@ from sqlgate.endpoints import executor
 from sqlgate.endpoints.loader import load_endpoints
 from sqlgate.engine import Limits, open_engine
 from tests.clients import mcp_session
-from tests.conftest import EXAMPLE, ServerProcess, isolated_env, start_server, stop_server
+from tests.conftest import ServerProcess, copy_shop, isolated_env, start_server, stop_server
+from tests.scrape import until_sample
 
 SLOW_SQL = "SELECT count(*) FROM range(100000000000) a"  # ~10^11 rows: minutes without the timeout
 
@@ -65,11 +65,12 @@ async def test_exactly_max_rows_is_not_truncated(shop_server):
 
 @pytest.fixture(scope="module")
 def limited_server(tmp_path_factory) -> ServerProcess:
-    """The shop example, served with SQLGATE_MAX_BYTES=4096 and SQLGATE_QUERY_TIMEOUT=1."""
+    """The shop example, served with SQLGATE_MAX_BYTES=4096 and SQLGATE_QUERY_TIMEOUT=1 (and /metrics)."""
     tmp = tmp_path_factory.mktemp("limited")
     project = tmp / "project"
-    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("data", "__pycache__"))
-    server = start_server(project, tmp, env=isolated_env(tmp, SQLGATE_MAX_BYTES="4096", SQLGATE_QUERY_TIMEOUT="1"))
+    copy_shop(project)
+    server = start_server(project, tmp, env=isolated_env(tmp, SQLGATE_MAX_BYTES="4096", SQLGATE_QUERY_TIMEOUT="1",
+                                                         SQLGATE_METRICS="true"))
     yield server
     stop_server(server)
 
@@ -128,21 +129,16 @@ async def test_slow_query_times_out_and_server_keeps_serving(limited_server):
 
 
 async def test_slow_query_does_not_block_other_callers(limited_server):
-    async def slow():
-        async with mcp_session(limited_server.url) as s:
-            res = await s.call_tool("query", {"sql": SLOW_SQL})
-            return res, time.monotonic()
-
-    async def fast():
-        await asyncio.sleep(0.2)  # let the slow query start first
-        async with mcp_session(limited_server.url) as s:
-            res = await s.call_tool("query", {"sql": "SELECT 7 AS seven"})
-            return res, time.monotonic()
-
-    (slow_res, slow_done), (fast_res, fast_done) = await asyncio.gather(slow(), fast())
+    """Both sessions are open first; the quick call is sent only once the slow query holds its
+    connection, and must be answered while the slow one is still running (it is cut at 1 s)."""
+    async with mcp_session(limited_server.url) as slow_session, mcp_session(limited_server.url) as fast_session:
+        slow = asyncio.create_task(slow_session.call_tool("query", {"sql": SLOW_SQL}))
+        await until_sample(limited_server.base, "sqlgate_db_connections_in_use", 1)  # it is running
+        fast_res = await fast_session.call_tool("query", {"sql": "SELECT 7 AS seven"})
+        assert not slow.done(), "a fast query had to wait for the slow one"
+        slow_res = await slow
     assert slow_res.is_error and "timeout" in slow_res.content[0].text
     assert not fast_res.is_error and fast_res.structured_content["rows"] == [[7]]
-    assert fast_done < slow_done, "a fast query had to wait for the slow one"
 
 
 # ---------------------------------------------------------------- identity under concurrency

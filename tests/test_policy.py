@@ -8,7 +8,6 @@ denies; bad CEL stops start-up with file and line; `sqlgate test` runs policy te
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import yaml
 
 from tests.auth_support import auth_project
 from tests.clients import hs256_bearer, mcp_session, records
-from tests.conftest import EXAMPLE, SQLGATE, isolated_env, start_server, stop_server
+from tests.conftest import SQLGATE, copy_shop, isolated_env, start_server, stop_server
 
 SECRET = "policy-tests-shared-secret-0123456789abcdef"
 
@@ -186,7 +185,7 @@ SQL_TOOLS_POLICIES = {
 
 def _project(tmp: Path) -> Path:
     project = tmp / "project"
-    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    copy_shop(project)
     (project / "tools" / "customers_by_region.yml").write_text(CUSTOMERS_BY_REGION)
     (project / "tools" / "needs_role.yml").write_text(NEEDS_ROLE)
     (project / "tools" / "region_counts.yml").write_text(REGION_COUNTS)

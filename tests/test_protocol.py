@@ -7,8 +7,8 @@ malformed ids, and the locked-tools listing.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
-import shutil
 import signal
 import sys
 import time
@@ -28,7 +28,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from tests.auth_support import start_auth_server
-from tests.conftest import EXAMPLE, isolated_env, start_server, stop_server
+from tests.conftest import copy_shop, isolated_env, start_server, stop_server
 
 PNG = "data:image/png;base64,iVBORw0KGgo="
 PROTOCOL = "2025-11-25"
@@ -87,7 +87,7 @@ BY_REGION = """resource:
 
 def _project(tmp: Path, extra_settings: dict | None = None) -> Path:
     project = tmp / "project"
-    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    copy_shop(project)
     (project / "python" / "slow.py").write_text(SLOW_PY)
     (project / "tools" / "slow.yml").write_text(SLOW_YML)
     (project / "prompts" / "region_report.yml").write_text(REGION_PROMPT)
@@ -356,7 +356,7 @@ async def test_locked_tools_are_hidden_or_listed_with_their_scope(tmp_path, mode
     tmp = tmp_path / mode
     tmp.mkdir()
     project = tmp / "project"
-    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    copy_shop(project)
     (project / "tools" / "admin_report.yml").write_text(
         "tool:\n  name: admin_report\n  description: For admins.\n  scopes: [reports:admin]\n"
         "  source:\n    code: SELECT 1 AS one\n")
@@ -450,3 +450,31 @@ async def test_event_store_stays_within_its_byte_budget():
     # an event larger than the whole budget is not kept (nor does it evict everything else)
     await store.store_event("s2", types.JSONRPCNotification(jsonrpc="2.0", method="x", params={"d": "y" * 10_000}))
     assert store.used <= store.max_bytes and await store.replay_events_after(ids[-2], collect) == "s1"
+
+
+async def test_stored_responses_replay_exactly_what_was_sent():
+    """A response is stored through the direct encoding (resume.serialize): it replays as the same
+    message pydantic would have stored, strings, nulls, big numbers and all."""
+    from pydantic import TypeAdapter
+
+    from sqlgate.resume import BoundedEventStore, serialize
+
+    adapter = TypeAdapter(types.JSONRPCMessage)
+    result = {"content": [{"type": "text", "text": 'rows "q" \\ é 𝄞'}], "isError": False,
+              "structuredContent": {"rows": [[1, None, 2**64 + 1, 1.5, "x"]], "truncated": False}}
+    for message in (types.JSONRPCResponse(jsonrpc="2.0", id=7, result=result),
+                    types.JSONRPCResponse(jsonrpc="2.0", id="req-7", result={}),
+                    types.JSONRPCNotification(jsonrpc="2.0", method="notifications/progress",
+                                              params={"progress": 1, "progressToken": "t"})):
+        reference = adapter.dump_json(message, by_alias=True, exclude_none=True)
+        assert json.loads(serialize(message)) == json.loads(reference)
+        store = BoundedEventStore(max_bytes=100_000)
+        first = await store.store_event("s", None)
+        await store.store_event("s", message)
+        replayed = []
+
+        async def collect(event, replayed=replayed) -> None:
+            replayed.append(event.message)
+
+        assert await store.replay_events_after(first, collect) == "s"
+        assert replayed == [message]

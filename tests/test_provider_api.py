@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import anyio
 import pytest
 
-from tests.auth_support import MemoryTokenStorage, auth_project, call_tool, oauth_client
+from tests.auth_support import MemoryTokenStorage, auth_project, call_tool, oauth_client, shared_stacks
 from tests.browser import Browser
 from tests.conftest import free_port, start_server, stop_server
 from tests.fakes.providers import FAKES
@@ -97,6 +97,31 @@ def api_stack(kind: str, tmp_path, extra_tools: dict[str, tuple[str, str]] | Non
             stop_server(server)
 
 
+@pytest.fixture(scope="module")
+def stacks(tmp_path_factory):
+    """kind -> SharedStack: one fake and server per provider for the module, started on first use."""
+    def start(kind: str):
+        extra = {"leaky": (LEAKY_PY, LEAKY_YML)} if kind == "github" else None
+        return api_stack(kind, tmp_path_factory.mktemp(kind), extra)
+
+    with shared_stacks(start) as get:
+        yield get
+
+
+@pytest.fixture
+def github(stacks):
+    stack = stacks("github")
+    yield stack
+    stack.fake.api_delay, stack.fake.echo_token_header = 0.0, False  # what a test changed
+
+
+@pytest.fixture
+def salesforce(stacks):
+    stack = stacks("salesforce")
+    yield stack
+    stack.fake.instance_url = None
+
+
 def _calls(server, calls):
     storage = MemoryTokenStorage()
     browser = Browser("alice", "alice-password")
@@ -107,14 +132,15 @@ def _calls(server, calls):
 
 
 @pytest.mark.parametrize("kind", list(ENDPOINTS))
-def test_endpoint_calls_provider_api_as_the_user(kind, tmp_path):
-    with api_stack(kind, tmp_path) as (fake, server):
-        ok, too_big, elsewhere = _calls(server, [{"n": 2}, {"n": 100, "max_bytes": 2000},
-                                                 {"n": 1, "url": "https://evil.example/steal"}])
-        logs = server.logs()
+def test_endpoint_calls_provider_api_as_the_user(kind, stacks):
+    stack = stacks(kind)
+    fake = stack.fake
+    ok, too_big, elsewhere = _calls(stack.server, [{"n": 2}, {"n": 100, "max_bytes": 2000},
+                                                   {"n": 1, "url": "https://evil.example/steal"}])
+    logs = stack.logs()
     assert not ok.is_error, ok.content
     assert ok.structured_content["result"] == EXPECTED[kind]
-    api_requests = [r for r in fake.seen if r.path not in (fake.AUTHORIZE_PATH, fake.TOKEN_PATH)
+    api_requests = [r for r in stack.seen() if r.path not in (fake.AUTHORIZE_PATH, fake.TOKEN_PATH)
                     and r.bearer() in fake.tokens]
     assert api_requests, "the API was called with the user's own provider token"
     assert too_big.is_error and "larger than 2000 bytes" in str(too_big.content)
@@ -126,23 +152,23 @@ def test_endpoint_calls_provider_api_as_the_user(kind, tmp_path):
         assert token not in logs
 
 
-def test_provider_api_request_ends_at_the_call_deadline(tmp_path):
-    with api_stack("github", tmp_path) as (fake, server):
-        fake.api_delay = 4  # the endpoint's timeout is 2 s
-        (slow,) = _calls(server, [{"n": 1}])
-        logs = server.logs()
+def test_provider_api_request_ends_at_the_call_deadline(github):
+    fake = github.fake
+    fake.api_delay = 4  # the endpoint's timeout is 2 s
+    (slow,) = _calls(github.server, [{"n": 1}])
+    logs = github.logs()
     assert slow.is_error and "deadline" in str(slow.content)
     assert "-> deadline" in logs
     assert all(token not in str(slow.content) and token not in logs for token in fake.tokens)
 
 
-def test_an_answer_echoing_the_token_in_a_header_is_refused(tmp_path):
+def test_an_answer_echoing_the_token_in_a_header_is_refused(github):
     """A hostile or buggy API repeating the bearer in a response header: the endpoint (and so the
     client) must not get it, as for an answer body that contains it."""
-    with api_stack("github", tmp_path) as (fake, server):
-        fake.echo_token_header = True
-        (echo,) = _calls(server, [{"n": 1}])
-        logs = server.logs()
+    fake = github.fake
+    fake.echo_token_header = True
+    (echo,) = _calls(github.server, [{"n": 1}])
+    logs = github.logs()
     assert echo.is_error and "contains the caller's token" in str(echo.content)
     assert "refused: echoes the token" in logs
     assert fake.tokens and all(t not in str(echo.content) and t not in logs for t in fake.tokens)
@@ -180,16 +206,16 @@ class _Listener:
 @pytest.mark.parametrize("instance", ["LISTENER", "https://127.0.0.1:1", "https://2130706433",
                                       "https://0x7f.1", "https://[::1]", "https://metadata.localhost",
                                       "https://user@example.my.salesforce.com"])
-def test_a_hostile_instance_url_does_not_get_the_token(tmp_path, instance):
+def test_a_hostile_instance_url_does_not_get_the_token(salesforce, instance):
     """Salesforce's token reply names the org's API host (instance_url). One that points at the
     server's own network (another loopback service, an IP literal in any spelling, localhost,
     userinfo) is not an API host: the endpoint's request is refused and nothing is sent there."""
+    fake = salesforce.fake
     listener = _Listener()
     try:
-        with api_stack("salesforce", tmp_path) as (fake, server):
-            fake.instance_url = listener.url if instance == "LISTENER" else instance
-            (res,) = _calls(server, [{"n": 1}])
-            logs = server.logs()
+        fake.instance_url = listener.url if instance == "LISTENER" else instance  # in this login's token reply
+        (res,) = _calls(salesforce.server, [{"n": 1}])
+        logs = salesforce.server.logs()  # every test's: no token of any login may be in it
     finally:
         listener.close()
     assert res.is_error, res.content
@@ -217,14 +243,14 @@ LEAKY_YML = """tool:
 """
 
 
-def test_an_endpoint_error_never_carries_the_callers_token(tmp_path):
+def test_an_endpoint_error_never_carries_the_callers_token(github):
     """A Python endpoint whose exception names the upstream token (an HTTP library's error with the
     URL) must not hand it to the client, its log notifications or the server log."""
-    with api_stack("github", tmp_path, {"leaky": (LEAKY_PY, LEAKY_YML)}) as (fake, server):
-        storage = MemoryTokenStorage()
-        browser = Browser("alice", "alice-password")
-        res = anyio.run(call_tool, server.url, oauth_client(server.url, browser, storage), "leaky", {"n": 1})
-        browser.close()
-        logs = server.logs()
+    fake, server = github.fake, github.server
+    storage = MemoryTokenStorage()
+    browser = Browser("alice", "alice-password")
+    res = anyio.run(call_tool, server.url, oauth_client(server.url, browser, storage), "leaky", {"n": 1})
+    browser.close()
+    logs = server.logs()  # every test's: no token of any login may be in it
     assert res.is_error and "failed: 401" in str(res.content) and "[token]" in str(res.content)
     assert fake.tokens and all(t not in str(res.content) and t not in logs for t in fake.tokens)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
+import sqlite3
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -24,7 +25,7 @@ from mcp.shared.exceptions import MCPError
 
 from tests.auth_support import auth_project
 from tests.clients import hs256_bearer, mcp_session
-from tests.conftest import EXAMPLE, SQLGATE, isolated_env, start_server, stop_server
+from tests.conftest import SQLGATE, copy_shop, free_port, isolated_env, start_server, stop_server, together
 from tests.grant_backends import open_store
 
 SECRET = "rate-limit-tests-shared-secret-0123456789abcdef"
@@ -44,7 +45,7 @@ SECONDS = "  parameters:\n    - {name: seconds, type: number, description: how l
 
 def _project(tmp: Path, settings: dict | None = None) -> Path:
     project = tmp / "project"
-    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    copy_shop(project)
     (project / "python" / "rl.py").write_text(PID_PY)
     (project / "tools" / "pid.yml").write_text(_tool("pid", "pid", "  rate_limit: {calls_per_minute: 4}\n"))
     (project / "tools" / "pid_free.yml").write_text(_tool("pid_free", "pid"))
@@ -72,10 +73,22 @@ def _value(response: httpx.Response):
 JWT = {"jwt": {"secret": SECRET, "algorithms": ["HS256"], "issuer": "https://issuer.test"}}
 
 
+def slot_taken(state_db: Path, timeout: float = 15) -> bool:
+    """Wait until a call holds a concurrent-call slot (a lease row in the server's SQLite state store),
+    so the next call is sent while it surely runs rather than after a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.closing(sqlite3.connect(state_db, timeout=5)) as db:
+            if db.execute("SELECT count(*) FROM call_leases").fetchone()[0]:
+                return True
+        time.sleep(0.02)
+    return False
+
+
 def _server(tmp: Path, settings: dict | None = None, **kw):
     _project(tmp, settings)
     project, env, port = auth_project(tmp, JWT, transport={"stateless": True, "json_response": True})
-    return start_server(project, tmp, env=env, port=port, **{"timeout": 120, **kw})  # builds the database first
+    return start_server(project, tmp, env=env, port=port, **{"timeout": 120, **kw})
 
 
 # ------------------------------------------------------------------------------------------ store
@@ -132,7 +145,7 @@ def test_http_429_per_user_and_concurrency_cap(tmp_path):
         first: list[httpx.Response] = []
         runner = threading.Thread(target=lambda: first.append(_call(server.url, "carol", "slow", {"seconds": 2})))
         runner.start()
-        time.sleep(0.7)
+        assert slot_taken(tmp_path / "oauth.db")
         second = _call(server.url, "carol", "slow", {"seconds": 0})
         assert second.status_code == 429 and second.headers["retry-after"] == "1"
         assert "at most 1 calls at the same time of tool slow" in second.json()["error"]["message"]
@@ -191,7 +204,7 @@ async def test_official_client_sees_the_refusal_in_a_stateful_session(tmp_path):
         carol = hs256_bearer(SECRET, server.url, "carol")
         async with mcp_session(server.url, carol) as first, mcp_session(server.url, carol) as second:
             running = asyncio.create_task(first.call_tool("slow", {"seconds": 2}))
-            await asyncio.sleep(0.7)
+            assert await asyncio.to_thread(slot_taken, tmp_path / "oauth.db")
             with pytest.raises(MCPError, match="at most 1 calls at the same time of tool slow"):
                 await second.call_tool("slow", {"seconds": 0})
             assert (await running).structured_content["result"] == 2
@@ -222,28 +235,35 @@ def test_state_store_down_is_503_never_unlimited(tmp_path):
 
 def test_a_killed_server_frees_its_slots_when_the_lease_expires(tmp_path):
     """Two servers share the state store (as replicas do); one is killed with SIGKILL during carol's
-    call, so nobody gives her slot back: the other refuses her until the lease expires (timeout 3 s
-    + 5 + grace 1 = 9 s after it was taken), then serves her."""
-    first = _server(tmp_path, {"limits": {"timeout_seconds": 3}, "rate_limits": {"lease_grace_seconds": 1}})
-    project, env, port = auth_project(tmp_path, JWT, transport={"stateless": True, "json_response": True})
-    second = start_server(project, tmp_path, env=env, port=port, timeout=120)
+    call, so nobody gives her slot back: the other refuses her until the lease expires (timeout 2 s
+    + 5 + grace 1 = 8 s after it was taken), then serves her."""
+    lease = 2 + 5 + 1
+    _project(tmp_path, {"limits": {"timeout_seconds": 2}, "rate_limits": {"lease_grace_seconds": 1}})
+    project, env, _ = auth_project(tmp_path, JWT, transport={"stateless": True, "json_response": True})
+    first, second = together(*(partial(start_server, project, tmp_path, env=env, port=free_port(), timeout=120)
+                               for _ in range(2)))  # the port on the command line wins over the config's
     try:
-        taken = time.monotonic()
+        taken = time.monotonic()  # the lease is taken after this, so it expires after taken + lease
+
         def doomed_call() -> None:
             with contextlib.suppress(httpx.HTTPError):  # its connection dies with the server
-                _call(first.url, "carol", "slow", {"seconds": 2.5})
+                _call(first.url, "carol", "slow", {"seconds": 1.9})
 
         caller = threading.Thread(target=doomed_call)
         caller.start()
-        time.sleep(0.7)
+        assert slot_taken(tmp_path / "oauth.db")  # her call is running on the first server
         first.proc.kill()
         first.proc.wait(10)
         caller.join()
         refused = _call(second.url, "carol", "slow", {"seconds": 0})
         assert refused.status_code == 429, "the killed call's lease still holds carol's slot"
-        assert time.monotonic() - taken < 8.5, "the refusal above must come before the lease can expire"
-        time.sleep(max(0.0, taken + 10 - time.monotonic()))
-        assert _value(_call(second.url, "carol", "slow", {"seconds": 0})) == 0, "expired: the slot is free"
+        assert time.monotonic() - taken < lease - 0.5, "the refusal above must come before the lease can expire"
+        time.sleep(max(0.0, taken + lease - 0.5 - time.monotonic()))
+        while (retry := _call(second.url, "carol", "slow", {"seconds": 0})).status_code == 429:
+            assert time.monotonic() < taken + lease + 10, "the lease never expired"
+            time.sleep(0.2)
+        assert time.monotonic() >= taken + lease, "the slot was free before the lease expired"
+        assert _value(retry) == 0, "expired: the slot is free"
     finally:
         stop_server(second)
         stop_server(first)

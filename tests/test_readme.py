@@ -1,12 +1,14 @@
 """The README's shell examples, run as written (in a scratch directory, `sqlgate` on PATH).
 
 A section's first ```bash block is split into commands; `serve` lines are started and must answer
-/healthz (HTTP) or stay up (stdio) instead of running forever.
+/healthz (HTTP) or an MCP initialize (stdio) instead of running forever.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import select
 import shlex
 import subprocess
 import sys
@@ -45,23 +47,37 @@ def check_serve(argv: list[str], cwd: Path, env: dict[str, str]) -> None:
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     try:
+        if not http:
+            return check_stdio(proc, argv)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             assert proc.poll() is None, f"{shlex.join(argv)} exited: {proc.stderr.read().decode()}"
-            if not http:
-                if time.monotonic() > deadline - 27:  # stdio: still serving after 3 s
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
                     return
-            else:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
+            except httpx.HTTPError:
+                pass
             time.sleep(0.1)
         pytest.fail(f"{shlex.join(argv)} did not start")
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def check_stdio(proc: subprocess.Popen, argv: list[str]) -> None:
+    """A stdio server answers an MCP initialize on stdout (and stays up)."""
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                       "clientInfo": {"name": "readme", "version": "1"}}}
+    proc.stdin.write((json.dumps(init) + "\n").encode())
+    proc.stdin.flush()
+    ready, _, _ = select.select([proc.stdout], [], [], 30)
+    assert ready, f"{shlex.join(argv)} did not answer initialize"
+    line = proc.stdout.readline()
+    assert line, f"{shlex.join(argv)} exited: {proc.stderr.read().decode()}"
+    answer = json.loads(line)
+    assert answer["id"] == 1 and answer["result"]["serverInfo"]["name"], answer
+    assert proc.poll() is None, f"{shlex.join(argv)} exited after initialize"
 
 
 def test_quick_start_commands_work_as_written(tmp_path):

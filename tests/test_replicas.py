@@ -11,11 +11,12 @@ serving every token that was issued.
 from __future__ import annotations
 
 import signal
+from functools import partial
 
 import pytest
 
 from tests.auth_support import start_auth_server
-from tests.conftest import free_port, stop_server
+from tests.conftest import free_port, stop_server, together
 from tests.grant_backends import postgres_available, postgres_database
 from tests.idp.launcher import OidcProvider
 from tests.round_robin import RoundRobin
@@ -33,10 +34,11 @@ def test_two_replicas_behind_round_robin_share_everything(tmp_path):
                 "persistence": {"type": "postgres", "dsn": dsn, "encryption_key": KEY}}
         servers = []
         try:
-            for i, port in enumerate(ports):
+            for i in range(len(ports)):
                 (tmp_path / f"r{i}").mkdir()
-                servers.append(start_auth_server(tmp_path / f"r{i}", auth, port=port,
-                                                 transport={"base_url": lb.base, "stateless": True}))
+            servers = together(*(partial(start_auth_server, tmp_path / f"r{i}", auth, port=port,
+                                         transport={"base_url": lb.base, "stateless": True})
+                                 for i, port in enumerate(ports)))
             storage = login({"server": lb}, "alice")  # the whole flow, request by request round robin
             oauth_paths = {"/register", "/authorize", "/consent", "/oidc/callback", "/token"}
             served = {}

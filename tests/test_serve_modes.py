@@ -5,7 +5,6 @@ several worker processes, and a SIGTERM that lets calls in flight finish.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 
 from tests.auth_support import start_auth_server
 from tests.clients import hs256_bearer, mcp_session
-from tests.conftest import EXAMPLE, free_port, isolated_env, start_server, stop_server
+from tests.conftest import copy_shop, free_port, isolated_env, start_server, stop_server
 
 HEADERS = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"}
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
@@ -26,7 +25,7 @@ SECRET = "serve-modes-shared-secret-0123456789abcdef"
 
 def _project(tmp: Path) -> Path:
     project = tmp / "project"
-    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    copy_shop(project)
     (project / "python" / "slow.py").write_text(
         "import pathlib, time, uuid\n\n\ndef slow(seconds: float, marker_dir: str = '') -> dict:\n"
         "    if marker_dir:\n        (pathlib.Path(marker_dir) / uuid.uuid4().hex).touch()\n"

@@ -3,7 +3,6 @@ and OpenTelemetry spans carrying the end user, captured in process by an InMemor
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 
@@ -20,6 +19,7 @@ from sqlgate import metrics
 from tests.auth_support import auth_project, start_auth_server
 from tests.clients import hs256_bearer, mcp_session
 from tests.conftest import free_port, stop_server
+from tests.scrape import sample
 
 SECRET = "telemetry-test-shared-secret-0123456789abcdef"
 SCRAPE_TOKEN = "scrape-token-0123456789"
@@ -27,20 +27,6 @@ SCRAPE_TOKEN = "scrape-token-0123456789"
 
 def jwt_auth() -> dict:
     return {"jwt": {"secret": SECRET, "algorithms": ["HS256"], "issuer": "https://issuer.test"}}
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text format (0 when absent)."""
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$", line)
-        if not m or m.group(1) != name:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', m.group(3) or ""))
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(m.group(4))
-    return 0.0
 
 
 async def workload(url: str, ok_calls: int) -> None:

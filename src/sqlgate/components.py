@@ -22,9 +22,10 @@ from pydantic import PrivateAttr
 
 from sqlgate import answers
 from sqlgate.audit.notes import note_answer, note_error
-from sqlgate.errors import DatabaseUnavailable, InvalidArguments, QueryTimeout, SqlgateError
+from sqlgate.errors import AnswerMismatch, DatabaseUnavailable, InvalidArguments, QueryTimeout, SqlgateError
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+log = logging.getLogger("sqlgate.answers")
 
 
 dumps = answers.dumps  # the encoding whose size the answer budget counts
@@ -45,7 +46,7 @@ def error_log_level(exc: SqlgateError) -> int:
     """A caller's mistake is one INFO line; a timeout a WARNING; only an outage is an ERROR."""
     if isinstance(exc, DatabaseUnavailable):
         return logging.ERROR
-    if isinstance(exc, QueryTimeout):
+    if isinstance(exc, QueryTimeout | AnswerMismatch):  # an answer the endpoint's author must fix
         return logging.WARNING
     return logging.INFO
 
@@ -59,11 +60,35 @@ def check_arguments(validator: Draft202012Validator, arguments: dict[str, Any], 
         raise InvalidArguments(f"invalid arguments for {what}: " + "; ".join(problems))
 
 
+def answer_result(out: dict[str, Any]) -> ToolResult:
+    """The tool result of an answer: its JSON text (encoded once) and the answer as structuredContent.
+
+    Built without ToolResult's validating constructor: that walks every value of the answer through
+    pydantic to make it JSON-able (4-5 ms for 1,000 rows x 10 columns), and the engines' values are
+    JSON-ready by construction (engine/values.py). The shape still matches the declared
+    outputSchema: tests validate it (tests/test_answers.py)."""
+    return ToolResult.model_construct(content=[TextContent(type="text", text=dumps(out))], structured_content=out,
+                                      meta=None, is_error=False)
+
+
+def check_answer(validator: Draft202012Validator, answer: dict[str, Any], tool: str) -> None:
+    problems = []
+    for err in sorted(validator.iter_errors(answer), key=lambda e: list(e.path))[:5]:
+        where = "/".join(str(p) for p in err.path)
+        problems.append(f"at {where or 'the top'}: {err.message[:200]}")
+    if problems:
+        mismatch = AnswerMismatch(f"the answer of tool {tool!r} does not match its outputSchema (check the "
+                                  "endpoint's `return:` declaration): " + "; ".join(problems))
+        log.warning("%s", mismatch)  # the author's to fix: FastMCP's own line does not say why
+        raise mismatch
+
+
 class SqlgateTool(Tool):
     """A tool whose body is an async handler returning a JSON object."""
 
     _handler: Handler = PrivateAttr()
     _validator: Draft202012Validator | None = PrivateAttr(default=None)
+    _answer_validator: Draft202012Validator | None = PrivateAttr(default=None)
 
     @classmethod
     def create(cls, *, name: str, description: str, parameters: dict[str, Any], handler: Handler,
@@ -86,10 +111,17 @@ class SqlgateTool(Tool):
             if self._validator is not None:
                 check_arguments(self._validator, arguments, f"tool {self.name!r}")
             out = await self._handler(arguments)
+            if self._answer_validator is not None:
+                check_answer(self._answer_validator, out, self.name)
         except SqlgateError as exc:
             note_error(exc)
             raise ToolError(error_text(exc), log_level=error_log_level(exc)) from None
-        return ToolResult(content=[TextContent(type="text", text=dumps(out))], structured_content=out)
+        return answer_result(out)
+
+    def check_answers(self) -> None:
+        """Validate every answer against this tool's outputSchema (setting `check_answers`)."""
+        if self.output_schema:
+            self._answer_validator = Draft202012Validator(self.output_schema)
 
 
 class SqlgateResource(Resource):

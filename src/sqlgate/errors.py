@@ -61,3 +61,7 @@ class RateLimited(SqlgateError):
     def __init__(self, message: str, retry_after: int):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class AnswerMismatch(QueryFailed):
+    """An answer does not match its tool's declared outputSchema (only checked with `check_answers`)."""

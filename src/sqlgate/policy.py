@@ -37,8 +37,6 @@ from functools import cached_property
 from typing import Any, Literal
 
 import anyio
-import celpy
-from celpy import celtypes
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from sqlgate.audit.notes import note_refused
@@ -50,9 +48,13 @@ log = logging.getLogger("sqlgate.policy")
 logging.getLogger("celpy").setLevel(logging.WARNING)
 
 
+# cel-python (and lark, pendulum, re2 behind it) is imported on first use, like its grammar:
+# a project without policies never loads it (~0.1 s of start-up and several MiB of memory)
 @functools.cache
-def _env() -> celpy.Environment:
+def _env() -> Any:
     """Built on first use (its CEL grammar takes ~0.4 s): a project without policies never pays."""
+    import celpy
+
     return celpy.Environment()
 
 # names a rule may use besides the arguments; an argument with one of these names is only in `args`
@@ -61,10 +63,11 @@ DEFAULT_MASK = "****"
 
 
 @functools.lru_cache(maxsize=1024)
-def compile_cel(text: str) -> celpy.Runner:
-    """The runnable program, or ValueError with the parser's message (pydantic makes it file:line).
+def compile_cel(text: str) -> Any:
+    """The runnable program (a celpy.Runner), or ValueError with the parser's message (pydantic makes
+    it file:line). Cached: the same rule text in many files compiles once."""
+    import celpy
 
-    Cached: the same rule text in many files compiles once."""
     try:
         env = _env()
         return env.program(env.compile(text))
@@ -106,7 +109,7 @@ class _Rule(BaseModel):
 
     condition: str = Field(min_length=1, description="CEL; the rule applies when it is true")
     reason: str | None = None
-    _program: celpy.Runner = PrivateAttr()
+    _program: Any = PrivateAttr()  # celpy.Runner
 
     @field_validator("condition")
     @classmethod
@@ -130,7 +133,7 @@ class OutputRule(_Rule):
     mask: Any = DEFAULT_MASK
     # filter_rows: CEL over `row` (and user, args …); rows for which it is not true are dropped
     keep: str | None = None
-    _keep: celpy.Runner | None = PrivateAttr(default=None)
+    _keep: Any = PrivateAttr(default=None)  # celpy.Runner
 
     @model_validator(mode="after")
     def _shape(self) -> OutputRule:
@@ -175,6 +178,8 @@ class Policies(BaseModel):
 # ---------------------------------------------------------------------------------------- values
 def to_cel(value: Any) -> Any:
     """Python/engine values -> CEL values (database types CEL lacks become strings)."""
+    from celpy import celtypes
+
     if value is None:
         return None
     if isinstance(value, bool):
@@ -228,7 +233,9 @@ def _safe_reason(exc: BaseException) -> str:
     return kind if re.search(r"['\"]", text) else f"{kind}: {_first_line(text)[:120]}"
 
 
-def _truth(program: celpy.Runner, activation: Mapping[str, Any]) -> bool:
+def _truth(program: Any, activation: Mapping[str, Any]) -> bool:
+    from celpy import celtypes
+
     try:
         result = program.evaluate(activation)
     except Exception as exc:  # CELEvalError and anything the runtime raises: never a silent pass

@@ -16,10 +16,21 @@ import uuid
 from collections import OrderedDict, deque
 
 from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
-from mcp_types import JSONRPCMessage
+from mcp_types import JSONRPCMessage, JSONRPCResponse
 from pydantic import TypeAdapter
 
+from sqlgate.answers import encode_bytes
+
 _message = TypeAdapter(JSONRPCMessage)
+
+
+def serialize(message: JSONRPCMessage) -> bytes:
+    """The message as JSON. A response's `result` is a plain dict of JSON values already (the SDK
+    dumped it), so it is encoded directly: pydantic's dump of a union re-walks every value of a
+    1,000-row answer (6 % of the server's time on big answers)."""
+    if type(message) is JSONRPCResponse and isinstance(message.result, dict):
+        return encode_bytes({"jsonrpc": message.jsonrpc, "id": message.id, "result": message.result})
+    return _message.dump_json(message, by_alias=True, exclude_none=True)
 
 
 class BoundedEventStore(EventStore):
@@ -32,7 +43,7 @@ class BoundedEventStore(EventStore):
 
     async def store_event(self, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
         event_id = uuid.uuid4().hex
-        data = None if message is None else _message.dump_json(message, by_alias=True, exclude_none=True)
+        data = None if message is None else serialize(message)
         size = len(data or b"") + 100  # ids and bookkeeping
         if size > self.max_bytes:
             return event_id  # larger than the whole budget: not kept, so not replayable

@@ -24,6 +24,7 @@ from sqlgate.auth.factory import build_auth
 from sqlgate.auth.scopes import ScopeFilter, ScopeRegistry
 from sqlgate.broadcast import OpenConnections
 from sqlgate.completions import Completer
+from sqlgate.component_index import index_components
 from sqlgate.components import (
     SqlgatePrompt,
     SqlgateResource,
@@ -197,6 +198,8 @@ def _tool(ep: Endpoint, app: App) -> SqlgateTool:
         tags=set(defn.tags), validate=False,
     )
     tool.icons = _icons(defn.icons)
+    if app.project.settings.check_answers:
+        tool.check_answers()
     return tool
 
 
@@ -306,6 +309,7 @@ def build_app(project: LoadedProject, engine: Engine | None = None,
         icons=_icons(settings.icons),
     )
     mcp._mcp_server.title = settings.title  # FastMCP passes no title to the SDK's server info
+    index_components(mcp)  # before any component is added: registering n endpoints is then O(n)
     app = App(project=project, engine=engine, endpoints=[], mcp=mcp,
               pager=Pager(resolve_secret(settings, auth), settings.limits.cursor_ttl_seconds))
     if settings.audit.enabled or telemetry.metrics.enabled or tracing.enabled():
@@ -326,6 +330,8 @@ def build_app(project: LoadedProject, engine: Engine | None = None,
         mcp.add_middleware(RateLimitMiddleware(app.rate_limiter))
 
     for tool in builtin_tools(engine, settings.sql_tools, lambda: app.limits, current_call, app.pager):
+        if settings.check_answers:
+            tool.check_answers()
         mcp.add_tool(tool)
         app.builtin_names.append(tool.name)
         if app.scopes is not None:

@@ -23,7 +23,7 @@ def open_trail(project: Any, file: Path | None) -> SqlTrail | FileTrail:
     if cfg.store == "sqlite":
         return SqlTrail(sqlite_path=project.path(cfg.database))
     if cfg.store == "postgres":
-        return SqlTrail(dsn=cfg.dsn.get_secret_value())
+        return SqlTrail(dsn=cfg.dsn.get_secret_value(), connect_timeout=cfg.connect_timeout_seconds)
     if cfg.path:
         return FileTrail(project.path(cfg.path))
     raise SqlgateError("this project keeps no audit trail to read (audit.store is none and audit.path is unset)")

@@ -92,11 +92,11 @@ def _ts(event: dict[str, Any]) -> float:
 class SqlTrail:
     """The audit table, SQLite or PostgreSQL."""
 
-    def __init__(self, sqlite_path: Path | None = None, dsn: str | None = None):
+    def __init__(self, sqlite_path: Path | None = None, dsn: str | None = None, connect_timeout: int = 10):
         if sqlite_path is not None and not sqlite_path.exists():
             raise SqlgateError(f"no audit database at {sqlite_path} (nothing audited yet, or audit.store is not "
                                "sqlite)")
-        self.sqlite_path, self.dsn = sqlite_path, dsn
+        self.sqlite_path, self.dsn, self.connect_timeout = sqlite_path, dsn, connect_timeout
 
     def _rows(self, where: str, params: list[Any], order: str, limit: int | None) -> list[dict[str, Any]]:
         tail = f" ORDER BY id {order}" + (f" LIMIT {int(limit)}" if limit else "")
@@ -113,7 +113,7 @@ class SqlTrail:
         from psycopg.rows import dict_row
 
         try:
-            with psycopg.connect(self.dsn, row_factory=dict_row, connect_timeout=10) as conn:
+            with psycopg.connect(self.dsn, row_factory=dict_row, connect_timeout=self.connect_timeout) as conn:
                 return list(conn.execute(f"SELECT * FROM {POSTGRES_TABLE}{where}{tail}", params))
         except psycopg.Error as exc:
             raise SqlgateError(f"cannot read the audit table: {exc}") from None

@@ -29,7 +29,7 @@ def build_sinks(project: Any) -> list[Sink]:
         raise ConfigError(f"the audit trail cannot be written: {exc} (set audit.database / audit.path to a "
                           "writable place, or audit.store: none)") from None
     if cfg.store == "postgres":
-        sinks.append(PostgresSink(cfg.dsn.get_secret_value()))
+        sinks.append(PostgresSink(cfg.dsn.get_secret_value(), cfg.connect_timeout_seconds))
     return sinks
 
 

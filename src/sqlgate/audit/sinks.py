@@ -185,14 +185,15 @@ class PostgresSink:
     name = "postgres"
     table = POSTGRES_TABLE
 
-    def __init__(self, dsn: str):
+    def __init__(self, dsn: str, connect_timeout: int = 10):
         self.dsn = dsn
+        self.connect_timeout = connect_timeout  # audit.connect_timeout_seconds
         self._conn: Any = None
 
     def connect(self):
         import psycopg
 
-        conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=10)
+        conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=self.connect_timeout)
         with conn.transaction():
             # replicas may start together: create the table under an advisory lock
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.table,))

@@ -110,7 +110,10 @@ class PersistenceConfig(Strict):
     # Fernet key (urlsafe base64, 32 bytes) or any passphrase; sqlite default: generated into a
     # 0600 key file beside the database; postgres: required (every replica needs the same one)
     encryption_key: str | None = None
-    cleanup_interval_seconds: int = Field(default=600, ge=10)
+    cleanup_interval_seconds: int = Field(default=600, ge=1)
+    # postgres: how long connecting, or a request waiting for a pooled connection, may take before the
+    # store counts as down (the request is answered 503); libpq's minimum is 2 s
+    connect_timeout_seconds: int = Field(default=10, ge=2, le=600)
 
     @model_validator(mode="after")
     def _backend(self) -> PersistenceConfig:

@@ -98,7 +98,8 @@ def _open_postgres(persistence: Any) -> GrantStore:
     from sqlgate.auth.grants.postgres import PostgresGrantStore, redacted
 
     try:
-        return PostgresGrantStore(persistence.dsn, fernet_for(persistence.encryption_key))
+        return PostgresGrantStore(persistence.dsn, fernet_for(persistence.encryption_key),
+                                  connect_timeout=persistence.connect_timeout_seconds)
     except (psycopg.Error, PoolTimeout) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"cannot open the OAuth state database {redacted(persistence.dsn)}: {reason}. Check that "

@@ -55,6 +55,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "SQLGATE_CORS_ORIGINS": ("transport", "cors_origins"),
     "SQLGATE_RESUME_BUFFER_BYTES": ("transport", "resume_buffer_bytes"),
     "SQLGATE_LOCKED_TOOLS": ("locked_tools",),
+    "SQLGATE_CHECK_ANSWERS": ("check_answers",),
     "SQLGATE_MAX_SESSIONS": ("transport", "max_sessions"),
     "SQLGATE_MAX_SESSIONS_PER_CLIENT": ("transport", "max_sessions_per_client"),
     "SQLGATE_SESSION_IDLE_TIMEOUT": ("transport", "session_idle_timeout"),

@@ -319,6 +319,9 @@ class AuditConfig(Strict):
     store: Literal["sqlite", "postgres", "none"] = "sqlite"
     database: str = "data/audit.db"  # sqlite, relative to the project
     dsn: SecretStr | None = None  # postgres: libpq DSN/URL (as auth.persistence.dsn)
+    # postgres: how long a connection attempt may wait for the database to answer; the writer holds
+    # its batch meanwhile (calls never wait), then counts it lost. libpq's minimum is 2 s.
+    connect_timeout_seconds: int = Field(default=10, ge=2, le=600)
     # events waiting for the sinks; beyond it events are dropped, counted and logged
     queue_size: int = Field(default=10_000, ge=10)
 
@@ -384,6 +387,9 @@ class Settings(Strict):
     # tools the caller lacks a scope for: "hide" them from tools/list (default), or "list" them
     # with a note naming the scope(s) they need, so a client can re-authorise (step up)
     locked_tools: Literal["hide", "list"] = "hide"
+    # validate every tool answer against the tool's outputSchema before it is sent (for endpoint
+    # authors while developing: a schema walk per call; clients validate what they receive anyway)
+    check_answers: bool = False
     profile: str = "default"
     engine: EngineConfig = Field(default_factory=EngineConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)

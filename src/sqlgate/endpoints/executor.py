@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import anyio
+import pydantic_core
 
 from sqlgate import answers, runtime
 from sqlgate.components import check_arguments
@@ -92,7 +93,7 @@ async def execute(ep: Endpoint, arguments: dict[str, Any] | None, engine: Engine
                     raise QueryFailed(ROW_TOO_LARGE)
                 envelope["next_cursor"] = pager.issue(call, target, args, Page(page.offset + len(qr.rows)))
     else:
-        result = await _call_python(ep, args, engine, call, limits)
+        result = jsonable(await _call_python(ep, args, engine, call, limits), ep)
         envelope = {"result": result, "row_count": 0, "truncated": False}
     if policy_scope is not None and ep.enforcer.policies.output:
         # after the page is cut (a cursor counts the engine's rows, whatever a rule then drops) and
@@ -128,6 +129,15 @@ async def _call_python(ep: Endpoint, args: dict[str, Any], engine: Engine, call:
         raise QueryFailed(_without_token(f"{type(exc).__name__}: {exc}", call.user.external_token)) from None
     finally:
         runtime.unbind(token)
+
+
+def jsonable(result: Any, ep: Endpoint) -> Any:
+    """A Python endpoint's return value as JSON-ready values (datetimes ISO 8601, models as dicts …),
+    once, here: the answer is then sent as it is (components.answer_result)."""
+    try:
+        return pydantic_core.to_jsonable_python(result)
+    except pydantic_core.PydanticSerializationError as exc:
+        raise QueryFailed(f"{ep.kind} {ep.name!r} returned a value that cannot be sent as JSON: {exc}") from None
 
 
 def _without_token(text: str, secret: str) -> str:

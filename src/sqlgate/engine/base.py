@@ -6,12 +6,12 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlgate.answers import ENVELOPE_BYTES, encode, encoded_cost
+from sqlgate.answers import ENVELOPE_BYTES, encode_bytes, encoded_cost
 from sqlgate.context import CallContext
+from sqlgate.engine.values import column_converter
 from sqlgate.errors import QueryFailed
 from sqlgate.paging import CURSOR_RESERVE, FIRST, Page
 
-_encode = encode
 # room in the message for the answer's own keys and the hint (counted in both encodings)
 _ANSWER_KEYS_RESERVE = 700
 
@@ -49,7 +49,7 @@ class QueryResult:
 
     def records(self) -> list[dict[str, Any]]:
         cols = self.columns
-        return [dict(zip(cols, row, strict=True)) for row in self.rows]
+        return [dict(zip(cols, row)) for row in self.rows]  # noqa: B905 (rows have len(columns) by construction)
 
     def hint(self) -> str | None:
         if not self.truncated or self.limits is None:
@@ -85,14 +85,21 @@ class RowShaper:
 
     def __init__(self, columns: list[str], types: list[str], limits: Limits,
                  converters: dict[int, Any] | None = None):
-        """`converters`: column index -> function applied to that column's values first."""
+        """`converters`: column index -> function applied to that column's (non-null) values first."""
         self.columns, self.types, self.limits = columns, types, limits
         self.rows: list[list[Any]] = []
         self.truncated_by: str | None = None
-        self._converters = converters or {}
+        # per column, chosen once from its type: most columns (integers, text) need no conversion,
+        # so a page of them is copied, not visited value by value
+        self._steps: list[tuple[int, Any, Any]] = []
+        for i, type_name in enumerate(types):
+            first = (converters or {}).get(i)
+            then = column_converter(type_name)
+            if first is not None or then is not None:
+                self._steps.append((i, first, then))
         # the whole answer counts: column names and types too (an alias can be as long as the SQL)
         reserve = ENVELOPE_BYTES + CURSOR_RESERVE + _ANSWER_KEYS_RESERVE
-        self._budget = limits.max_bytes - reserve - encoded_cost(_encode([columns, types]))
+        self._budget = limits.max_bytes - reserve - encoded_cost(encode_bytes([columns, types]))
         if self._budget < 0 and limits.max_bytes < 2 * reserve:
             raise QueryFailed(f"the {limits.max_bytes}-byte result limit (limits.max_bytes) leaves no room for rows: "
                               f"an answer needs about {reserve} bytes for its envelope, hint and cursor")
@@ -107,16 +114,16 @@ class RowShaper:
     def add(self, batch: list[tuple] | list[list[Any]]) -> None:
         room = self.limits.max_rows - len(self.rows)
         beyond = len(batch) > room  # a row beyond max_rows exists
-        rows = [self._convert(record) for record in batch[:room]]
+        rows = self._convert(batch[:room])
         # the whole batch in one encoding when it fits: encoding row by row was most of the cost of
         # a page of small rows (64k one-integer rows: 1.5 s)
-        cost = encoded_cost(_encode(rows))  # = each row's cost and its comma (+2 for the brackets)
+        cost = encoded_cost(encode_bytes(rows))  # = each row's cost and its comma (+2 for the brackets)
         if cost <= self._budget:
             self._budget -= cost
             self.rows.extend(rows)
         else:
             for row in rows:
-                self._budget -= encoded_cost(_encode(row)) + 2
+                self._budget -= encoded_cost(encode_bytes(row)) + 2
                 if self._budget < 0:
                     if not self.rows:
                         # an answer of no rows with a cursor back to this same row would send a
@@ -128,17 +135,20 @@ class RowShaper:
         if beyond:
             self.truncated_by = "max_rows"
 
-    def _convert(self, record: tuple | list[Any]) -> list[Any]:
-        from sqlgate.engine.values import to_json
-
+    def _convert(self, records: list[tuple] | list[list[Any]]) -> list[list[Any]]:
+        rows = [list(record) for record in records]
         try:
-            if self._converters:
-                record = [self._converters[i](v) if i in self._converters and v is not None else v
-                          for i, v in enumerate(record)]
-            return [to_json(v) for v in record]
+            for i, first, then in self._steps:
+                for row in rows:
+                    value = row[i]
+                    if value is not None:
+                        if first is not None:
+                            value = first(value)
+                        row[i] = then(value) if then is not None else value
         except (OverflowError, ValueError) as exc:
             raise QueryFailed(f"the result holds a value that cannot be converted ({type(exc).__name__}: "
                               f"{exc}); cast it to text in the query") from None
+        return rows
 
     def result(self) -> QueryResult:
         return QueryResult(columns=self.columns, types=self.types, rows=self.rows, truncated=self.full,

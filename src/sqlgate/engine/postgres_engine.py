@@ -423,15 +423,22 @@ async def _fetch(conn: psycopg.AsyncConnection, text: str, params: dict[str, Any
     as the answer is full, so a huge result never lands in memory whole."""
     cur = conn.cursor()
     shaper: RowShaper | None = None
+    batch: list[tuple] = []
+    size = 16  # rows handed to the shaper at once: growing, as DuckDB's fetch, so huge rows stop early
     try:
         async with aclosing(cur.stream(text, params, size=min(limits.max_rows + 1, _CHUNK))) as rows:
             async for row in rows:
                 if shaper is None:
                     assert cur.description is not None
                     shaper = _shaper(conn, [(d.name, d.type_code) for d in cur.description], limits)
-                shaper.add((row,))
-                if shaper.full:
-                    break
+                batch.append(row)
+                if len(batch) >= size:
+                    shaper.add(batch)
+                    batch, size = [], min(size * 4, 1024)
+                    if shaper.full:
+                        break
+            if batch and shaper is not None:
+                shaper.add(batch)
     except psycopg.ProgrammingError as exc:
         if exc.sqlstate is not None:  # a server error (class 42 …), not psycopg's "no result"
             raise

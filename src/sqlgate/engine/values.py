@@ -16,6 +16,42 @@ from typing import Any
 
 _PASS = (str, int, bool)
 
+# Column types whose values the drivers hand over as str/int/bool/None, which are JSON already:
+# DuckDB's names (cursor.description) and PostgreSQL's (psycopg type names). Their columns skip
+# conversion entirely; any other type goes through to_json value by value.
+PLAIN_TYPES = frozenset({
+    "BOOLEAN", "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+    "UBIGINT", "UHUGEINT", "VARCHAR",
+    "bool", "int2", "int4", "int8", "oid", "text", "varchar", "bpchar", "name",
+})
+FLOAT_TYPES = frozenset({"DOUBLE", "FLOAT", "float4", "float8"})
+
+
+_SHORT_DECIMAL = re.compile(r"DECIMAL\((\d+),(\d+)\)")
+
+
+def column_converter(type_name: str):
+    """The function that makes a column's values JSON-ready, or None when they already are."""
+    if type_name in PLAIN_TYPES:
+        return None
+    if type_name in FLOAT_TYPES:
+        return float_to_json
+    short = _SHORT_DECIMAL.fullmatch(type_name)
+    if short and int(short.group(1)) <= 15:
+        return short_decimal_to_json
+    return to_json
+
+
+def float_to_json(value: float) -> float | str:
+    return value if math.isfinite(value) else _special(value)
+
+
+def short_decimal_to_json(value: decimal.Decimal) -> int | float:
+    """DuckDB's DECIMAL(p,s) with p <= 15: never NaN, and 15 significant digits survive a float
+    (DBL_DIG), so to_json's exactness check always passes; the same result without it."""
+    whole = int(value)
+    return whole if whole == value else float(value)
+
 
 def to_json(value: Any) -> Any:
     if value is None or isinstance(value, _PASS):
