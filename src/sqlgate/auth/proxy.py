@@ -256,7 +256,7 @@ class SqlgateOAuthProxy(HonestCallback, GrantFlow, ProviderCalls, OAuthProxy):
         answer about it — and cached until the first of: the token's expiry, the reuse of the
         provider's answer (`cache_ttl`) running out."""
         key = token_key(token)
-        usable = await self._revocations.current()
+        usable = self.verified.max_entries > 0 and await self._revocations.current()
         if usable:
             cached = self.verified.get(key, time.time())
             if cached is not None:

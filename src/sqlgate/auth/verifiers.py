@@ -52,9 +52,10 @@ class IdentityMapping(TokenVerifier):
 
 class RememberingVerifier(TokenVerifier):
     """Wraps a verifier whose verdict on a token depends only on the token and the clock (a JWT:
-    signature, issuer, audience, exp/nbf with a leeway): a token it accepted is accepted again
-    without parsing or checking it, until its `exp` plus the leeway (verified.py). The HTTP layer
-    still refuses it on every request once `exp` has passed."""
+    signature, issuer, audience, exp/nbf with a leeway; the keys of a JWKS are not fetched again
+    for a `kid` already known either): a token it accepted is accepted again without parsing or
+    checking it, until its `exp` plus the leeway (verified.py). The HTTP layer still refuses it on
+    every request once `exp` has passed. Not for introspection: an IdP may revoke what it said."""
 
     def __init__(self, inner: TokenVerifier, cache: VerifiedTokens, leeway_seconds: float):
         super().__init__()
