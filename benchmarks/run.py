@@ -2,7 +2,7 @@
 """`make bench`: sqlgate against the raw limit, bare FastMCP and MXCP, the whole picture in one run.
 
     .venv/bin/python benchmarks/run.py                 # full run, ~10 minutes on 2 cores
-    .venv/bin/python benchmarks/run.py --quick         # ~1-2 minutes: one round, fewer calls, 1000 endpoints
+    .venv/bin/python benchmarks/run.py --quick         # ~2 minutes: one round, fewer calls, 1000 endpoints
     .venv/bin/python benchmarks/run.py --write-readme  # also regenerate README.md's table (what `make bench` does)
 
 Servers, all running side by side (subprocesses on free 127.0.0.1 ports, stopped whatever happens):
@@ -270,7 +270,7 @@ def run(plan: Plan, quick: bool, load_tool: Path, with_mxcp: bool, mxcp_note: st
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="one round, fewer calls, 1000 endpoints only (~1-2 min)")
+    ap.add_argument("--quick", action="store_true", help="one round, fewer calls, 1000 endpoints only (~2 min)")
     ap.add_argument("--rounds", type=int, help="override the plan's rounds")
     ap.add_argument("--calls", type=int, help="override the plan's calls per trivial-tool case")
     ap.add_argument("--rows-calls", type=int, help="override the plan's calls per 1,000-row case")
