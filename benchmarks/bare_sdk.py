@@ -43,7 +43,8 @@ def make_app(db_path: Path):
     async def healthz(_request) -> JSONResponse:  # same readiness probe as sqlgate
         return JSONResponse({"status": "ok"})
 
-    return Starlette(routes=[Route("/healthz", healthz), Mount("/", app=mcp_app)], lifespan=mcp_app.router.lifespan_context)
+    return Starlette(routes=[Route("/healthz", healthz), Mount("/", app=mcp_app)],
+                     lifespan=mcp_app.router.lifespan_context)
 
 
 def main() -> None:

@@ -69,7 +69,7 @@ def main() -> int:
             warm_up(cases, servers)
             runs = alternate_rounds(cases, servers, args.rounds, args.calls, args.load_tool)
     print(f"\ntrivial tool, c=1, {args.rounds} rounds x {args.calls} calls: server CPU ms per call, median (min-max)\n")
-    print("| layer | CPU ms/call | × raw | + over the layer below (ms) |")
+    print("| layer | CPU ms/call | ratio to raw | + over the layer below (ms) |")
     print("|---|---|---|---|")
     base = statistics.median(r["cpu_ms"] for r in runs["raw"])
     below = None
