@@ -11,10 +11,12 @@ is here. Users are alice/alice-password and bob/bob-password (bob's e-mail is pr
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import html
 import json
 import secrets
+import socket
 import threading
 import time
 import traceback
@@ -458,3 +460,31 @@ class FakeProvider:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # a client's idle keep-alive connection must not hold up stop()
+
+    # A stopped provider is gone: its open keep-alive connections end too, as a crashed or unreachable
+    # host's would. Otherwise a client that pools connections (sqlgate's upstream calls do) keeps
+    # talking to a "stopped" provider through a connection accepted before stop().
+    def process_request(self, request, client_address):
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request):
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def server_close(self):
+        super().server_close()
+        with self._open_lock:
+            conns, self._open = list(self._open), set()
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    def __init__(self, *args, **kwargs):
+        self._open: set = set()
+        self._open_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
