@@ -198,3 +198,55 @@ def test_oauth_flow_across_two_workers(tmp_path):
         if server is not None:
             stop_server(server)
         idp.stop()
+
+
+def _accepted_nodelay(listener, conn) -> None:
+    """In a spawned worker, as uvicorn's: serve the inherited listener with asyncio, report the first
+    accepted connection's (proto, TCP_NODELAY)."""
+    import socket as socketlib
+
+    async def main() -> None:
+        accepted = asyncio.get_running_loop().create_future()
+
+        class Report(asyncio.Protocol):
+            def connection_made(self, transport):
+                sock = transport.get_extra_info("socket")
+                accepted.set_result((sock.proto, sock.getsockopt(socketlib.IPPROTO_TCP, socketlib.TCP_NODELAY)))
+                transport.close()
+
+        server = await asyncio.get_running_loop().create_server(Report, sock=listener)
+        conn.send("listening")
+        conn.send(await asyncio.wait_for(accepted, 30))
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_worker_connections_get_tcp_nodelay():
+    # uvicorn's own --workers listener leaves Nagle on (every keep-alive call waited ~44 ms for a
+    # delayed ACK); the one sqlgate hands its workers is marked TCP, and survives the spawn
+    import multiprocessing
+    import socket as socketlib
+
+    import uvicorn
+
+    from sqlgate.serve import tcp_listener
+
+    config = uvicorn.Config("sqlgate.serve:worker_app", factory=True, host="127.0.0.1", port=free_port(), workers=2)
+    listener = tcp_listener(config)
+    try:
+        assert listener.proto == socketlib.IPPROTO_TCP
+        ctx = multiprocessing.get_context("spawn")  # how uvicorn starts its workers
+        parent, child = ctx.Pipe()
+        worker = ctx.Process(target=_accepted_nodelay, args=(listener, child))
+        worker.start()
+        try:
+            assert parent.poll(60) and parent.recv() == "listening"
+            with socketlib.create_connection(listener.getsockname(), timeout=10):
+                assert parent.poll(30)
+                assert parent.recv() == (socketlib.IPPROTO_TCP, 1)
+        finally:
+            worker.join(30)
+            worker.kill()
+    finally:
+        listener.close()

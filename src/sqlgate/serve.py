@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -115,9 +116,30 @@ def serve_workers(app: App, project: str, profile: str | None, host: str, port: 
     options = uvicorn_options(app, log_level)
     os.environ[_WORKER_SPEC] = json.dumps({"project": project, "profile": profile, "host": host, "port": port,
                                           "log_level": log_level})
+    from uvicorn.supervisors import Multiprocess
+
+    # what uvicorn.run(workers=N) does, but with a listener whose connections get TCP_NODELAY
+    config = uvicorn.Config("sqlgate.serve:worker_app", factory=True, host=host, port=port, workers=workers,
+                            lifespan="on", **options)
     with _shared_metrics(app):
-        uvicorn.run("sqlgate.serve:worker_app", factory=True, host=host, port=port, workers=workers,
-                    lifespan="on", **options)
+        Multiprocess(config, sockets=[tcp_listener(config)]).run()
+
+
+def tcp_listener(config: Any) -> socket.socket:
+    """uvicorn's bound listening socket, marked as TCP so accepted connections get TCP_NODELAY.
+
+    uvicorn (0.54) creates the socket it hands to its workers with `proto` 0; accepted sockets inherit
+    it, and asyncio sets TCP_NODELAY only on sockets whose `proto` is IPPROTO_TCP (uvicorn issue
+    #3149). With Nagle's algorithm on, the last part of every answer waited for the client's delayed
+    ACK: each call after the first on a keep-alive connection took ~44 ms (2 workers served 0.42x
+    the calls/s of one process). The same descriptor is wrapped again with the right `proto`.
+    """
+    sock = config.bind_socket()
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.proto == socket.IPPROTO_TCP:
+        return sock
+    tcp = socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
+    tcp.set_inheritable(True)
+    return tcp
 
 
 @contextmanager
