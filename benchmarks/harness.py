@@ -253,6 +253,12 @@ def bare_cmd(db: Path, seed: Path) -> Command:
                          "--port", str(port)]
 
 
+def sdk_cmd(db: Path, seed: Path) -> Command:
+    """The `ping` tool on the mcp SDK's low-level Server (bare_sdk.py): the floor under FastMCP."""
+    return lambda port: [PY, str(HERE / "bare_sdk.py"), "--db", str(db), "--seed", str(seed), "--host", HOST,
+                         "--port", str(port)]
+
+
 def raw_cmd(db: Path, seed: Path) -> Command:
     return lambda port: [PY, str(HERE / "raw_mcp.py"), "--db", str(db), "--seed", str(seed), "--host", HOST,
                          "--port", str(port)]

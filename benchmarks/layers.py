@@ -32,6 +32,7 @@ from harness import (  # noqa: E402
     load_args,
     raw_cmd,
     running_all,
+    sdk_cmd,
     spread,
     sqlgate_cmd,
     warm_up,
@@ -39,13 +40,7 @@ from harness import (  # noqa: E402
 )
 from projects import SEED_SQL, ping_project  # noqa: E402
 
-PY = sys.executable
 LAYERS = ("raw", "sdk", "fastmcp", "sqlgate", "+audit")
-
-
-def sdk_cmd(db: Path, seed: Path):
-    return lambda port: [PY, str(HERE / "bare_sdk.py"), "--db", str(db), "--seed", str(seed), "--host", "127.0.0.1",
-                         "--port", str(port)]
 
 
 def main() -> int:

@@ -7,9 +7,10 @@
 
 Servers, all running side by side (subprocesses on free 127.0.0.1 ports, stopped whatever happens):
   raw      the limit: a minimal ASGI JSON-RPC endpoint on the same uvicorn, same DuckDB queries (raw_mcp.py)
+  sdk      the `ping` tool on the mcp SDK's low-level Server, no FastMCP (bare_sdk.py): the SDK's floor
   bare     the same tools written directly on FastMCP (bare_fastmcp.py)
   sqlgate  no auth; HS256 JWT; OAuth proxy to a fake GitHub with a token from a real login; each
-           also with --workers 2
+           also with --workers 2; and no auth with `transport.json_response` (plain JSON, no SSE)
   MXCP     0.12.3, the same `ping` tool, in its own venv (benchmarks/.mxcp-venv, created on first use;
            if it cannot be installed the report says so and the run goes on)
 
@@ -59,6 +60,7 @@ from harness import (
     raw_cmd,
     running,
     running_all,
+    sdk_cmd,
     sqlgate_cmd,
     summarize,
     warm_up,
@@ -90,8 +92,10 @@ QUICK = Plan(rounds=1, calls=150, rows_calls=15, endpoint_counts=(1000,), startu
 
 LABELS = {
     "raw": "raw ASGI + DuckDB",
+    "sdk": "mcp SDK low-level Server",
     "bare": "bare FastMCP",
     "sg": "sqlgate, no auth",
+    "sg_json": "sqlgate, no auth, JSON responses",
     "sg_jwt": "sqlgate, JWT",
     "sg_oauth": "sqlgate, OAuth proxy",
     "sg2": "sqlgate, no auth, 2 workers",
@@ -116,7 +120,9 @@ class Row:
 def load_rows(plan: Plan, with_mxcp: bool) -> list[Row]:
     rows = []
     for group, c in ((TRIVIAL_C1, 1), (TRIVIAL_C8, 8)):
-        keys = ["raw", "bare", "sg", "sg_jwt", "sg_oauth"] + (["sg2", "sg2_jwt", "sg2_oauth"] if c == 8 else [])
+        # c=1 also shows the layers: the SDK under FastMCP, and sqlgate answering plain JSON instead of SSE
+        keys = (["raw", "sdk", "bare", "sg", "sg_json", "sg_jwt", "sg_oauth"] if c == 1
+                else ["raw", "bare", "sg", "sg_jwt", "sg_oauth", "sg2", "sg2_jwt", "sg2_oauth"])
         keys += ["mxcp"] if with_mxcp else []
         for key in keys:
             name = LABELS[key] + (" (limit)" if key == "raw" else "")
@@ -135,8 +141,13 @@ def server_specs(work: Path, env: dict[str, str], fake: Any, with_mxcp: bool) ->
     seed = ping_project(work / "seed-only") / "sql" / "seed.sql"
     specs = {
         "raw": Spec(raw_cmd(work / "raw" / "raw.duckdb", seed), env, work / "raw.log"),
+        "sdk": Spec(sdk_cmd(work / "sdk" / "sdk.duckdb", seed), env, work / "sdk.log"),
         "bare": Spec(bare_cmd(work / "bare" / "bare.duckdb", seed), env, work / "bare.log"),
     }
+    json_project = ping_project(work / "sg_json")
+    with (json_project / "sqlgate.yml").open("a", encoding="utf-8") as f:
+        f.write("transport: {json_response: true}\n")
+    specs["sg_json"] = Spec(sqlgate_cmd(json_project), env, work / "sg_json.log")
     for workers, prefix in ((1, "sg"), (2, "sg2")):
         # a project each: every server builds and opens its own database file
         specs[prefix] = Spec(sqlgate_cmd(ping_project(work / prefix), workers), env, work / f"{prefix}.log")

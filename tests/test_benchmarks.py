@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 RUN = REPO / "benchmarks" / "run.py"
 
 TRIVIAL = ["raw ASGI + DuckDB (limit)", "bare FastMCP", "sqlgate, no auth", "sqlgate, JWT", "sqlgate, OAuth proxy"]
+LAYERS = ["mcp SDK low-level Server", "sqlgate, no auth, JSON responses"]  # c=1 only
 WORKERS = ["sqlgate, no auth, 2 workers", "sqlgate, JWT, 2 workers", "sqlgate, OAuth proxy, 2 workers"]
 ROWS = ["raw ASGI + DuckDB, text only", "raw ASGI + DuckDB + structuredContent (limit)", "bare FastMCP", "sqlgate"]
 MXCP = "MXCP 0.12.3"
@@ -45,7 +46,7 @@ def rows_of(result: dict, group_prefix: str) -> dict[str, dict]:
 @pytest.mark.timeout(900)
 def test_every_case_is_measured_with_positive_numbers(quick_run):
     result, _, _ = quick_run
-    expected = {"trivial tool (`SELECT 42`), c=1": [*TRIVIAL, MXCP],
+    expected = {"trivial tool (`SELECT 42`), c=1": [*TRIVIAL, *LAYERS, MXCP],
                 "trivial tool (`SELECT 42`), c=8": [*TRIVIAL, *WORKERS, MXCP],
                 "1,000 rows": ROWS}
     for group, names in expected.items():

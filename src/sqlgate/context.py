@@ -89,6 +89,7 @@ class CallContext:
 
 _pinned: ContextVar[CallContext | None] = ContextVar("sqlgate_call", default=None)
 _DROP_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+_SCOPE_KEY = "sqlgate.call"
 
 
 @contextmanager
@@ -113,6 +114,11 @@ def current_call() -> CallContext:
         request = get_http_request()
     except RuntimeError:  # stdio: there is no HTTP request
         return CallContext(user=current_user())
-    headers = MappingProxyType({k.lower(): v for k, v in request.headers.items() if k.lower() not in _DROP_HEADERS})
-    client = request.client.host if request.client else ""
-    return CallContext(user=current_user(), headers=headers, client=client)
+    # built once per HTTP request (the audit middleware and the tool both ask), kept in its ASGI scope
+    cached = request.scope.get(_SCOPE_KEY)
+    if cached is None:
+        headers = MappingProxyType({k.lower(): v for k, v in request.headers.items()
+                                    if k.lower() not in _DROP_HEADERS})
+        client = request.client.host if request.client else ""
+        cached = request.scope[_SCOPE_KEY] = CallContext(user=current_user(), headers=headers, client=client)
+    return cached
