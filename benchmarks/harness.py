@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -376,9 +377,9 @@ def bench_calls(bench_tool: Path, server: Server, tool: str, args: dict, calls: 
            "-c", str(concurrency), "--warmup", str(warmup), "--json"]
     if server.token:
         cmd += ["--token", server.token]
-    cpu = server.cpu_s()
+    cpu, own = server.cpu_s(), _children_cpu_s()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    cpu = server.cpu_s() - cpu
+    cpu, own = server.cpu_s() - cpu, _children_cpu_s() - own
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     # the load generator exits 1 when any call failed: a benchmark of failing calls is meaningless
     if proc.returncode != 0 or len(rows) != 1:
@@ -387,7 +388,21 @@ def bench_calls(bench_tool: Path, server: Server, tool: str, args: dict, calls: 
                            f"{first or proc.stderr.strip()[-800:]}")
     out = rows[0]
     out["cpu_ms"] = round(cpu * 1000 / (out["calls"] + warmup * concurrency), 3)
+    out["loadgen_cpu_s"] = round(own, 4)  # the load generator's own CPU, its start-up included
     return out
+
+
+def loadgen_cpu_ms(bench_tool: Path, server: Server, concurrency: int = 8) -> float:
+    """The load generator's CPU per call, without its start-up: the difference between a short and a
+    long run against `server`. On a machine with few cores it bounds what a second worker can win."""
+    short, long = (bench_calls(bench_tool, server, "ping", {}, n, concurrency) for n in (200, 1200))
+    return round((long["loadgen_cpu_s"] - short["loadgen_cpu_s"]) * 1000 / (long["calls"] - short["calls"]), 3)
+
+
+def _children_cpu_s() -> float:
+    """User + system CPU of this process's reaped children (the load generator, once it has exited)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,16 @@ def _paired(a: dict[str, Any] | None, b: dict[str, Any] | None, metric: str,
     return _stats([op(x[metric], y[metric]) for x, y in zip(a["runs"], b["runs"], strict=True)])
 
 
+def _workers_ceiling(two: dict[str, Any] | None, one: dict[str, Any] | None, cpus: int,
+                     loadgen_ms: float | None) -> dict[str, float] | None:
+    """The most `--workers 2` could serve here, as a multiple of one worker's calls/s, round by round:
+    every core busy with the workers and the load generator, at their measured CPU per call."""
+    if two is None or one is None or not loadgen_ms:
+        return None
+    return _stats([cpus * 1000 / (t["cpu_ms"] + loadgen_ms) / o["calls_per_s"]
+                   for t, o in zip(two["runs"], one["runs"], strict=True)])
+
+
 def _ratio(x: float, y: float) -> float:
     return x / y
 
@@ -66,16 +76,23 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     def row(ping_c: int, server: str, tool: str = "ping") -> dict[str, Any] | None:
         return _find(res, "1,000" if tool != "ping" else "trivial", server, tool, ping_c)
 
+    cpus = res["meta"]["cpu_count"] or 1
     out = []
 
     def add(target: str, measured: dict[str, float] | None, unit: str, ok: Callable[[float], bool],
-            note: str = "") -> None:
+            note: str = "", context: str = "") -> None:
         value = None if measured is None else measured["median"]
         out.append({"target": target, "measured": measured, "unit": unit, "ok": None if value is None else ok(value),
-                    "note": note if measured is None else ""})
+                    "note": note if measured is None else "", "context": context if measured is not None else ""})
 
+    def context(what: str, stats: dict[str, float] | None, unit: str = X) -> str:
+        return "" if stats is None else f"{what} {_num(stats['median'], 2)}{unit}"
+
+    # the same call on the mcp SDK's low-level Server, no FastMCP and no sqlgate: the floor under both
+    sdk_floor = _paired(row(1, "sdk"), row(1, "raw"), "cpu_ms", _ratio)
     add(f"trivial tool: sqlgate CPU/call ≤ {CPU_VS_LIMIT}{X} the raw limit's (c=1)",
-        _paired(row(1, "sg"), row(1, "raw"), "cpu_ms", _ratio), X, lambda v: v <= CPU_VS_LIMIT)
+        _paired(row(1, "sg"), row(1, "raw"), "cpu_ms", _ratio), X, lambda v: v <= CPU_VS_LIMIT,
+        context=context("the mcp SDK alone:", sdk_floor))
     add(f"1,000 rows: sqlgate CPU/call ≤ {CPU_VS_LIMIT}{X} raw + structuredContent's",
         _paired(row(1, "sg", "rows"), row(1, "raw", "rows_structured"), "cpu_ms", _ratio), X,
         lambda v: v <= CPU_VS_LIMIT)
@@ -85,12 +102,16 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     for two, one, what in (("sg2", "sg", "no auth"), ("sg2_jwt", "sg_jwt", "JWT"),
                            ("sg2_oauth", "sg_oauth", "OAuth proxy")):
         add(f"{what}: 2 workers ≥ {WORKERS_GAIN}{X} one worker's calls/s (c=8)",
-            _paired(row(8, two), row(8, one), "calls_per_s", _ratio), X, lambda v: v >= WORKERS_GAIN)
+            _paired(row(8, two), row(8, one), "calls_per_s", _ratio), X, lambda v: v >= WORKERS_GAIN,
+            context=context("this machine's ceiling:", _workers_ceiling(row(8, two), row(8, one), cpus,
+                                                                       res["load"].get("loadgen_cpu_ms"))))
     mxcp = res["meta"]["mxcp"]
     for c in (1, 8):
         add(f"sqlgate ≥ {VS_MXCP:g}{X} MXCP's calls/s (c={c})", _paired(row(c, "sg"), row(c, "mxcp"), "calls_per_s",
                                                                       _ratio), X, lambda v: v >= VS_MXCP,
-            note=f"not measured: {mxcp['note']}")
+            note=f"not measured: {mxcp['note']}",
+            # MXCP runs on the same mcp SDK: how far the bare SDK itself is ahead of it
+            context=context("the mcp SDK alone:", _paired(row(c, "sdk"), row(c, "mxcp"), "calls_per_s", _ratio)))
     starts = res["startup"]["sqlgate"].get("1000")
     add(f"1000 endpoints start in < {STARTUP_1000_S} s", _stats(starts) if starts else None, " s",
         lambda v: v < STARTUP_1000_S, note="not measured: 1000 is not among --endpoints")
@@ -143,7 +164,7 @@ def markdown(res: dict[str, Any]) -> str:
     lines += _table(["server", "calls/s", "p50 ms", "p99 ms", "server CPU ms/call", "CPU ÷ limit"], body)
     lines += ["", "Targets (issue 12):", ""]
     lines += _table(["target", "measured", "status"], [
-        [t["target"], t["note"] or _cell(t["measured"], t["unit"], 2),
+        [t["target"], t["note"] or _cell(t["measured"], t["unit"], 2) + (f"; {t['context']}" if t["context"] else ""),
          "-" if t["ok"] is None else "pass" if t["ok"] else "**FAIL**"] for t in rep["targets"]])
     lines += ["", "Start-up (spawn until `GET /healthz` is 200) and memory:", ""]
     st = res["startup"]
@@ -169,14 +190,18 @@ def footnotes(res: dict[str, Any]) -> str:
         f"_{p['calls']} calls per trivial-tool case and {p['rows_calls']} per "
         "1,000-row case per round, after untimed warm-up calls; all servers run side by side, each case once "
         "per round, odd rounds in reverse order. calls/s and latency are the load generator's "
-        "(`benchmarks/loadgen.py`, one process): on 2 cores it takes about one of them, so the servers share "
-        "the other, and calls/s moves with everything else on the machine; server CPU per call (user + system "
+        "(`benchmarks/loadgen.py`, one process), which itself costs "
+        f"{_num(res['load'].get('loadgen_cpu_ms') or 0, 2)} ms CPU per call (measured in this run), so on few "
+        "cores calls/s moves with everything else on the machine; server CPU per call (user + system "
         "time of the server's process tree over the run ÷ calls, warm-up and session set-up included) is the "
         "steadier signal. CPU ÷ limit and the targets pair the servers round by round. The limit is "
         "`benchmarks/raw_mcp.py`: a minimal ASGI JSON-RPC endpoint on the same uvicorn running the same DuckDB "
         "query in a worker thread (the 1,000-row limit also sends structuredContent, as an MCP tool with an "
         "output schema must). One worker is the ordinary single-process server (stateful sessions); 2 workers "
-        "are `serve --workers 2` (stateless HTTP). JWT: HS256, audience-bound; OAuth proxy: a token from a "
+        "are `serve --workers 2` (stateless HTTP); their ceiling is what all cores could serve at the workers' "
+        "and the load generator's CPU per call, as a multiple of one worker's calls/s. "
+        "JSON responses: `transport.json_response: true` (plain JSON instead of an SSE stream per call). "
+        "JWT: HS256, audience-bound; OAuth proxy: a token from a "
         "real login (registration, consent page, the provider's login form, PKCE code exchange) against a fake "
         f"GitHub (`tests/fakes`), which the OAuth-proxy servers asked {res['load']['upstream_requests_during_load']} "
         "time(s) while the load ran. MXCP: its defaults, which include an access-log line per request (no "

@@ -54,6 +54,7 @@ from harness import (
     github_fake,
     jwt_env,
     jwt_token,
+    loadgen_cpu_ms,
     oauth_proxy_env,
     oauth_token,
     progress,
@@ -179,6 +180,8 @@ def measure_load(work: Path, env: dict[str, str], plan: Plan, load_tool: Path, w
             progress("warm-up calls (untimed)")
             warm_up(cases, servers)
             runs = alternate_rounds(cases, servers, plan.rounds, plan.calls, load_tool)
+            progress("the load generator's own CPU per call")
+            loadgen_ms = loadgen_cpu_ms(load_tool, servers["raw"])
             time.sleep(SETTLE_S)
             rss_loaded = {key: round(s.rss_mib(), 1) for key, s in servers.items()}
         upstream = len(fake.requests) - upstream_before
@@ -186,6 +189,7 @@ def measure_load(work: Path, env: dict[str, str], plan: Plan, load_tool: Path, w
         "rows": [{"group": r.group, "name": r.name, "server": r.case.server, "tool": r.case.tool,
                   "concurrency": r.case.concurrency, "limit": r.limit, "runs": runs[r.case.label],
                   "summary": summarize(runs[r.case.label])} for r in rows],
+        "loadgen_cpu_ms": loadgen_ms,
         "rss_idle_mib": rss_idle,
         "rss_after_load_mib": rss_loaded,
         # requests the OAuth-proxy servers made to the provider while the load ran (per-call user-info

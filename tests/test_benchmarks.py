@@ -79,6 +79,11 @@ def test_every_target_is_judged(quick_run):
         assert isinstance(t["ok"], bool), name
         assert t["measured"]["median"] > 0 or "adds" in name, name  # an auth cost may be measured as ≤ 0
     assert result["startup"]["sqlgate"]["1000"][0] > 0 and result["startup"]["validate"]["1000"][0] > 0
+    # what holds the targets back is measured in the same run: the SDK's floor, the workers' ceiling
+    assert result["load"]["loadgen_cpu_ms"] > 0
+    trivial = next(t for name, t in targets.items() if name.startswith("trivial tool"))
+    assert trivial["context"].startswith("the mcp SDK alone: ")
+    assert all(t["context"].startswith("this machine's ceiling: ") for name, t in targets.items() if "workers" in name)
     idle = result["load"]["rss_idle_mib"]
     assert all(idle[k] > 0 for k in ("raw", "bare", "sg", "sg_jwt", "sg_oauth"))
     assert result["shop_rss_mib"]["restart"] > 0
