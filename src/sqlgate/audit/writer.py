@@ -81,12 +81,14 @@ class AuditWriter:
     def _run(self) -> None:
         while True:
             batch = [self._queue.get()]
-            # linger briefly: one transaction per batch costs far less per event than one per event
-            deadline = time.monotonic() + LINGER
+            # linger briefly: one transaction per batch costs far less per event than one per event.
+            # Asleep, not waiting on the queue: a waiting thread woke at every event, and each wake-up
+            # took the GIL from the calls being served
+            if batch[0] is not _STOP:
+                time.sleep(LINGER)
             while len(batch) < BATCH and batch[-1] is not _STOP:
-                remaining = deadline - time.monotonic()
                 try:
-                    batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
+                    batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
             stop = any(e is _STOP for e in batch)
