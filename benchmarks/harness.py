@@ -260,9 +260,10 @@ def sdk_cmd(db: Path, seed: Path) -> Command:
                          "--port", str(port)]
 
 
-def raw_cmd(db: Path, seed: Path) -> Command:
+def raw_cmd(db: Path, seed: Path, typed: bool = False) -> Command:
+    """The raw limit (raw_mcp.py); `typed`: the thin path, tools/call through the mcp SDK's types."""
     return lambda port: [PY, str(HERE / "raw_mcp.py"), "--db", str(db), "--seed", str(seed), "--host", HOST,
-                         "--port", str(port)]
+                         "--port", str(port)] + (["--typed"] if typed else [])
 
 
 JWT_SECRET = "benchmark-shared-secret-0123456789abcdef"

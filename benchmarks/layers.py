@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/layers.py [--rounds 5] [--calls 300]
 
   raw       no MCP framework: a minimal ASGI JSON-RPC endpoint (raw_mcp.py) — the practical limit
+  thin      the same endpoint with the mcp SDK's types (raw_mcp.py --typed: one validation of the
+            request, one CallToolResult dumped once): the floor of a transport of sqlgate's own
   sdk       the mcp SDK's low-level Server (bare_sdk.py): streamable HTTP, sessions, dispatch, models
   fastmcp   the tool written directly on FastMCP (bare_fastmcp.py): FastMCP's machinery on the SDK
   sqlgate   sqlgate with `audit.enabled: false`: its own request path (guard, identity, limits, answer)
@@ -40,7 +42,7 @@ from harness import (  # noqa: E402
 )
 from projects import SEED_SQL, ping_project  # noqa: E402
 
-LAYERS = ("raw", "sdk", "fastmcp", "sqlgate", "+audit")
+LAYERS = ("raw", "thin", "sdk", "fastmcp", "sqlgate", "+audit")
 
 
 def main() -> int:
@@ -54,6 +56,7 @@ def main() -> int:
         shipped = ping_project(work / "shipped")
         specs = {
             "raw": Spec(raw_cmd(work / "raw.duckdb", seed), env, work / "raw.log"),
+            "thin": Spec(raw_cmd(work / "thin.duckdb", seed, typed=True), env, work / "thin.log"),
             "sdk": Spec(sdk_cmd(work / "sdk.duckdb", seed), env, work / "sdk.log"),
             "fastmcp": Spec(bare_cmd(work / "bare.duckdb", seed), env, work / "bare.log"),
             "sqlgate": Spec(sqlgate_cmd(quiet), env, work / "noaudit.log"),

@@ -78,13 +78,15 @@ def copy_example(src: Path, dest: Path) -> Path:
     return dest
 
 
-def baseline_args(doc: str | None) -> argparse.Namespace:
-    """The command line of a baseline server (raw_mcp.py, bare_fastmcp.py)."""
+def baseline_args(doc: str | None, typed: bool = False) -> argparse.Namespace:
+    """The command line of a baseline server (raw_mcp.py, bare_fastmcp.py, bare_sdk.py)."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--db", type=Path, required=True, help="DuckDB file (opened read-only)")
     ap.add_argument("--seed", type=Path, help="SQL that builds --db when it does not exist yet")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
+    if typed:
+        ap.add_argument("--typed", action="store_true", help="tools/call through the mcp SDK's types (thin path)")
     return ap.parse_args()
 
 

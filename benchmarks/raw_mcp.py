@@ -13,6 +13,11 @@ this is their request machinery. Tools:
   rows             1,000 rows x 10 columns, text block only
   rows_structured  the same rows as structuredContent {"result": rows} plus the text form of them,
                    the shape an MCP server with an output schema sends
+
+With --typed it is the "thin path" of the benchmarks README: the same endpoint, but each tools/call
+goes through the mcp SDK's own types once (the request validated as a CallToolRequest, the answer
+built as a CallToolResult with structuredContent and dumped once): what a sqlgate-owned transport
+under the SDK's types would cost at least.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 
 import anyio.to_thread
 import duckdb
+import mcp_types as types
 import uvicorn
 from projects import ROWS_SQL, baseline_args, build_once, records
 from pydantic_core import from_json, to_json
@@ -30,8 +36,22 @@ PROTOCOL_VERSION = "2025-06-18"
 QUERIES = {"ping": "SELECT 42 AS answer", "rows": ROWS_SQL, "rows_structured": ROWS_SQL}
 
 
-def make_app(db_path: Path):
+def make_app(db_path: Path, typed: bool = False):
     db = duckdb.connect(str(db_path), read_only=True)
+
+    async def call_tool_typed(msg: dict[str, Any]) -> bytes:
+        request = types.CallToolRequest.model_validate(msg)  # one validation, the SDK's model
+        name = request.params.name
+        if name not in QUERIES:
+            result = types.CallToolResult(content=[types.TextContent(type="text", text=f"unknown tool {name!r}")],
+                                          is_error=True)
+        else:
+            rows = await anyio.to_thread.run_sync(records, db, QUERIES[name])
+            result = types.CallToolResult(content=[types.TextContent(type="text", text=to_json(rows).decode())],
+                                          structured_content={"result": rows})
+        answer = types.JSONRPCResponse(jsonrpc="2.0", id=msg["id"], result=result.model_dump(
+            by_alias=True, mode="json", exclude_none=True))
+        return answer.model_dump_json(by_alias=True, exclude_none=True).encode()  # one dump
 
     async def call_tool(params: dict[str, Any]) -> dict[str, Any]:
         name = params.get("name")
@@ -80,6 +100,8 @@ def make_app(db_path: Path):
         if "id" not in msg:  # a notification (notifications/initialized): accepted, no answer
             return await respond(send, 202)
         rpc = msg.get("method")
+        if rpc == "tools/call" and typed:
+            return await respond(send, 200, await call_tool_typed(msg))
         if rpc == "tools/call":
             result = await call_tool(msg.get("params") or {})
         elif rpc == "initialize":
@@ -107,10 +129,10 @@ def parse_request(body: bytes) -> dict[str, Any]:
 
 
 def main() -> None:
-    a = baseline_args(__doc__)
+    a = baseline_args(__doc__, typed=True)
     build_once(a.db, a.seed)
     # same server and log level as `sqlgate serve --log-level warning` (no per-request access log)
-    uvicorn.run(make_app(a.db), host=a.host, port=a.port, log_level="warning", access_log=False,
+    uvicorn.run(make_app(a.db, typed=a.typed), host=a.host, port=a.port, log_level="warning", access_log=False,
                 lifespan="off")
 
 
