@@ -250,3 +250,42 @@ def test_worker_connections_get_tcp_nodelay():
             worker.kill()
     finally:
         listener.close()
+
+
+def _tool_names(url: str) -> set[str]:
+    async def names() -> set[str]:
+        async with mcp_session(url) as s:
+            return {t.name for t in (await s.list_tools()).tools}
+    return asyncio.run(names())
+
+
+def test_sighup_with_workers_replaces_them_and_keeps_them_on_error(tmp_path):
+    # with --workers, SIGHUP to the supervisor is a rolling restart: each worker is replaced by one
+    # built from the project's files, which must start before the old one stops
+    project = _project(tmp_path)
+    server = start_server(project, tmp_path, args=["--workers", "2"], timeout=60)
+    try:
+        assert "echo_later" not in _tool_names(server.url)
+        (project / "tools" / "echo_later.yml").write_text(
+            "tool:\n  name: echo_later\n  description: added while serving\n  source:\n    code: SELECT 1 AS one\n")
+        server.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 90
+        seen = 0
+        while time.monotonic() < deadline and seen < 6:  # six sessions in a row, whichever worker
+            seen = seen + 1 if "echo_later" in _tool_names(server.url) else 0
+            time.sleep(0.2)
+        assert seen == 6, server.log.read_text()[-3000:]
+
+        # a broken file: the replacement cannot start, so the workers that serve stay as they were
+        (project / "tools" / "broken.yml").write_text("tool:\n  name: broken\n  source: {}\n")
+        server.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and "aborting the restart" not in server.log.read_text():
+            time.sleep(0.2)
+        log = server.log.read_text()
+        assert "aborting the restart" in log, log[-3000:]
+        assert "broken.yml" in log  # the log names the file that stopped it
+        assert {"echo_later", "slow"} <= _tool_names(server.url)
+        assert server.proc.poll() is None
+    finally:
+        stop_server(server)

@@ -26,11 +26,13 @@ import anyio
 
 from sqlgate import sessions
 from sqlgate.broadcast import announce_list_changes
+from sqlgate.errors import SqlgateError
 from sqlgate.resume import BoundedEventStore
 from sqlgate.server import App, settle_heap
 
 log = logging.getLogger("sqlgate.serve")
 _WORKER_SPEC = "SQLGATE_WORKER_SPEC"
+WORKER_HEALTHCHECK_SECONDS = 30
 
 
 def is_loopback(host: str) -> bool:
@@ -118,9 +120,12 @@ def serve_workers(app: App, project: str, profile: str | None, host: str, port: 
                                           "log_level": log_level})
     from uvicorn.supervisors import Multiprocess
 
-    # what uvicorn.run(workers=N) does, but with a listener whose connections get TCP_NODELAY
+    # what uvicorn.run(workers=N) does, but with a listener whose connections get TCP_NODELAY.
+    # SIGHUP makes uvicorn replace the workers one by one, each replacement built from the files and
+    # ready before the old one stops; a worker builds the whole project, so it gets longer than
+    # uvicorn's 5 s to answer its health check (a busy machine, thousands of endpoints)
     config = uvicorn.Config("sqlgate.serve:worker_app", factory=True, host=host, port=port, workers=workers,
-                            lifespan="on", **options)
+                            lifespan="on", timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS, **options)
     with _shared_metrics(app):
         Multiprocess(config, sockets=[tcp_listener(config)]).run()
 
@@ -172,8 +177,15 @@ def worker_app():
     spec = json.loads(os.environ[_WORKER_SPEC])
     logging.basicConfig(level=spec["log_level"].upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    loaded = load_project(spec["project"], spec["profile"]).with_transport(host=spec["host"], port=spec["port"])
-    app = build_app(loaded, metrics_listener=False)
+    try:
+        loaded = load_project(spec["project"], spec["profile"]).with_transport(host=spec["host"],
+                                                                               port=spec["port"])
+        app = build_app(loaded, metrics_listener=False)
+    except SqlgateError as exc:
+        # a replacement worker (SIGHUP: a rolling restart) reads the files as they are now; when they
+        # are broken it does not start, the workers that serve stay, and the log says why in one line
+        log.error("worker not started, the running workers keep serving: %s", exc)
+        raise SystemExit(1) from None
     asgi = http_asgi(app, spec["host"], stateless=True)
     settle_heap()
     return asgi
