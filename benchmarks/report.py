@@ -206,7 +206,8 @@ def footnotes(res: dict[str, Any]) -> str:
         f"GitHub (`tests/fakes`), which the OAuth-proxy servers asked {res['load']['upstream_requests_during_load']} "
         "time(s) while the load ran. MXCP: its defaults, which include an access-log line per request (no "
         "MXCP setting turns it off; every other server logs at warning). "
-        f"Python {meta['python']}, sqlgate {v['sqlgate']}, FastMCP {v['fastmcp']}, mcp {v['mcp']}, "
+        f"Python {meta['python']}, sqlgate {v['sqlgate']} (commit {v.get('commit', '?')}), "
+        f"FastMCP {v['fastmcp']}, mcp {v['mcp']}, "
         f"DuckDB {v['duckdb']}, uvicorn {v['uvicorn']}; {meta['elapsed_s']:.0f} s in all._")
 
 

@@ -260,6 +260,13 @@ def versions() -> dict[str, str]:
             out[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
             out[pkg] = "?"
+    # which code was measured: the commit, "+changes" when the working tree differs from it
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty=+changes", "--exclude=*"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except OSError:
+        commit = ""
+    out["commit"] = commit or "?"
     return out
 
 
