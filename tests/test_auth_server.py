@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -149,13 +150,22 @@ def test_health_stays_open_and_state_db_is_private(server):
     assert "generated one into" in server.logs()
 
 
+# the team's probe (../shared/tools/auth_probe.py), copied verbatim so a clean clone runs it too
+PROBE = Path(__file__).parent / "vendor" / "auth_probe.py"
+SHARED_PROBE = Path(__file__).parent.parent.parent / "shared" / "tools" / "auth_probe.py"
+
+
 def test_auth_probe_reports_no_failures(server):
-    probe = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "tools", "auth_probe.py")
-    if not os.path.exists(probe):
-        pytest.skip("../shared/tools/auth_probe.py is not beside this checkout")
-    proc = subprocess.run([sys.executable, probe, "--url", server.url], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, str(PROBE), "--url", server.url], capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "'FAILURE': 0" in proc.stdout
+
+
+def test_the_probe_copy_is_the_teams_probe():
+    if SHARED_PROBE.exists():  # beside the team's tree: the copy must not drift from it
+        assert PROBE.read_bytes() == SHARED_PROBE.read_bytes(), "copy ../shared/tools/auth_probe.py again"
+    assert "Server-side MCP authorization probe" in PROBE.read_text()
 
 
 # ------------------------------------------------------------------ configuration errors
