@@ -100,3 +100,15 @@ def test_the_readme_section_is_rewritten_from_the_run(quick_run):
     assert tail == "\n" + README_TAIL
     assert section.strip() == stdout.strip()
     assert "an old table" not in readme
+
+
+def test_the_load_generator_is_the_teams():
+    # benchmarks/loadgen.py is ../shared/tools/bench.py with another name and a paragraph on why:
+    # where the team's tree is beside the checkout, their code must be the same
+    shared = REPO.parent / "shared" / "tools" / "bench.py"
+    ours = (REPO / "benchmarks" / "loadgen.py").read_text()
+    if shared.exists():
+        def code(text: str) -> str:
+            return text.split('"""', 2)[2]  # after the module docstring
+        assert code(ours) == code(shared.read_text()), "copy ../shared/tools/bench.py again"
+    assert "A verbatim copy of the team's shared tools/bench.py" in ours
