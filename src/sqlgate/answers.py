@@ -51,7 +51,6 @@ def dumps(data: Any) -> str:
     return encode_bytes(data).decode("utf-8", "surrogatepass")
 
 
-
 def encoded_cost(text: str | bytes) -> int:
     """Bytes `text` (compact JSON) adds to a message that carries it twice: once as JSON, once as a
     JSON string (where `"` and `\\` gain a backslash; control characters are already escaped)."""
